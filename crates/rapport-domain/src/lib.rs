@@ -1,0 +1,28 @@
+//! Rapport's domain: what an interaction is, what makes one valid, which events
+//! the log holds, and how a batch of writes becomes events.
+//!
+//! # Layout
+//!
+//! - [`interaction`]: the validated [`Interaction`] and its parts (kinds,
+//!   targets, identities, handle normalization).
+//! - [`validate`]: turning caller input into an [`Interaction`], or into the
+//!   list of every field that is wrong.
+//! - [`event`]: the events of the log.
+//! - [`ingest`]: the batch planner: given what the log already knows, which
+//!   events a group of append requests produces and what each caller is told.
+//! - [`time`]: microsecond timestamps.
+//!
+//! **Architecture Invariant:** this crate does no I/O and reads no clock: the
+//! current time, stored state and id generation are passed in. Everything here
+//! is deterministic, so it is tested with plain data.
+
+pub mod event;
+pub mod ingest;
+pub mod interaction;
+pub mod time;
+pub mod validate;
+
+pub use event::{Event, EventBody, EventType};
+pub use interaction::{Identity, IdentityKey, Interaction, InteractionKind, Target};
+pub use time::Timestamp;
+pub use validate::{FieldViolation, InteractionInput, TargetInput};

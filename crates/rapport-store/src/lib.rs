@@ -1,0 +1,231 @@
+//! Rapport's event log, on SQLite (the embedded default) or PostgreSQL.
+//!
+//! # Layout
+//!
+//! - [`Store`]: one interface over both backends: migrate, append a batch,
+//!   read the log, ping.
+//! - `sqlite` and `postgres`: the SQL of each backend. Every rule about *what*
+//!   to write lives in `rapport_domain::ingest`; these modules only look up,
+//!   insert and commit.
+//! - [`writer`]: the group-commit writer that batches concurrent requests
+//!   into one transaction.
+//! - `codec`: the stored form of events (non-personal payload + personal part).
+//!
+//! **Architecture Invariant:** positions are gap-free and in commit order.
+//! Each backend serializes its append transactions (SQLite by its single
+//! writer, PostgreSQL by a transaction-scoped advisory lock) and assigns
+//! positions as `head + 1 ...` inside them.
+
+mod codec;
+mod postgres;
+mod sql;
+mod sqlite;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rapport_domain::ingest::{Conflict, Recorded};
+use rapport_domain::{Event, EventType, Interaction, Timestamp};
+
+pub use writer::{Writer, WriterConfig};
+
+/// What went wrong in the store. Mapped to gRPC codes in one place, in the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database did not answer or refused: worth retrying later.
+    #[error("database unavailable")]
+    Unavailable(#[source] Arc<sqlx::Error>),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored bytes that do not decode: a bug or a damaged database.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database url {0:?}: expected sqlite:PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot create data directory {path}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The group-commit writer has stopped (the server is shutting down).
+    #[error("the writer has shut down")]
+    Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    /// The same failure, for another caller of the same failed batch.
+    pub(crate) fn share(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(e) => StoreError::Unavailable(Arc::clone(e)),
+            StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+            other => StoreError::Corrupt(format!("batch failed: {other}")),
+        }
+    }
+}
+
+/// What a request of a batch became: its results, or the conflict that
+/// rejected it as a whole.
+pub type AppendOutcome = Result<Vec<Recorded>, Conflict>;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite:PATH` or `postgres://...`.
+    pub url: String,
+    /// Pool size for PostgreSQL, and for SQLite readers.
+    pub max_connections: u32,
+    /// How long to wait for a connection before answering UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreOptions {
+            url: url.into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A filtered read of the log.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Events with a greater position.
+    pub after: u64,
+    pub limit: u32,
+    pub community_id: Option<String>,
+    /// Empty: all types.
+    pub event_types: Vec<EventType>,
+    /// Empty: all; else only interactions on these channels.
+    pub channels: Vec<String>,
+}
+
+/// A page of the log.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// The last committed position when the page was read; the page only
+    /// holds events up to it.
+    pub head: u64,
+}
+
+/// The event log on one of the two backends.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    /// Opens the database at `options.url`, creating a SQLite file (and its
+    /// directory) if missing. Does not migrate.
+    pub async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {
+        let url = options.url.as_str();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(postgres::PgStore::connect(options).await?))
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            Ok(Store::Sqlite(
+                sqlite::SqliteStore::connect(path, options).await?,
+            ))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies pending migrations. Safe to run from several replicas at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.migrate().await,
+            Store::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// One round trip to the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// The last committed position (0 for an empty log).
+    pub async fn head(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.head().await,
+            Store::Postgres(s) => s.head().await,
+        }
+    }
+
+    /// Appends a batch of requests in one transaction and returns one outcome
+    /// per request. Either the whole transaction commits or nothing does.
+    /// Prefer [`Writer`], which batches concurrent callers.
+    pub async fn append_batch(
+        &self,
+        requests: &[Vec<Interaction>],
+        recorded_at: Timestamp,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.append_batch(requests, recorded_at).await,
+            Store::Postgres(s) => s.append_batch(requests, recorded_at).await,
+        }
+    }
+
+    /// Events after `query.after`, oldest first, up to the head at read time.
+    pub async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read_events(query).await,
+            Store::Postgres(s) => s.read_events(query).await,
+        }
+    }
+
+    /// Closes every connection, waiting for those in use.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// A new member id: a UUIDv7, so ids sort by creation time and index well.
+fn new_member_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Numeric conversions at the database boundary: positions and versions are
+/// `u64` in the domain and BIGINT in both databases.
+fn to_db(n: u64) -> i64 {
+    i64::try_from(n).expect("positions fit in a BIGINT")
+}
+
+fn from_db(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative position or version {n}")))
+}

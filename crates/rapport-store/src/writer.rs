@@ -1,0 +1,146 @@
+//! Group commit: concurrent append requests share one transaction.
+//!
+//! Callers hand their validated interactions to [`Writer::append`]. One task
+//! takes whatever is queued (up to a bounded number of interactions, waiting
+//! at most `linger` for more), appends it all in one transaction, and answers
+//! every caller only after the commit: an acknowledged write is durable. While
+//! a batch commits, the next one gathers, so batching grows with load without
+//! a fixed delay.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rapport_domain::{Interaction, Timestamp};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::{AppendOutcome, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Most interactions in one transaction. A single request is never split,
+    /// so this is at least the largest request allowed.
+    pub max_batch: usize,
+    /// How long the writer may wait for more requests once it has some; zero
+    /// means commit what is queued at once.
+    pub linger: Duration,
+    /// Requests queued before callers wait: backpressure, not a drop.
+    pub queue_depth: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_batch: 5_000,
+            linger: Duration::ZERO,
+            queue_depth: 4_096,
+        }
+    }
+}
+
+struct Job {
+    interactions: Vec<Interaction>,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// A handle to the group-commit task. Cheap to clone; the task flushes its
+/// queue and stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task. Await the returned handle after dropping every
+    /// `Writer` to know the last batch has committed.
+    pub fn spawn(store: Store, config: WriterConfig) -> (Writer, JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(config.queue_depth.max(1));
+        let task = tokio::spawn(run(store, config, queue));
+        (Writer { jobs }, task)
+    }
+
+    /// Appends one request's interactions atomically, batched with whatever
+    /// else is being written. Resolves after the commit.
+    pub async fn append(
+        &self,
+        interactions: Vec<Interaction>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                interactions,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn run(store: Store, config: WriterConfig, mut queue: mpsc::Receiver<Job>) {
+    let max_batch = config.max_batch.max(rapport_domain::validate::MAX_BATCH);
+    // `recv` returns None only once every sender is gone *and* the queue is
+    // empty, so everything accepted is committed before the task ends.
+    while let Some(first) = queue.recv().await {
+        let mut size = first.interactions.len();
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while size < max_batch {
+            let next = match queue.try_recv() {
+                Ok(job) => Some(job),
+                Err(_) if config.linger.is_zero() => None,
+                Err(_) => tokio::time::timeout_at(deadline, queue.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            let Some(job) = next else { break };
+            if size + job.interactions.len() > max_batch {
+                // Too big for this batch: it opens the next one.
+                commit(&store, std::mem::take(&mut jobs), size).await;
+                size = 0;
+            }
+            size += job.interactions.len();
+            jobs.push(job);
+        }
+        commit(&store, jobs, size).await;
+    }
+    debug!("group-commit writer stopped");
+}
+
+async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
+    if jobs.is_empty() {
+        return;
+    }
+    let (requests, replies): (Vec<_>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.interactions, j.reply)).unzip();
+    let started = std::time::Instant::now();
+    match store.append_batch(&requests, now()).await {
+        Ok(outcomes) => {
+            debug!(
+                requests = replies.len(),
+                interactions = size,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "batch committed"
+            );
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that went away still had its write committed; a
+                // retry will be recognized as a duplicate.
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            warn!(requests = replies.len(), interactions = size, error = %error, "batch failed, nothing written");
+            for reply in replies {
+                let _ = reply.send(Err(error.share()));
+            }
+        }
+    }
+}
+
+fn now() -> Timestamp {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_micros(since_epoch.as_micros() as i64)
+}
