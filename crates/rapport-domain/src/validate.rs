@@ -413,7 +413,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut InteractionInput)>)> = vec![
+        type Edit = Box<dyn FnOnce(&mut InteractionInput)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "interaction.community_id",
                 Box::new(|i| i.community_id.clear()),

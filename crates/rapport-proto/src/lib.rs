@@ -5,6 +5,8 @@
 //! that server reflection hands to grpcurl.
 
 /// `package rapport.v1`: messages, clients (`*_client`) and servers (`*_server`).
+// Generated code: its shape is prost's, not ours to lint.
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("rapport.v1");
 }

@@ -1,1 +1,218 @@
+//! The Rapport server: gRPC over an event log on SQLite or PostgreSQL.
+//!
+//! # Layout
+//!
+//! - [`run`]: serves on a bound listener until a shutdown future resolves;
+//!   `main.rs` only parses [`Config`], installs logging, binds and calls it,
+//!   and tests call it the same way with port 0.
+//! - [`config`]: flags and environment variables.
+//! - `api`: the gRPC services (`InteractionService`, `EventLogService`).
+//! - [`error`]: every client-visible error and its gRPC status, in one place.
+//! - `convert`: wire types to domain types and back.
+//! - [`telemetry`]: logging setup.
+//!
+//! Start-up: the listener serves health and reflection at once; the store
+//! connects and migrates in the background (retrying while the database is
+//! down), and only then does health turn SERVING. Shutdown: health turns
+//! NOT_SERVING, the server stops accepting and finishes in-flight requests,
+//! the group-commit writer commits what it holds, the database closes.
 
+mod api;
+pub mod config;
+mod convert;
+pub mod error;
+pub mod telemetry;
+
+use std::future::Future;
+use std::time::Duration;
+
+use rapport_proto::v1::event_log_service_server::EventLogServiceServer;
+use rapport_proto::v1::interaction_service_server::InteractionServiceServer;
+use rapport_store::{Store, StoreError, StoreOptions, Writer, WriterConfig};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use api::{AppState, EventLog, Interactions, Ready};
+
+/// Largest `RecordInteractions` request: 1,000 interactions of a few KiB each.
+pub const MAX_INGEST_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Largest request of any other service.
+pub const MAX_QUERY_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The gRPC services whose health follows the database.
+const SERVICES: [&str; 2] = [
+    <InteractionServiceServer<Interactions> as tonic::server::NamedService>::NAME,
+    <EventLogServiceServer<EventLog> as tonic::server::NamedService>::NAME,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("gRPC transport failed")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection descriptors are invalid")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Serves Rapport on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let url = config.effective_database_url();
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        return Err(ServerError::Config(format!(
+            "database url must start with sqlite: or postgres:// (got {:?})",
+            url.split("://").next().unwrap_or_default()
+        )));
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let state = AppState::default();
+    let startup = tokio::spawn(open_store(config.clone(), state.clone(), health.clone()));
+
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let interactions = InteractionServiceServer::new(Interactions {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(MAX_INGEST_REQUEST_BYTES);
+    let event_log = EventLogServiceServer::new(EventLog {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
+
+    // The shutdown signal flips health first, then stops the listener; the
+    // drain that follows is bounded, so a client that never closes its
+    // connection cannot hold the process (and the pending batch) hostage.
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let drain_health = health.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutting down: health NOT_SERVING, draining in-flight requests");
+        set_health(&drain_health, ServingStatus::NotServing).await;
+        let _ = stopping_tx.send(true);
+    });
+    let mut stop_accepting = stopping.clone();
+    let drain_timeout = config.drain_timeout();
+    info!(addr = %listener.local_addr().map_err(|e| ServerError::Config(e.to_string()))?, "listening");
+    let serve = tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(interactions)
+        .add_service(event_log)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop_accepting.wait_for(|stop| *stop).await;
+        });
+    tokio::select! {
+        served = serve => served?,
+        _ = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(drain_timeout).await;
+        } => warn!(timeout_s = drain_timeout.as_secs(), "drain timed out, closing the remaining connections"),
+    }
+
+    // Every request has been answered. Stop connecting if we never did; else
+    // let the writer commit what it holds (it stops once the last handle,
+    // held by the state, is gone) and close the database.
+    startup.abort();
+    let writer_task = startup.await.ok();
+    let store = state.ready().ok().map(|r| r.store.clone());
+    drop(state);
+    if let Some(task) = writer_task
+        && tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .is_err()
+    {
+        warn!("the group-commit writer did not finish within 30 s");
+    }
+    if let Some(store) = store {
+        store.close().await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rapport_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So that grpcurl can decode google.rpc error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Connects, migrates and checks the database, retrying with backoff while it
+/// is unreachable; then hands the store to the services and turns SERVING.
+/// Returns the writer task, to await at shutdown.
+async fn open_store(
+    config: Config,
+    state: AppState,
+    health: HealthReporter,
+) -> tokio::task::JoinHandle<()> {
+    let mut options = StoreOptions::new(config.effective_database_url());
+    options.max_connections = config.db_max_connections;
+    let mut delay = Duration::from_millis(200);
+    let store = loop {
+        match connect(&options).await {
+            Ok(store) => break store,
+            Err(error) => {
+                warn!(error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64, "database not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let head = store.head().await.unwrap_or_default();
+    info!(backend = store.backend(), head, "database ready");
+    let (writer, task) = Writer::spawn(
+        store.clone(),
+        WriterConfig {
+            max_batch: config.group_commit_max_batch,
+            linger: config.group_commit_linger(),
+            ..WriterConfig::default()
+        },
+    );
+    state.set_ready(Ready { store, writer });
+    set_health(&health, ServingStatus::Serving).await;
+    task
+}
+
+async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {
+    let store = Store::connect(options).await?;
+    store.migrate().await?;
+    store.ping().await?;
+    Ok(store)
+}
+
+/// `error: cause: cause`, for one-line logs.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,94 @@
+use rapport_domain::ingest::Recorded;
+use rapport_domain::validate::{validate_batch, validate_interaction};
+use rapport_proto::v1 as pb;
+use rapport_proto::v1::interaction_service_server::InteractionService;
+use tonic::{Request, Response, Status};
+
+use super::{AppState, now};
+use crate::convert::interaction_input;
+use crate::error::ApiError;
+
+/// `rapport.v1.InteractionService`.
+pub struct Interactions {
+    pub state: AppState,
+}
+
+#[tonic::async_trait]
+impl InteractionService for Interactions {
+    async fn record_interaction(
+        &self,
+        request: Request<pb::RecordInteractionRequest>,
+    ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+        let Some(input) = request.into_inner().interaction else {
+            return Err(ApiError::field("interaction", "is required").into());
+        };
+        let interaction = validate_interaction(&interaction_input(input), "interaction.", now())
+            .map_err(ApiError::InvalidArgument)?;
+        let (community_id, interaction_id) = (
+            interaction.community_id.clone(),
+            interaction.interaction_id.clone(),
+        );
+        let outcome = self
+            .state
+            .ready()?
+            .writer
+            .append(vec![interaction])
+            .await
+            .map_err(ApiError::from)?;
+        let recorded = outcome
+            .map_err(|_| ApiError::InteractionConflict {
+                field: "interaction.interaction_id".into(),
+                community_id,
+                interaction_id,
+            })?
+            .remove(0);
+        Ok(Response::new(pb::RecordInteractionResponse {
+            member_id: recorded.member_id,
+            position: recorded.position,
+            duplicate: recorded.duplicate,
+        }))
+    }
+
+    async fn record_interactions(
+        &self,
+        request: Request<pb::RecordInteractionsRequest>,
+    ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
+        let inputs: Vec<_> = request
+            .into_inner()
+            .interactions
+            .into_iter()
+            .map(interaction_input)
+            .collect();
+        let interactions = validate_batch(&inputs, now()).map_err(ApiError::InvalidArgument)?;
+        let ids: Vec<(String, String)> = interactions
+            .iter()
+            .map(|i| (i.community_id.clone(), i.interaction_id.clone()))
+            .collect();
+        let outcome = self
+            .state
+            .ready()?
+            .writer
+            .append(interactions)
+            .await
+            .map_err(ApiError::from)?;
+        let recorded = outcome.map_err(|conflict| {
+            let (community_id, interaction_id) = ids[conflict.index].clone();
+            ApiError::InteractionConflict {
+                field: format!("interactions[{}].interaction_id", conflict.index),
+                community_id,
+                interaction_id,
+            }
+        })?;
+        Ok(Response::new(pb::RecordInteractionsResponse {
+            results: recorded.into_iter().map(result).collect(),
+        }))
+    }
+}
+
+fn result(r: Recorded) -> pb::RecordInteractionResult {
+    pb::RecordInteractionResult {
+        member_id: r.member_id,
+        position: r.position,
+        duplicate: r.duplicate,
+    }
+}

@@ -1,0 +1,151 @@
+//! Every error a client can see, and the one place that maps it to a gRPC status.
+//!
+//! Statuses follow AIP-193: a canonical code, a lowercase message, and
+//! `google.rpc` details through tonic-types: a `BadRequest` with one field
+//! violation per wrong field, and one `ErrorInfo` with an UPPER_SNAKE reason.
+
+use std::collections::HashMap;
+
+use rapport_domain::FieldViolation;
+use rapport_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Rapport error.
+pub const ERROR_DOMAIN: &str = "rapport.v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error(
+        "interaction_id {interaction_id:?} of community {community_id:?} was already recorded with a different payload"
+    )]
+    InteractionConflict {
+        /// Path of the offending field (`interactions[3].interaction_id`).
+        field: String,
+        community_id: String,
+        interaction_id: String,
+    },
+    #[error("the database is not ready yet")]
+    NotReady,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    /// A single field violation.
+    pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let mut details = ErrorDetails::new();
+        let (code, reason, message) = match &error {
+            ApiError::InvalidArgument(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(&v.field, &v.description);
+                }
+                let first = violations
+                    .first()
+                    .map(|v| format!("{} {}", v.field, v.description))
+                    .unwrap_or_default();
+                let more = match violations.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                };
+                (
+                    Code::InvalidArgument,
+                    "INVALID_ARGUMENT",
+                    format!("invalid argument: {first}{more}"),
+                )
+            }
+            ApiError::InteractionConflict {
+                field,
+                community_id,
+                interaction_id,
+            } => {
+                let metadata = HashMap::from([
+                    ("field".to_owned(), field.clone()),
+                    ("community_id".to_owned(), community_id.clone()),
+                    ("interaction_id".to_owned(), interaction_id.clone()),
+                ]);
+                details.set_error_info("INTERACTION_ID_CONFLICT", ERROR_DOMAIN, metadata);
+                (Code::AlreadyExists, "", format!("{field}: {error}"))
+            }
+            ApiError::NotReady => (Code::Unavailable, "DATABASE_NOT_READY", error.to_string()),
+            ApiError::Store(StoreError::Unavailable(source)) => (
+                Code::Unavailable,
+                "DATABASE_UNAVAILABLE",
+                format!("database unavailable: {source}"),
+            ),
+            ApiError::Store(StoreError::Closed) => (
+                Code::Unavailable,
+                "SHUTTING_DOWN",
+                "the server is shutting down".to_owned(),
+            ),
+            ApiError::Store(other) => {
+                tracing::error!(error = ?other, "internal error");
+                (Code::Internal, "INTERNAL", other.to_string())
+            }
+        };
+        if !reason.is_empty() {
+            details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        }
+        Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_become_bad_request_details() {
+        let status: Status = ApiError::InvalidArgument(vec![
+            FieldViolation {
+                field: "interactions[3].kind".into(),
+                description: "is required".into(),
+            },
+            FieldViolation {
+                field: "interactions[4].channel".into(),
+                description: "is required".into(),
+            },
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "invalid argument: interactions[3].kind is required (and 1 more)"
+        );
+        let details = status.get_error_details();
+        let fields: Vec<&str> = details
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["interactions[3].kind", "interactions[4].channel"]);
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn a_conflict_is_already_exists_with_its_reason() {
+        let status: Status = ApiError::InteractionConflict {
+            field: "interaction.interaction_id".into(),
+            community_id: "acme".into(),
+            interaction_id: "msg-1".into(),
+        }
+        .into();
+        assert_eq!(status.code(), Code::AlreadyExists);
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "INTERACTION_ID_CONFLICT");
+        assert_eq!(info.metadata["interaction_id"], "msg-1");
+    }
+}

@@ -1,0 +1,200 @@
+//! `spawn_app`: start the real server binary on port 0 against a fresh database.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rapport_proto::v1::event_log_service_client::EventLogServiceClient;
+use rapport_proto::v1::interaction_service_client::InteractionServiceClient;
+use rapport_testkit::TestDatabase;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each listed async test once per backend, as `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::app::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::app::Backend::Postgres).await })*
+        }
+    };
+}
+
+/// A running server and the database it owns.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    /// Always `Some` until the app is consumed by `crash` or `terminate`.
+    db: Option<TestDatabase>,
+    process: Child,
+    /// Everything the server logged, for failure messages.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A fresh database on `backend`, or `None` when PostgreSQL is skipped.
+pub async fn fresh_database(backend: Backend, test: &str) -> Option<TestDatabase> {
+    match backend {
+        Backend::Sqlite => Some(TestDatabase::sqlite()),
+        Backend::Postgres => TestDatabase::postgres(test).await,
+    }
+}
+
+/// Starts the server on a fresh database and waits until it is SERVING.
+pub async fn spawn_app(backend: Backend, test: &str) -> Option<TestApp> {
+    let db = fresh_database(backend, test).await?;
+    let app = start(db, &[]).await;
+    app.wait_serving().await;
+    Some(app)
+}
+
+/// Starts the server binary on `db` without waiting for the database.
+pub async fn start(db: TestDatabase, extra_args: &[&str]) -> TestApp {
+    let url = db.url.clone();
+    start_on(&url, Some(db), extra_args)
+}
+
+/// Starts the server binary on a database URL, which may be unreachable.
+pub fn start_on(url: &str, db: Option<TestDatabase>, extra_args: &[&str]) -> TestApp {
+    let mut process = Command::new(env!("CARGO_BIN_EXE_rapport-server"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", url])
+        .args(extra_args)
+        .env("RUST_LOG", "info")
+        .env_remove("RAPPORT_DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rapport-server");
+    let stderr = process.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&log);
+    // Keep reading stderr for the whole life of the process, so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening addr=").nth(1) {
+                let _ = addr_tx.send(addr.trim().to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the server never said it was listening: {:?}",
+                log.lock().unwrap()
+            )
+        });
+    TestApp {
+        addr: addr.parse().expect("listening address"),
+        db,
+        process,
+        log,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the server")
+    }
+
+    pub async fn interactions(&self) -> InteractionServiceClient<Channel> {
+        InteractionServiceClient::new(self.channel().await)
+    }
+
+    pub async fn event_log(&self) -> EventLogServiceClient<Channel> {
+        EventLogServiceClient::new(self.channel().await)
+    }
+
+    pub async fn health(&self, service: &str) -> ServingStatus {
+        let mut client = HealthClient::new(self.channel().await);
+        let response = client
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health check");
+        response.into_inner().status()
+    }
+
+    pub async fn wait_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.health("").await != ServingStatus::Serving {
+            assert!(
+                Instant::now() < deadline,
+                "not SERVING after 30 s: {:?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: a crash, with no chance to flush anything.
+    pub fn crash(mut self) -> TestDatabase {
+        self.process.kill().expect("kill");
+        self.process.wait().expect("reap");
+        self.into_database()
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns its success.
+    pub async fn terminate(self) -> (bool, TestDatabase) {
+        let (success, db) = self.terminate_without_database().await;
+        (success, db.expect("database"))
+    }
+
+    /// As `terminate`, for an app started without a database of its own.
+    pub async fn terminate_without_database(mut self) -> (bool, Option<TestDatabase>) {
+        let pid = self.process.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.process.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit 30 s after SIGTERM");
+            // Async: the test's own connections must keep being polled while the server drains.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (status.success(), self.db.take())
+    }
+
+    fn into_database(mut self) -> TestDatabase {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        self.db.take().expect("database")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}

@@ -1,0 +1,131 @@
+//! Every acknowledged write survives a crash and a graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rapport_proto::v1 as pb;
+use rapport_proto::v1::event::Payload;
+
+use crate::app::{Backend, TestApp, spawn_app, start};
+use crate::ingest::{interaction, one};
+use crate::on_both_backends;
+
+on_both_backends!(
+    acknowledged_writes_survive_a_crash,
+    shutdown_drains_in_flight_writes
+);
+
+type Acks = Arc<Mutex<Vec<(String, u64)>>>;
+
+/// Eight clients recording as fast as they can until the server goes away.
+async fn start_writers(app: &TestApp) -> (Acks, Vec<tokio::task::JoinHandle<()>>) {
+    let acks: Acks = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let mut client = app.interactions().await;
+        let acks = Arc::clone(&acks);
+        tasks.push(tokio::spawn(async move {
+            for n in 0.. {
+                let id = format!("w{w}-{n}");
+                match client
+                    .record_interaction(one(interaction(&id, &format!("user{}", n % 5))))
+                    .await
+                {
+                    Ok(r) => acks.lock().unwrap().push((id, r.into_inner().position)),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    (acks, tasks)
+}
+
+async fn wait_for_acks(acks: &Acks, count: usize) {
+    for _ in 0..3000 {
+        if acks.lock().unwrap().len() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {count} acknowledged writes after 30 s");
+}
+
+/// Asserts every acknowledged interaction is in the log at its position.
+async fn assert_all_present(app: &TestApp, acks: &[(String, u64)]) {
+    let mut log = app.event_log().await;
+    let mut recorded: HashMap<u64, String> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = log
+            .read_events(pb::ReadEventsRequest {
+                after_position: after,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for e in &page.events {
+            if let Some(Payload::InteractionRecorded(ir)) = &e.payload {
+                recorded.insert(
+                    e.position,
+                    ir.interaction.as_ref().unwrap().interaction_id.clone(),
+                );
+            }
+        }
+        if page.events.is_empty() {
+            break;
+        }
+        after = page.next_after_position;
+    }
+    for (id, position) in acks {
+        assert_eq!(
+            recorded.get(position),
+            Some(id),
+            "acknowledged {id} at {position} is missing"
+        );
+    }
+}
+
+async fn acknowledged_writes_survive_a_crash(backend: Backend) {
+    let Some(app) = spawn_app(backend, "crash").await else {
+        return;
+    };
+    let (acks, tasks) = start_writers(&app).await;
+    wait_for_acks(&acks, 300).await;
+    let db = app.crash();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+
+    let app = start(db, &[]).await;
+    app.wait_serving().await;
+    assert_all_present(&app, &acks).await;
+}
+
+async fn shutdown_drains_in_flight_writes(backend: Backend) {
+    let Some(app) = spawn_app(backend, "graceful").await else {
+        return;
+    };
+    let (acks, tasks) = start_writers(&app).await;
+    wait_for_acks(&acks, 200).await;
+    let (clean_exit, db) = app.terminate().await;
+    assert!(clean_exit, "SIGTERM ends the server with status 0");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+
+    let app = start(db, &[]).await;
+    app.wait_serving().await;
+    assert_all_present(&app, &acks).await;
+    // And it still takes writes after the restart.
+    let after = app
+        .interactions()
+        .await
+        .record_interaction(one(interaction("after-restart", "ana")))
+        .await;
+    assert!(after.is_ok());
+}
