@@ -7,12 +7,9 @@ use tonic_types::StatusExt;
 use crate::app::{Backend, spawn_app};
 use crate::on_both_backends;
 
-/// A valid interaction by `handle` on the forum, one hour ago.
+/// A valid interaction by `handle` on the forum. The same arguments always
+/// give the same payload, so a second call is a retry.
 pub fn interaction(id: &str, handle: &str) -> pb::Interaction {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     pb::Interaction {
         community_id: "acme".into(),
         interaction_id: id.into(),
@@ -22,8 +19,9 @@ pub fn interaction(id: &str, handle: &str) -> pb::Interaction {
             channel: String::new(),
             handle: handle.into(),
         }),
+        // 2026-01-01T00:00:00Z
         occurred_at: Some(prost_types::Timestamp {
-            seconds: now - 3600,
+            seconds: 1_767_225_600,
             nanos: 0,
         }),
         excerpt: "have you tried turning it off and on again".into(),

@@ -1,1 +1,242 @@
-fn main() {}
+//! `rapport-loadgen`: drives a running Rapport server with generated clients
+//! and reports throughput and latency percentiles. Used by `bench/ingest.sh`;
+//! figures go to `docs/performance.md`.
+//!
+//! Two modes:
+//! - `batch`: `RecordInteractions` with `--batch-size` interactions per call;
+//! - `unary`: `RecordInteraction`, one interaction per call.
+//!
+//! `--concurrency` tasks each keep one call in flight, spread over
+//! `--connections` HTTP/2 connections. Calls made during `--warmup` are not
+//! counted. Every interaction has a fresh id, so runs never hit duplicates.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use rapport_proto::v1 as pb;
+use rapport_proto::v1::interaction_service_client::InteractionServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Batch,
+    Unary,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rapport-loadgen",
+    about = "Load generator for Rapport ingest benchmarks"
+)]
+struct Args {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[arg(long, value_enum, default_value_t = Mode::Batch)]
+    mode: Mode,
+    /// Interactions per RecordInteractions call (batch mode).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Distinct actors; the first call by each registers a member.
+    #[arg(long, default_value_t = 20_000)]
+    members: u64,
+    /// Label printed with the result.
+    #[arg(long, default_value = "run")]
+    label: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Endpoint::from_shared(args.addr.clone())?.connect().await?);
+    }
+    let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut tasks = Vec::new();
+    for task in 0..args.concurrency {
+        let client = InteractionServiceClient::new(channels[task % channels.len()].clone())
+            .max_decoding_message_size(16 * 1024 * 1024);
+        let generator = Generator {
+            run_id,
+            task,
+            members: args.members,
+            next: 0,
+        };
+        tasks.push(tokio::spawn(drive(
+            client,
+            generator,
+            args.mode,
+            args.batch_size,
+            Arc::clone(&measuring),
+            Arc::clone(&stop),
+        )));
+    }
+
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    measuring.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    stop.store(true, Ordering::SeqCst);
+    let elapsed = started.elapsed();
+
+    let mut latency = Histogram::<u64>::new(3)?;
+    let (mut interactions, mut calls, mut errors) = (0u64, 0u64, 0u64);
+    for task in tasks {
+        let stats = task.await?;
+        latency.add(&stats.latency_us)?;
+        interactions += stats.interactions;
+        calls += stats.calls;
+        errors += stats.errors;
+    }
+    let rate = interactions as f64 / elapsed.as_secs_f64();
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{label}: {rate:.0} interactions/s, {calls_rate:.0} calls/s, latency p50 {p50:.2} ms p99 {p99:.2} ms max {max:.2} ms, {errors} errors",
+        label = args.label,
+        calls_rate = calls as f64 / elapsed.as_secs_f64(),
+        p50 = ms(0.50),
+        p99 = ms(0.99),
+        max = latency.max() as f64 / 1000.0,
+    );
+    println!(
+        "RESULT {{\"label\":\"{}\",\"interactions_per_s\":{rate:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"errors\":{errors}}}",
+        args.label,
+        ms(0.50),
+        ms(0.99)
+    );
+    if errors > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Makes unique, plausible interactions.
+struct Generator {
+    run_id: u128,
+    task: usize,
+    members: u64,
+    next: u64,
+}
+
+const KINDS: [pb::InteractionKind; 6] = [
+    pb::InteractionKind::Reaction,
+    pb::InteractionKind::Comment,
+    pb::InteractionKind::Reply,
+    pb::InteractionKind::Answer,
+    pb::InteractionKind::Post,
+    pb::InteractionKind::Share,
+];
+
+impl Generator {
+    fn interaction(&mut self) -> pb::Interaction {
+        let n = self.next;
+        self.next += 1;
+        // A cheap scramble so tasks don't walk the members in lockstep.
+        let actor = (n.wrapping_mul(2_654_435_761) ^ self.task as u64) % self.members;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        pb::Interaction {
+            community_id: "bench".into(),
+            interaction_id: format!("{}-{}-{n}", self.run_id, self.task),
+            channel: "forum".into(),
+            kind: KINDS[(n % KINDS.len() as u64) as usize] as i32,
+            source_type: "discourse.post".into(),
+            actor: Some(pb::Identity {
+                channel: String::new(),
+                handle: format!("member{actor}"),
+            }),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: now - (n % 86_400) as i64,
+                nanos: 0,
+            }),
+            excerpt: "thanks, clearing the cache and restarting fixed it for me".into(),
+            url: format!("https://forum.example/t/{}/{n}", actor % 977),
+            ..Default::default()
+        }
+    }
+}
+
+struct Stats {
+    latency_us: Histogram<u64>,
+    interactions: u64,
+    calls: u64,
+    errors: u64,
+}
+
+async fn drive(
+    mut client: InteractionServiceClient<Channel>,
+    mut generator: Generator,
+    mode: Mode,
+    batch_size: usize,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Stats {
+    let mut stats = Stats {
+        latency_us: Histogram::new(3).expect("histogram"),
+        interactions: 0,
+        calls: 0,
+        errors: 0,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let (result, size) = match mode {
+            Mode::Unary => {
+                let request = pb::RecordInteractionRequest {
+                    interaction: Some(generator.interaction()),
+                };
+                (client.record_interaction(request).await.map(|_| ()), 1)
+            }
+            Mode::Batch => {
+                let interactions: Vec<_> =
+                    (0..batch_size).map(|_| generator.interaction()).collect();
+                let request = pb::RecordInteractionsRequest { interactions };
+                (
+                    client.record_interactions(request).await.map(|_| ()),
+                    batch_size as u64,
+                )
+            }
+        };
+        let took = started.elapsed();
+        if !measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        match result {
+            Ok(()) => {
+                stats
+                    .latency_us
+                    .record(took.as_micros() as u64)
+                    .expect("latency in range");
+                stats.interactions += size;
+                stats.calls += 1;
+            }
+            Err(status) => {
+                if stats.errors == 0 {
+                    eprintln!("error: {status}");
+                }
+                stats.errors += 1;
+            }
+        }
+    }
+    stats
+}

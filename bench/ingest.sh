@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Ingest benchmark (issue: the interaction log). Builds release binaries,
+# starts the real server on SQLite and on PostgreSQL, drives it with
+# rapport-loadgen, and runs the pgbench baseline in the same run, so the
+# figures can be compared as ratios on a shared, noisy machine.
+#
+#   bench/ingest.sh                # everything
+#   DURATION=10 bench/ingest.sh    # shorter runs
+#
+# Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), pgbench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+PG_BASE="${PG_URL%/*}"
+DURATION="${DURATION:-20}"
+WARMUP="${WARMUP:-3}"
+PORT="${PORT:-50071}"
+RESULTS="$(mktemp -d)"
+SERVER_PID=""
+
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench WITH (FORCE)" >/dev/null 2>&1 || true
+  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_pgbench WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+cargo build --release -q -p rapport-server -p rapport-loadgen
+SERVER=target/release/rapport-server
+LOADGEN=target/release/rapport-loadgen
+
+start_server() { # url
+  "$SERVER" --listen "127.0.0.1:$PORT" --database-url "$1" >"$RESULTS/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    if grep -q "database ready" "$RESULTS/server.log"; then return; fi
+    sleep 0.1
+  done
+  echo "server did not become ready" >&2; cat "$RESULTS/server.log" >&2; exit 1
+}
+
+stop_server() {
+  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
+}
+
+load() { # label mode extra-args...
+  local label=$1 mode=$2; shift 2
+  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode "$mode" --duration "$DURATION" --warmup "$WARMUP" \
+    --label "$label" "$@" | tee -a "$RESULTS/out.txt"
+}
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up"
+
+# --- SQLite
+SQLITE_DIR="$(mktemp -d)"
+start_server "sqlite:$SQLITE_DIR/rapport.db"
+load sqlite-batch500 batch --batch-size 500 --concurrency 4
+load sqlite-unary64 unary --concurrency 64
+stop_server
+rm -rf "$SQLITE_DIR"
+
+# --- PostgreSQL
+psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench WITH (FORCE)" >/dev/null
+psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench" >/dev/null
+start_server "$PG_BASE/rapport_bench"
+load postgres-batch500 batch --batch-size 500 --concurrency 4
+load postgres-unary64 unary --concurrency 64
+stop_server
+
+# --- pgbench baseline: one single-row INSERT per transaction, 8 clients,
+# into a table shaped like `events`.
+psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_pgbench WITH (FORCE)" >/dev/null
+psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench_pgbench" >/dev/null
+psql "$PG_BASE/rapport_bench_pgbench" -q <<'SQL'
+CREATE TABLE events (
+    position BIGSERIAL PRIMARY KEY, community_id TEXT NOT NULL, stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL, event_type SMALLINT NOT NULL, channel TEXT, member_id TEXT NOT NULL,
+    recorded_at BIGINT NOT NULL, payload BYTEA NOT NULL, personal BYTEA,
+    UNIQUE (stream_id, stream_version));
+CREATE INDEX events_by_community ON events (community_id, position);
+SQL
+cat >"$RESULTS/insert.sql" <<'SQL'
+\set m random(1, 1000000000)
+INSERT INTO events (community_id, stream_id, stream_version, event_type, channel, member_id, recorded_at, payload, personal)
+VALUES ('bench', 'member-' || :client_id || '-' || :m, :m, 3, 'forum', 'm' || :m, 1764000000000000,
+        decode(repeat('ab', 60), 'hex'), decode(repeat('cd', 120), 'hex'));
+SQL
+pgbench -n -c 8 -j 2 -T "$DURATION" -f "$RESULTS/insert.sql" "$PG_BASE/rapport_bench_pgbench" >"$RESULTS/pgbench.txt" 2>&1
+PGBENCH_TPS=$(awk '/^tps = /{print int($3)}' "$RESULTS/pgbench.txt" | tail -1)
+echo "pgbench-insert-8-clients: ${PGBENCH_TPS} inserts/s" | tee -a "$RESULTS/out.txt"
+
+rate() { grep "^RESULT" "$RESULTS/out.txt" | grep "\"$1\"" | sed 's/.*"interactions_per_s":\([0-9]*\).*/\1/'; }
+PG_UNARY=$(rate postgres-unary64)
+echo
+echo "== summary"
+grep -v '^RESULT' "$RESULTS/out.txt"
+awk -v a="$PG_UNARY" -v b="$PGBENCH_TPS" 'BEGIN { printf "postgres unary / pgbench single-row inserts = %.2f\n", a / b }'
