@@ -82,12 +82,14 @@ CREATE TABLE events (
 CREATE INDEX events_by_community ON events (community_id, position);
 SQL
 cat >"$RESULTS/insert.sql" <<'SQL'
-\set m random(1, 1000000000)
+\set m random(1, 9000000000000000000)
 INSERT INTO events (community_id, stream_id, stream_version, event_type, channel, member_id, recorded_at, payload, personal)
 VALUES ('bench', 'member-' || :client_id || '-' || :m, :m, 3, 'forum', 'm' || :m, 1764000000000000,
         decode(repeat('ab', 60), 'hex'), decode(repeat('cd', 120), 'hex'));
 SQL
-pgbench -n -c 8 -j 2 -T "$DURATION" -f "$RESULTS/insert.sql" "$PG_BASE/rapport_bench_pgbench" >"$RESULTS/pgbench.txt" 2>&1
+if ! pgbench -n -c 8 -j 2 -T "$DURATION" -f "$RESULTS/insert.sql" "$PG_BASE/rapport_bench_pgbench" >"$RESULTS/pgbench.txt" 2>&1; then
+  echo "pgbench failed:" >&2; grep -v '^progress' "$RESULTS/pgbench.txt" >&2; exit 1
+fi
 PGBENCH_TPS=$(awk '/^tps = /{print int($3)}' "$RESULTS/pgbench.txt" | tail -1)
 echo "pgbench-insert-8-clients: ${PGBENCH_TPS} inserts/s" | tee -a "$RESULTS/out.txt"
 

@@ -24,8 +24,12 @@ pub struct PgStore {
 
 impl PgStore {
     pub(crate) async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        // No ping before each use: it would add a round trip to every batch.
+        // A connection that broke fails its batch with UNAVAILABLE (callers
+        // retry, idempotently) and is dropped from the pool.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect(&options.url)
             .await?;
@@ -63,8 +67,13 @@ impl PgStore {
             .bind(LOG_LOCK_KEY)
             .execute(&mut *tx)
             .await?;
-        let outcomes =
-            sql::append_in_transaction::<Postgres>(&mut tx, requests, recorded_at).await?;
+        let outcomes = sql::append_in_transaction::<Postgres>(
+            sql::Dialect::Postgres,
+            &mut tx,
+            requests,
+            recorded_at,
+        )
+        .await?;
         tx.commit().await?;
         Ok(outcomes)
     }

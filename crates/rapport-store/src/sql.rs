@@ -10,9 +10,11 @@ use crate::{EventQuery, StoreError, codec, from_db, to_db};
 /// The columns `event_from_row` expects, in order.
 pub(crate) const EVENT_COLUMNS: &str = "position, community_id, stream_id, stream_version, event_type, member_id, recorded_at, payload, personal";
 
-/// Most rows one multi-row statement carries: far under both databases'
+/// Most rows one multi-row statement carries: under both databases'
 /// parameter limits (32,766 on SQLite, 65,535 on PostgreSQL) at 10 columns.
-pub(crate) const ROWS_PER_STATEMENT: usize = 2_000;
+/// These statements vary in size with every batch, so they are not kept in
+/// the prepared-statement caches (`persistent(false)`).
+pub(crate) const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// `SELECT` of the events matching `query`, after `query.after` and up to `head`.
 pub(crate) fn select_events<DB>(query: &EventQuery, head: u64) -> QueryBuilder<DB>
@@ -84,16 +86,60 @@ where
     })
 }
 
+/// How the key lookups are joined. PostgreSQL plans a join against a
+/// thousand-row VALUES list as a hash join over a sequential scan of the
+/// whole table, which grows with the log; a LATERAL subquery with LIMIT 1
+/// forces one primary-key probe per key. SQLite probes the index either way
+/// and has no LATERAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn interaction_lookup(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                ") SELECT k.community_id, k.interaction_id, k.fingerprint, k.member_id, k.position \
+                 FROM q JOIN interaction_keys k ON k.community_id = q.c AND k.interaction_id = q.i"
+            }
+            Dialect::Postgres => {
+                ") SELECT k.community_id, k.interaction_id, k.fingerprint, k.member_id, k.position \
+                 FROM q CROSS JOIN LATERAL (SELECT * FROM interaction_keys k \
+                 WHERE k.community_id = q.c AND k.interaction_id = q.i LIMIT 1) k"
+            }
+        }
+    }
+
+    fn identity_lookup(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                ") SELECT i.community_id, i.channel, i.handle_key, i.member_id, m.stream_version \
+                 FROM q JOIN identities i ON i.community_id = q.c AND i.channel = q.ch AND i.handle_key = q.h \
+                 JOIN members m ON m.member_id = i.member_id"
+            }
+            Dialect::Postgres => {
+                ") SELECT x.community_id, x.channel, x.handle_key, x.member_id, x.stream_version \
+                 FROM q CROSS JOIN LATERAL (SELECT i.community_id, i.channel, i.handle_key, i.member_id, m.stream_version \
+                 FROM identities i JOIN members m ON m.member_id = i.member_id \
+                 WHERE i.community_id = q.c AND i.channel = q.ch AND i.handle_key = q.h LIMIT 1) x"
+            }
+        }
+    }
+}
+
 /// Appends a batch inside `conn`'s open transaction, which the caller has
 /// made the only writer of the log (see the backends). Returns one outcome
 /// per request; commits nothing.
 pub(crate) async fn append_in_transaction<DB>(
+    dialect: Dialect,
     conn: &mut DB::Connection,
     requests: &[Vec<rapport_domain::Interaction>],
     recorded_at: Timestamp,
 ) -> Result<Vec<crate::AppendOutcome>, StoreError>
 where
-    DB: Database,
+    DB: Database + sqlx::database::HasStatementCache,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'a> <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
     for<'e> i64: Encode<'e, DB> + Type<DB> + Decode<'e, DB>,
@@ -117,11 +163,8 @@ where
         qb.push_values(chunk, |mut row, (community, id)| {
             row.push_bind(community.clone()).push_bind(id.clone());
         });
-        qb.push(
-            ") SELECT k.community_id, k.interaction_id, k.fingerprint, k.member_id, k.position \
-             FROM q JOIN interaction_keys k ON k.community_id = q.c AND k.interaction_id = q.i",
-        );
-        for row in qb.build().fetch_all(&mut *conn).await? {
+        qb.push(dialect.interaction_lookup());
+        for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
             let fingerprint: Vec<u8> = row.try_get(2)?;
             known.interactions.insert(
                 (row.try_get(0)?, row.try_get(1)?),
@@ -142,12 +185,8 @@ where
                 .push_bind(key.channel.clone())
                 .push_bind(key.handle_key.clone());
         });
-        qb.push(
-            ") SELECT i.community_id, i.channel, i.handle_key, i.member_id, m.stream_version \
-             FROM q JOIN identities i ON i.community_id = q.c AND i.channel = q.ch AND i.handle_key = q.h \
-             JOIN members m ON m.member_id = i.member_id",
-        );
-        for row in qb.build().fetch_all(&mut *conn).await? {
+        qb.push(dialect.identity_lookup());
+        for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
             known.identities.insert(
                 rapport_domain::IdentityKey {
                     community_id: row.try_get(0)?,
@@ -186,7 +225,7 @@ where
                 .push_bind(personal)
                 .push_bind(event.body.channel().map(str::to_owned));
         });
-        qb.build().execute(&mut *conn).await?;
+        qb.build().persistent(false).execute(&mut *conn).await?;
     }
     // Members before identities: identities reference them.
     for chunk in plan.member_heads.chunks(ROWS_PER_STATEMENT) {
@@ -199,7 +238,7 @@ where
                 .push_bind(to_db(head.stream_version));
         });
         qb.push(" ON CONFLICT (member_id) DO UPDATE SET stream_version = excluded.stream_version");
-        qb.build().execute(&mut *conn).await?;
+        qb.build().persistent(false).execute(&mut *conn).await?;
     }
     for chunk in plan.new_identities.chunks(ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<DB>::new(
@@ -211,7 +250,7 @@ where
                 .push_bind(key.handle_key.clone())
                 .push_bind(member_id.clone());
         });
-        qb.build().execute(&mut *conn).await?;
+        qb.build().persistent(false).execute(&mut *conn).await?;
     }
     for chunk in plan.new_interactions.chunks(ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<DB>::new(
@@ -224,7 +263,7 @@ where
                 .push_bind(record.member_id.clone())
                 .push_bind(to_db(record.position));
         });
-        qb.build().execute(&mut *conn).await?;
+        qb.build().persistent(false).execute(&mut *conn).await?;
     }
     Ok(plan.outcomes)
 }
