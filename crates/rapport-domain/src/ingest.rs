@@ -152,11 +152,16 @@ pub fn plan(
         plan: Plan::default(),
     };
     for request in requests {
-        let outcome = match state.find_conflict(request) {
+        // SHA-256 over every field: computed once per interaction.
+        let fingerprints: Vec<Fingerprint> = request.iter().map(Interaction::fingerprint).collect();
+        let outcome = match state.find_conflict(request, &fingerprints) {
             Some(conflict) => Err(conflict),
             None => Ok(request
                 .iter()
-                .map(|interaction| state.record(interaction, &mut new_member_id))
+                .zip(&fingerprints)
+                .map(|(interaction, fingerprint)| {
+                    state.record(interaction, *fingerprint, &mut new_member_id)
+                })
                 .collect()),
         };
         state.plan.outcomes.push(outcome);
@@ -211,14 +216,17 @@ impl Planner<'_> {
             .or_else(|| self.known.interactions.get(key))
     }
 
-    fn find_conflict(&self, request: &[Interaction]) -> Option<Conflict> {
+    fn find_conflict(
+        &self,
+        request: &[Interaction],
+        fingerprints: &[Fingerprint],
+    ) -> Option<Conflict> {
         let mut in_request: HashMap<(String, String), Fingerprint> = HashMap::new();
-        for (index, interaction) in request.iter().enumerate() {
+        for (index, (interaction, &fingerprint)) in request.iter().zip(fingerprints).enumerate() {
             let key = (
                 interaction.community_id.clone(),
                 interaction.interaction_id.clone(),
             );
-            let fingerprint = interaction.fingerprint();
             let earlier = self
                 .previously_recorded(&key)
                 .map(|r| r.fingerprint)
@@ -242,6 +250,7 @@ impl Planner<'_> {
     fn record(
         &mut self,
         interaction: &Interaction,
+        fingerprint: Fingerprint,
         new_member_id: &mut impl FnMut() -> String,
     ) -> Recorded {
         let key = (
@@ -272,7 +281,6 @@ impl Planner<'_> {
                 target_member_id,
             },
         );
-        let fingerprint = interaction.fingerprint();
         self.recorded.insert(
             key,
             RecordedRef {

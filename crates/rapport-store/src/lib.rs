@@ -4,9 +4,12 @@
 //!
 //! - [`Store`]: one interface over both backends: migrate, append a batch,
 //!   read the log, ping.
-//! - `sqlite` and `postgres`: the SQL of each backend. Every rule about *what*
-//!   to write lives in `rapport_domain::ingest`; these modules only look up,
-//!   insert and commit.
+//! - `sqlite` and `postgres`: each backend's append path (rusqlite on a
+//!   blocking thread; sqlx with multi-row statements). Every rule about
+//!   *what* to write lives in `rapport_domain::ingest`; these modules only
+//!   look up, insert and commit.
+//! - `sql`: the read path, shared by both backends through sqlx.
+//! - `cache`: what the writer remembers between batches, validated by the head.
 //! - [`writer`]: the group-commit writer that batches concurrent requests
 //!   into one transaction.
 //! - `codec`: the stored form of events (non-personal payload + personal part).
@@ -16,6 +19,7 @@
 //! writer, PostgreSQL by a transaction-scoped advisory lock) and assigns
 //! positions as `head + 1 ...` inside them.
 
+mod cache;
 mod codec;
 mod postgres;
 mod sql;
@@ -36,7 +40,7 @@ pub use writer::{Writer, WriterConfig};
 pub enum StoreError {
     /// The database did not answer or refused: worth retrying later.
     #[error("database unavailable")]
-    Unavailable(#[source] Arc<sqlx::Error>),
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Stored bytes that do not decode: a bug or a damaged database.
@@ -57,6 +61,12 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(Arc::new(e))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
         StoreError::Unavailable(Arc::new(e))
     }
 }
@@ -189,12 +199,12 @@ impl Store {
     /// Prefer [`Writer`], which batches concurrent callers.
     pub async fn append_batch(
         &self,
-        requests: &[Vec<Interaction>],
+        requests: Vec<Vec<Interaction>>,
         recorded_at: Timestamp,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         match self {
             Store::Sqlite(s) => s.append_batch(requests, recorded_at).await,
-            Store::Postgres(s) => s.append_batch(requests, recorded_at).await,
+            Store::Postgres(s) => s.append_batch(&requests, recorded_at).await,
         }
     }
 

@@ -1,47 +1,69 @@
 //! The embedded default: one SQLite file in WAL mode.
 //!
+//! Reads and migrations go through sqlx pools. Appends go through one
+//! rusqlite connection on a blocking thread: a whole batch (lookups, plan,
+//! inserts, commit) runs in one hop, with cached prepared statements, instead
+//! of one hop to sqlx's SQLite thread per statement, which cost a fixed
+//! several milliseconds per batch in thread wake-ups.
+//!
 //! Durability: `synchronous=FULL`, so a commit is on disk before the writer
 //! acknowledges it. Ordering: one writer connection, and every append runs in
 //! `BEGIN IMMEDIATE`, so appends are serialized even if a second process opens
 //! the same file by mistake.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rapport_domain::ingest::{self, Known, KnownMember, Plan, RecordedRef};
 use rapport_domain::{Interaction, Timestamp};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use crate::{AppendOutcome, EventPage, EventQuery, StoreError, StoreOptions, sql};
+use crate::cache::{CacheUpdate, WriterCache};
+use crate::{
+    AppendOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db, sql, to_db,
+};
+
+/// Pragmas of every connection, reader or writer.
+///
+/// - `cache_size`: the default page cache (2 MiB) makes every index insert of
+///   a batch a read from disk once the log outgrows it.
+/// - `wal_autocheckpoint`: every ~40 MiB of WAL instead of every 4 MiB; the
+///   checkpoint runs inside the committing write and fsyncs the database
+///   file, so fewer, larger ones keep commits short.
+const PRAGMAS: [(&str, &str); 3] = [
+    ("cache_size", "-65536"),
+    ("temp_store", "memory"),
+    ("wal_autocheckpoint", "10000"),
+];
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    /// A single connection: SQLite has one writer at a time anyway, and
-    /// queueing here is cheaper than `SQLITE_BUSY` retries.
-    writer: SqlitePool,
+    /// Runs migrations: sqlx's migrator wants a pool.
+    admin: SqlitePool,
     /// Readers see committed snapshots concurrently with the writer (WAL).
     readers: SqlitePool,
+    /// The one writer connection (see the module doc).
+    writer: Arc<Mutex<rusqlite::Connection>>,
+    /// Identities and stream versions this process's writer committed.
+    cache: Arc<Mutex<WriterCache>>,
 }
 
 impl SqliteStore {
     pub(crate) async fn connect(path: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let connect = SqliteConnectOptions::new()
+        let mut connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true)
-            // The default page cache (2 MiB) makes every index insert of a
-            // batch a read from disk once the log outgrows it.
-            .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory")
-            // Checkpoint every ~40 MiB of WAL instead of every 4 MiB: the
-            // checkpoint runs inside the committing write and fsyncs the
-            // database file, so fewer, larger ones keep commits short.
-            .pragma("wal_autocheckpoint", "10000");
-        // No ping before each use: a local file does not go stale, and the
-        // ping would be one more round trip to the SQLite thread per batch.
-        let writer = SqlitePoolOptions::new()
+            .foreign_keys(true);
+        for (name, value) in PRAGMAS {
+            connect = connect.pragma(name, value);
+        }
+        // No ping before each use: a local file does not go stale.
+        let admin = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
@@ -53,12 +75,22 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
-        Ok(SqliteStore { writer, readers })
+        // The file exists and is in WAL mode now (sqlx created it).
+        let path = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || open_writer(&path))
+            .await
+            .expect("open the writer")?;
+        Ok(SqliteStore {
+            admin,
+            readers,
+            writer: Arc::new(Mutex::new(writer)),
+            cache: Arc::default(),
+        })
     }
 
     pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/sqlite")
-            .run(&self.writer)
+            .run(&self.admin)
             .await?;
         Ok(())
     }
@@ -72,24 +104,34 @@ impl SqliteStore {
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
             .fetch_one(&self.readers)
             .await?;
-        crate::from_db(head)
+        from_db(head)
     }
 
     pub(crate) async fn append_batch(
         &self,
-        requests: &[Vec<Interaction>],
+        requests: Vec<Vec<Interaction>>,
         recorded_at: Timestamp,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcomes = sql::append_in_transaction::<Sqlite>(
-            sql::Dialect::Sqlite,
-            &mut tx,
-            requests,
-            recorded_at,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        let writer = Arc::clone(&self.writer);
+        let cache = Arc::clone(&self.cache);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().expect("sqlite writer");
+            let appended = append_blocking(&mut conn, &cache, &requests, recorded_at);
+            let mut cache = cache.lock().expect("writer cache");
+            match appended {
+                Ok((outcomes, update)) => {
+                    cache.apply(update);
+                    Ok(outcomes)
+                }
+                Err(e) => {
+                    // A failed commit may or may not have landed: forget it all.
+                    cache.reset();
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the sqlite writer panicked: {e}")))?
     }
 
     pub(crate) async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
@@ -101,7 +143,158 @@ impl SqliteStore {
     }
 
     pub(crate) async fn close(&self) {
-        self.writer.close().await;
+        self.admin.close().await;
         self.readers.close().await;
     }
+}
+
+fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    for (name, value) in PRAGMAS {
+        conn.pragma_update(None, name, value)?;
+    }
+    Ok(conn)
+}
+
+/// One batch in one `BEGIN IMMEDIATE` transaction, committed before returning.
+fn append_blocking(
+    conn: &mut rusqlite::Connection,
+    cache: &Mutex<WriterCache>,
+    requests: &[Vec<Interaction>],
+    recorded_at: Timestamp,
+) -> Result<(Vec<AppendOutcome>, CacheUpdate), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head: i64 = tx.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+        r.get(0)
+    })?;
+    let head = from_db(head)?;
+    let keys = ingest::lookup_keys(requests);
+
+    let mut known = Known::default();
+    {
+        let mut lookup = tx.prepare_cached(
+            "SELECT fingerprint, member_id, position FROM interaction_keys \
+             WHERE community_id = ?1 AND interaction_id = ?2",
+        )?;
+        for (community, id) in keys.interactions {
+            let row = lookup
+                .query_row(params![community, id], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((fingerprint, member_id, position)) = row {
+                let fingerprint = fingerprint
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("fingerprint length".into()))?;
+                let position = from_db(position)?;
+                known.interactions.insert(
+                    (community, id),
+                    RecordedRef {
+                        fingerprint,
+                        member_id,
+                        position,
+                    },
+                );
+            }
+        }
+    }
+    let uncached = cache
+        .lock()
+        .expect("writer cache")
+        .resolve(head, keys.identities, &mut known);
+    {
+        let mut lookup = tx.prepare_cached(
+            "SELECT i.member_id FROM identities i \
+             WHERE i.community_id = ?1 AND i.channel = ?2 AND i.handle_key = ?3",
+        )?;
+        let mut version = tx.prepare_cached(
+            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?1",
+        )?;
+        for key in uncached {
+            let member_id = lookup
+                .query_row(
+                    params![key.community_id, key.channel, key.handle_key],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?;
+            if let Some(member_id) = member_id {
+                let stream = rapport_domain::event::member_stream_id(&member_id);
+                let stream_version = from_db(version.query_row([stream], |r| r.get(0))?)?;
+                known.identities.insert(
+                    key,
+                    KnownMember {
+                        member_id,
+                        stream_version,
+                    },
+                );
+            }
+        }
+    }
+
+    let plan = ingest::plan(requests, &known, head, recorded_at, crate::new_member_id);
+    write_plan(&tx, &plan)?;
+    tx.commit()?;
+    Ok(CacheUpdate::from_plan(head, known, plan))
+}
+
+fn write_plan(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO events (position, community_id, stream_id, stream_version, event_type, \
+         member_id, recorded_at, payload, personal, channel) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for event in &plan.events {
+        let (payload, personal) = codec::encode(&event.body);
+        insert.execute(params![
+            to_db(event.position),
+            event.community_id,
+            event.stream_id,
+            to_db(event.stream_version),
+            event.body.event_type() as i16,
+            event.body.member_id(),
+            event.recorded_at.as_micros(),
+            payload,
+            personal,
+            event.body.channel(),
+        ])?;
+    }
+    // Members before identities: identities reference them.
+    let mut register =
+        tx.prepare_cached("INSERT INTO members (member_id, community_id) VALUES (?1, ?2)")?;
+    for head in plan.member_heads.iter().filter(|h| h.is_new) {
+        register.execute(params![head.member_id, head.community_id])?;
+    }
+    let mut link = tx.prepare_cached(
+        "INSERT INTO identities (community_id, channel, handle_key, member_id) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (key, member_id) in &plan.new_identities {
+        link.execute(params![
+            key.community_id,
+            key.channel,
+            key.handle_key,
+            member_id
+        ])?;
+    }
+    let mut remember = tx.prepare_cached(
+        "INSERT INTO interaction_keys (community_id, interaction_id, fingerprint, member_id, position) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for record in &plan.new_interactions {
+        remember.execute(params![
+            record.community_id,
+            record.interaction_id,
+            &record.fingerprint[..],
+            record.member_id,
+            to_db(record.position),
+        ])?;
+    }
+    Ok(())
 }

@@ -115,7 +115,7 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
     let (requests, replies): (Vec<_>, Vec<_>) =
         jobs.into_iter().map(|j| (j.interactions, j.reply)).unzip();
     let started = std::time::Instant::now();
-    match store.append_batch(&requests, now()).await {
+    match store.append_batch(requests, now()).await {
         Ok(outcomes) => {
             debug!(
                 requests = replies.len(),

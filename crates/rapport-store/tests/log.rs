@@ -75,6 +75,7 @@ on_both_backends!(
     concurrent_first_sightings_make_one_member,
     recorded_events_read_back_whole_and_filtered,
     a_conflicting_request_writes_nothing,
+    streams_continue_across_writers_and_restarts,
 );
 
 async fn positions_are_gap_free_in_commit_order_under_concurrent_replicas(backend: Backend) {
@@ -173,14 +174,14 @@ async fn a_retry_is_a_duplicate_and_a_reused_id_conflicts(backend: Backend) {
         return;
     };
     let first = store
-        .append_batch(&[vec![interaction("acme", "i1", "ana")]], T0)
+        .append_batch(vec![vec![interaction("acme", "i1", "ana")]], T0)
         .await
         .unwrap();
     let original = first[0].clone().unwrap()[0].clone();
     assert!(!original.duplicate);
 
     let retry = store
-        .append_batch(&[vec![interaction("acme", "i1", "ana")]], T0)
+        .append_batch(vec![vec![interaction("acme", "i1", "ana")]], T0)
         .await
         .unwrap();
     let retried = retry[0].clone().unwrap()[0].clone();
@@ -192,7 +193,7 @@ async fn a_retry_is_a_duplicate_and_a_reused_id_conflicts(backend: Backend) {
 
     let mut changed = interaction("acme", "i1", "ana");
     changed.excerpt = "edited".into();
-    let conflict = store.append_batch(&[vec![changed]], T0).await.unwrap();
+    let conflict = store.append_batch(vec![vec![changed]], T0).await.unwrap();
     let conflict = conflict[0].clone().unwrap_err();
     assert_eq!(
         (conflict.index, conflict.interaction_id.as_str()),
@@ -201,7 +202,7 @@ async fn a_retry_is_a_duplicate_and_a_reused_id_conflicts(backend: Backend) {
 
     // The same id in another community is another interaction.
     let other = store
-        .append_batch(&[vec![interaction("globex", "i1", "ana")]], T0)
+        .append_batch(vec![vec![interaction("globex", "i1", "ana")]], T0)
         .await
         .unwrap();
     assert!(!other[0].clone().unwrap()[0].duplicate);
@@ -265,7 +266,7 @@ async fn recorded_events_read_back_whole_and_filtered(backend: Backend) {
     let other_community = interaction("globex", "i1", "zed");
     store
         .append_batch(
-            &[vec![reply.clone(), review.clone()], vec![other_community]],
+            vec![vec![reply.clone(), review.clone()], vec![other_community]],
             T0,
         )
         .await
@@ -360,7 +361,7 @@ async fn a_conflicting_request_writes_nothing(backend: Backend) {
         return;
     };
     store
-        .append_batch(&[vec![interaction("acme", "i1", "ana")]], T0)
+        .append_batch(vec![vec![interaction("acme", "i1", "ana")]], T0)
         .await
         .unwrap();
     let head = store.head().await.unwrap();
@@ -368,7 +369,7 @@ async fn a_conflicting_request_writes_nothing(backend: Backend) {
     changed.kind = InteractionKind::Post;
     let outcomes = store
         .append_batch(
-            &[
+            vec![
                 vec![interaction("acme", "i2", "carla"), changed],
                 vec![interaction("acme", "i3", "dan")],
             ],
@@ -381,11 +382,45 @@ async fn a_conflicting_request_writes_nothing(backend: Backend) {
     // Only dan's three events: carla's registration went with her rejected request.
     assert_eq!(store.head().await.unwrap(), head + 3);
     let retry = store
-        .append_batch(&[vec![interaction("acme", "i2", "carla")]], T0)
+        .append_batch(vec![vec![interaction("acme", "i2", "carla")]], T0)
         .await
         .unwrap();
     assert!(
         !retry[0].clone().unwrap()[0].duplicate,
         "i2 was never recorded"
+    );
+}
+
+async fn streams_continue_across_writers_and_restarts(backend: Backend) {
+    let Some((db, first)) = fresh(backend, "streams_continue").await else {
+        return;
+    };
+    first
+        .append_batch(vec![vec![interaction("acme", "i1", "ana")]], T0)
+        .await
+        .unwrap();
+    // Another writer (a restart, or a replica) knows nothing yet.
+    let second = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
+    second
+        .append_batch(vec![vec![interaction("acme", "i2", "ana")]], T0)
+        .await
+        .unwrap();
+    // And the first writer must notice the second one's append.
+    first
+        .append_batch(vec![vec![interaction("acme", "i3", "ana")]], T0)
+        .await
+        .unwrap();
+    let page = first
+        .read_events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let versions: Vec<u64> = page.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(
+        versions,
+        [1, 2, 3, 4, 5],
+        "one member, one stream, no version reused"
     );
 }

@@ -17,10 +17,12 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_community ON events (community_id, position);
 
+-- Members. A member's stream version is not kept here: the log has it,
+-- MAX(stream_version) over the (stream_id, stream_version) index, so an
+-- append updates no per-member row (one random page write less per event).
 CREATE TABLE members (
-    member_id      TEXT   PRIMARY KEY,
-    community_id   TEXT   NOT NULL,
-    stream_version BIGINT NOT NULL
+    member_id    TEXT PRIMARY KEY,
+    community_id TEXT NOT NULL
 );
 
 CREATE TABLE identities (
