@@ -30,7 +30,7 @@ use rapport_proto::v1::event_log_service_server::EventLogServiceServer;
 use rapport_proto::v1::interaction_service_server::InteractionServiceServer;
 use rapport_store::{Store, StoreError, StoreOptions, Writer, WriterConfig};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -108,6 +108,9 @@ pub async fn run(
     let mut stop_accepting = stopping.clone();
     let drain_timeout = config.drain_timeout();
     info!(addr = %listener.local_addr().map_err(|e| ServerError::Config(e.to_string()))?, "listening");
+    // Small responses must leave at once: without TCP_NODELAY, Nagle's
+    // algorithm holds them back waiting for the client's delayed ACK.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .add_service(health_service)
@@ -115,7 +118,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(interactions)
         .add_service(event_log)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_accepting.wait_for(|stop| *stop).await;
         });
     tokio::select! {
