@@ -11,3 +11,4 @@ mod event_log;
 mod grpcurl;
 mod health;
 mod ingest;
+mod reflection;
