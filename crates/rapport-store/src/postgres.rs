@@ -11,12 +11,11 @@
 use rapport_domain::ingest::{self, Known, KnownMember, RecordedRef};
 use rapport_domain::{Interaction, Timestamp};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 
 use std::sync::{Arc, Mutex};
 
 use crate::cache::{CacheUpdate, WriterCache};
-use crate::sql::{EVENT_COLUMNS, ROWS_PER_STATEMENT};
 use crate::{
     AppendOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db, sql, to_db,
 };
@@ -139,46 +138,58 @@ async fn append_in_transaction(
         .lock()
         .expect("writer cache")
         .resolve(head, keys.identities, &mut known);
-    for chunk in keys.interactions.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Postgres>::new("WITH q (c, i) AS (");
-        qb.push_values(chunk, |mut row, (community, id)| {
-            row.push_bind(community.clone()).push_bind(id.clone());
-        });
-        qb.push(
-            ") SELECT k.community_id, k.interaction_id, k.fingerprint, k.member_id, k.position \
-             FROM q CROSS JOIN LATERAL (SELECT * FROM interaction_keys k \
-             WHERE k.community_id = q.c AND k.interaction_id = q.i LIMIT 1) k",
+
+    // Every statement below binds whole columns as arrays and UNNESTs them:
+    // one prepared statement per table whatever the batch size. The lookups
+    // are LATERAL with LIMIT 1 so that PostgreSQL probes the primary key per
+    // key instead of hash-joining against a scan of the whole table.
+    let (communities, ids): (Vec<&str>, Vec<&str>) = keys
+        .interactions
+        .iter()
+        .map(|(c, i)| (c.as_str(), i.as_str()))
+        .unzip();
+    let rows = sqlx::query(
+        "SELECT k.community_id, k.interaction_id, k.fingerprint, k.member_id, k.position \
+         FROM UNNEST($1::text[], $2::text[]) AS q (c, i) \
+         CROSS JOIN LATERAL (SELECT * FROM interaction_keys k \
+         WHERE k.community_id = q.c AND k.interaction_id = q.i LIMIT 1) k",
+    )
+    .bind(&communities)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let fingerprint: Vec<u8> = row.try_get(2)?;
+        known.interactions.insert(
+            (row.try_get(0)?, row.try_get(1)?),
+            RecordedRef {
+                fingerprint: fingerprint
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("fingerprint length".into()))?,
+                member_id: row.try_get(3)?,
+                position: from_db(row.try_get(4)?)?,
+            },
         );
-        for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
-            let fingerprint: Vec<u8> = row.try_get(2)?;
-            known.interactions.insert(
-                (row.try_get(0)?, row.try_get(1)?),
-                RecordedRef {
-                    fingerprint: fingerprint
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("fingerprint length".into()))?,
-                    member_id: row.try_get(3)?,
-                    position: from_db(row.try_get(4)?)?,
-                },
-            );
-        }
     }
-    for chunk in uncached.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Postgres>::new("WITH q (c, ch, h) AS (");
-        qb.push_values(chunk, |mut row, key| {
-            row.push_bind(key.community_id.clone())
-                .push_bind(key.channel.clone())
-                .push_bind(key.handle_key.clone());
-        });
-        qb.push(
+    if !uncached.is_empty() {
+        let communities: Vec<&str> = uncached.iter().map(|k| k.community_id.as_str()).collect();
+        let channels: Vec<&str> = uncached.iter().map(|k| k.channel.as_str()).collect();
+        let handles: Vec<&str> = uncached.iter().map(|k| k.handle_key.as_str()).collect();
+        let rows = sqlx::query(
             // The stream id is `rapport_domain::event::member_stream_id`.
-            ") SELECT x.community_id, x.channel, x.handle_key, x.member_id, \
+            "SELECT x.community_id, x.channel, x.handle_key, x.member_id, \
              (SELECT MAX(e.stream_version) FROM events e WHERE e.stream_id = 'member-' || x.member_id) \
-             FROM q CROSS JOIN LATERAL (SELECT i.community_id, i.channel, i.handle_key, i.member_id \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS q (c, ch, h) \
+             CROSS JOIN LATERAL (SELECT i.community_id, i.channel, i.handle_key, i.member_id \
              FROM identities i \
              WHERE i.community_id = q.c AND i.channel = q.ch AND i.handle_key = q.h LIMIT 1) x",
-        );
-        for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
+        )
+        .bind(&communities)
+        .bind(&channels)
+        .bind(&handles)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
             known.identities.insert(
                 rapport_domain::IdentityKey {
                     community_id: row.try_get(0)?,
@@ -195,60 +206,122 @@ async fn append_in_transaction(
 
     let plan = ingest::plan(requests, &known, head, recorded_at, crate::new_member_id);
 
-    for chunk in plan.events.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "INSERT INTO events ({EVENT_COLUMNS}, channel) "
-        ));
-        qb.push_values(chunk, |mut row, event| {
-            let (payload, personal) = codec::encode(&event.body);
-            row.push_bind(to_db(event.position))
-                .push_bind(event.community_id.clone())
-                .push_bind(event.stream_id.clone())
-                .push_bind(to_db(event.stream_version))
-                .push_bind(event.body.event_type() as i16)
-                .push_bind(event.body.member_id().to_owned())
-                .push_bind(event.recorded_at.as_micros())
-                .push_bind(payload)
-                .push_bind(personal)
-                .push_bind(event.body.channel().map(str::to_owned));
-        });
-        qb.build().persistent(false).execute(&mut *conn).await?;
-    }
+    let events = &plan.events;
+    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        events.iter().map(|e| codec::encode(&e.body)).collect();
+    let (payloads, personals): (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) = encoded.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO events (position, community_id, stream_id, stream_version, event_type, \
+         member_id, recorded_at, payload, personal, channel) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int2[], \
+         $6::text[], $7::int8[], $8::bytea[], $9::bytea[], $10::text[])",
+    )
+    .bind(events.iter().map(|e| to_db(e.position)).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.community_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.stream_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| to_db(e.stream_version))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.body.event_type() as i16)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.body.member_id())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.recorded_at.as_micros())
+            .collect::<Vec<_>>(),
+    )
+    .bind(payloads)
+    .bind(personals)
+    .bind(events.iter().map(|e| e.body.channel()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+
     // Members before identities: identities reference them.
     let new_members: Vec<_> = plan.member_heads.iter().filter(|h| h.is_new).collect();
-    for chunk in new_members.chunks(ROWS_PER_STATEMENT) {
-        let mut qb =
-            QueryBuilder::<Postgres>::new("INSERT INTO members (member_id, community_id) ");
-        qb.push_values(chunk, |mut row, head| {
-            row.push_bind(head.member_id.clone())
-                .push_bind(head.community_id.clone());
-        });
-        qb.build().persistent(false).execute(&mut *conn).await?;
+    if !new_members.is_empty() {
+        sqlx::query(
+            "INSERT INTO members (member_id, community_id) \
+             SELECT * FROM UNNEST($1::text[], $2::text[])",
+        )
+        .bind(
+            new_members
+                .iter()
+                .map(|h| h.member_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            new_members
+                .iter()
+                .map(|h| h.community_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
     }
-    for chunk in plan.new_identities.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "INSERT INTO identities (community_id, channel, handle_key, member_id) ",
-        );
-        qb.push_values(chunk, |mut row, (key, member_id)| {
-            row.push_bind(key.community_id.clone())
-                .push_bind(key.channel.clone())
-                .push_bind(key.handle_key.clone())
-                .push_bind(member_id.clone());
-        });
-        qb.build().persistent(false).execute(&mut *conn).await?;
+    if !plan.new_identities.is_empty() {
+        let links = &plan.new_identities;
+        sqlx::query(
+            "INSERT INTO identities (community_id, channel, handle_key, member_id) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])",
+        )
+        .bind(
+            links
+                .iter()
+                .map(|(k, _)| k.community_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            links
+                .iter()
+                .map(|(k, _)| k.channel.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            links
+                .iter()
+                .map(|(k, _)| k.handle_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(links.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
     }
-    for chunk in plan.new_interactions.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "INSERT INTO interaction_keys (community_id, interaction_id, fingerprint, member_id, position) ",
-        );
-        qb.push_values(chunk, |mut row, record| {
-            row.push_bind(record.community_id.clone())
-                .push_bind(record.interaction_id.clone())
-                .push_bind(record.fingerprint.to_vec())
-                .push_bind(record.member_id.clone())
-                .push_bind(to_db(record.position));
-        });
-        qb.build().persistent(false).execute(&mut *conn).await?;
+    if !plan.new_interactions.is_empty() {
+        let records = &plan.new_interactions;
+        sqlx::query(
+            "INSERT INTO interaction_keys (community_id, interaction_id, fingerprint, member_id, position) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::int8[])",
+        )
+        .bind(records.iter().map(|r| r.community_id.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.interaction_id.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.fingerprint.to_vec()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.member_id.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| to_db(r.position)).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(CacheUpdate::from_plan(head, known, plan))
 }

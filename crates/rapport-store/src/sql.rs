@@ -10,12 +10,6 @@ use crate::{EventQuery, StoreError, codec, from_db, to_db};
 /// The columns `event_from_row` expects, in order.
 pub(crate) const EVENT_COLUMNS: &str = "position, community_id, stream_id, stream_version, event_type, member_id, recorded_at, payload, personal";
 
-/// Most rows one multi-row statement carries: under both databases'
-/// parameter limits (32,766 on SQLite, 65,535 on PostgreSQL) at 10 columns.
-/// These statements vary in size with every batch, so they are not kept in
-/// the prepared-statement caches (`persistent(false)`).
-pub(crate) const ROWS_PER_STATEMENT: usize = 1_000;
-
 /// `SELECT` of the events matching `query`, after `query.after` and up to `head`.
 pub(crate) fn select_events<DB>(query: &EventQuery, head: u64) -> QueryBuilder<DB>
 where
