@@ -29,14 +29,21 @@ use crate::{
 ///
 /// - `cache_size`: the default page cache (2 MiB) makes every index insert of
 ///   a batch a read from disk once the log outgrows it.
-/// - `wal_autocheckpoint`: every ~40 MiB of WAL instead of every 4 MiB; the
-///   checkpoint runs inside the committing write and fsyncs the database
-///   file, so fewer, larger ones keep commits short.
-const PRAGMAS: [(&str, &str); 3] = [
+/// - `wal_autocheckpoint`: every ~40 MiB of WAL instead of every 4 MiB. The
+///   checkpoint runs inside the committing write; the checkpointer thread
+///   (see [`spawn_checkpointer`]) has copied most frames by then, so it is
+///   short, and it is what lets the WAL start over.
+/// - `journal_size_limit`: the WAL file is cut back to 64 MiB after a
+///   checkpoint instead of keeping its largest size forever.
+const PRAGMAS: [(&str, &str); 4] = [
     ("cache_size", "-65536"),
     ("temp_store", "memory"),
     ("wal_autocheckpoint", "10000"),
+    ("journal_size_limit", "67108864"),
 ];
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -77,13 +84,16 @@ impl SqliteStore {
             .await?;
         // The file exists and is in WAL mode now (sqlx created it).
         let path = path.to_owned();
+        let path_for_checkpoints = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&path))
             .await
             .expect("open the writer")?;
+        let writer = Arc::new(Mutex::new(writer));
+        spawn_checkpointer(&path_for_checkpoints, Arc::downgrade(&writer))?;
         Ok(SqliteStore {
             admin,
             readers,
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             cache: Arc::default(),
         })
     }
@@ -158,6 +168,34 @@ fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {
         conn.pragma_update(None, name, value)?;
     }
     Ok(conn)
+}
+
+/// Checkpoints the WAL off the writer's path. A PASSIVE checkpoint copies
+/// frames back into the database file (and fsyncs it) without blocking the
+/// writer. Under continuous writes it never quite catches up, so the writer's
+/// own automatic checkpoint still runs every `wal_autocheckpoint` pages and
+/// starts the WAL over, but finds almost everything already copied. The
+/// thread ends once the store (and so the writer connection) is gone.
+fn spawn_checkpointer(
+    path: &str,
+    writer: std::sync::Weak<Mutex<rusqlite::Connection>>,
+) -> Result<(), StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    std::thread::Builder::new()
+        .name("rapport-checkpoint".into())
+        .spawn(move || {
+            while writer.strong_count() > 0 {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "wal checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpointer: {e}")))?;
+    Ok(())
 }
 
 /// One batch in one `BEGIN IMMEDIATE` transaction, committed before returning.
