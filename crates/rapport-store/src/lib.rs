@@ -5,7 +5,7 @@
 //! - [`Store`]: one interface over both backends: migrate, append a batch,
 //!   read the log, ping.
 //! - `sqlite` and `postgres`: each backend's append path (rusqlite on a
-//!   blocking thread; sqlx with multi-row statements). Every rule about
+//!   blocking thread; sqlx with columns bound as arrays). Every rule about
 //!   *what* to write lives in `rapport_domain::ingest`; these modules only
 //!   look up, insert and commit.
 //! - `sql`: the read path, shared by both backends through sqlx.
