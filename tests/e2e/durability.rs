@@ -88,6 +88,23 @@ async fn assert_all_present(app: &TestApp, acks: &[(String, u64)]) {
     }
 }
 
+/// Waits for the writers to notice the server is gone, restarts it on the
+/// same database and checks every acknowledged write is there.
+async fn restart_with_every_ack(
+    db: rapport_testkit::TestDatabase,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    acks: &Acks,
+) -> TestApp {
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    let app = start(db, &[]).await;
+    app.wait_serving().await;
+    assert_all_present(&app, &acks).await;
+    app
+}
+
 async fn acknowledged_writes_survive_a_crash(backend: Backend) {
     let Some(app) = spawn_app(backend, "crash").await else {
         return;
@@ -95,14 +112,7 @@ async fn acknowledged_writes_survive_a_crash(backend: Backend) {
     let (acks, tasks) = start_writers(&app).await;
     wait_for_acks(&acks, 300).await;
     let db = app.crash();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acks = acks.lock().unwrap().clone();
-
-    let app = start(db, &[]).await;
-    app.wait_serving().await;
-    assert_all_present(&app, &acks).await;
+    restart_with_every_ack(db, tasks, &acks).await;
 }
 
 async fn shutdown_drains_in_flight_writes(backend: Backend) {
@@ -113,14 +123,7 @@ async fn shutdown_drains_in_flight_writes(backend: Backend) {
     wait_for_acks(&acks, 200).await;
     let (clean_exit, db) = app.terminate().await;
     assert!(clean_exit, "SIGTERM ends the server with status 0");
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acks = acks.lock().unwrap().clone();
-
-    let app = start(db, &[]).await;
-    app.wait_serving().await;
-    assert_all_present(&app, &acks).await;
+    let app = restart_with_every_ack(db, tasks, &acks).await;
     // And it still takes writes after the restart.
     let after = app
         .interactions()

@@ -106,7 +106,7 @@ impl WriterCache {
     }
 
     /// Records a committed batch. Must only be called after the commit.
-    pub(crate) fn apply(&mut self, update: CacheUpdate) {
+    fn apply(&mut self, update: CacheUpdate) {
         if self.versions.len() + update.heads.len() > MAX_MEMBERS {
             self.identities.clear();
             self.versions.clear();
@@ -118,9 +118,22 @@ impl WriterCache {
         self.last_head = Some(update.head_after);
     }
 
-    /// Forgets everything (after a failed batch whose effect is unknown).
-    pub(crate) fn reset(&mut self) {
-        *self = WriterCache::default();
+    /// Settles a batch: a committed one teaches the cache what it wrote; a
+    /// failed one (whose commit may or may not have landed) empties it.
+    pub(crate) fn settle<T>(
+        &mut self,
+        batch: Result<(T, CacheUpdate), crate::StoreError>,
+    ) -> Result<T, crate::StoreError> {
+        match batch {
+            Ok((outcomes, update)) => {
+                self.apply(update);
+                Ok(outcomes)
+            }
+            Err(e) => {
+                *self = WriterCache::default();
+                Err(e)
+            }
+        }
     }
 }
 

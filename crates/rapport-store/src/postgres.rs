@@ -87,18 +87,7 @@ impl PgStore {
                 .map_err(StoreError::from),
             Err(e) => Err(e),
         };
-        let mut cache = self.cache.lock().expect("writer cache");
-        match committed {
-            Ok((outcomes, update)) => {
-                cache.apply(update);
-                Ok(outcomes)
-            }
-            Err(e) => {
-                // A failed commit may or may not have landed: forget it all.
-                cache.reset();
-                Err(e)
-            }
-        }
+        self.cache.lock().expect("writer cache").settle(committed)
     }
 
     pub(crate) async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {

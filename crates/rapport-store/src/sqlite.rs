@@ -127,18 +127,7 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("sqlite writer");
             let appended = append_blocking(&mut conn, &cache, &requests, recorded_at);
-            let mut cache = cache.lock().expect("writer cache");
-            match appended {
-                Ok((outcomes, update)) => {
-                    cache.apply(update);
-                    Ok(outcomes)
-                }
-                Err(e) => {
-                    // A failed commit may or may not have landed: forget it all.
-                    cache.reset();
-                    Err(e)
-                }
-            }
+            cache.lock().expect("writer cache").settle(appended)
         })
         .await
         .map_err(|e| StoreError::Corrupt(format!("the sqlite writer panicked: {e}")))?
