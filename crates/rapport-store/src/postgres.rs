@@ -73,11 +73,10 @@ impl PgStore {
         requests: &[Vec<Interaction>],
         recorded_at: Timestamp,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(LOG_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
+        // BEGIN and the lock in one round trip: a simple query may hold
+        // several statements.
+        let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         let appended = append_in_transaction(&mut tx, &self.cache, requests, recorded_at).await;
         let committed = match appended {
             Ok(appended) => tx
@@ -115,51 +114,57 @@ async fn append_in_transaction(
     requests: &[Vec<rapport_domain::Interaction>],
     recorded_at: Timestamp,
 ) -> Result<(Vec<crate::AppendOutcome>, CacheUpdate), StoreError> {
-    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(&mut *conn)
-        .await?;
-    let head = from_db(head)?;
+    // Every statement binds whole columns as arrays and UNNESTs them: one
+    // prepared statement per table whatever the batch size.
+    //
+    // First the head and the known interaction ids, in one round trip; the
+    // head is read after BEGIN took the lock, so it is the last commit.
+    // LATERAL with LIMIT 1 makes PostgreSQL probe the primary key per key
+    // instead of hash-joining against a scan of the whole table.
     let keys = ingest::lookup_keys(requests);
-
-    let mut known = Known::default();
-    // Identities this writer resolved in earlier batches need no query.
-    let uncached = cache
-        .lock()
-        .expect("writer cache")
-        .resolve(head, keys.identities, &mut known);
-
-    // Every statement below binds whole columns as arrays and UNNESTs them:
-    // one prepared statement per table whatever the batch size. The lookups
-    // are LATERAL with LIMIT 1 so that PostgreSQL probes the primary key per
-    // key instead of hash-joining against a scan of the whole table.
     let (communities, ids): (Vec<&str>, Vec<&str>) = keys
         .interactions
         .iter()
         .map(|(c, i)| (c.as_str(), i.as_str()))
         .unzip();
     let rows = sqlx::query(
-        "SELECT k.community_id, k.interaction_id, k.fingerprint, k.member_id, k.position \
-         FROM UNNEST($1::text[], $2::text[]) AS q (c, i) \
+        "WITH h AS (SELECT COALESCE(MAX(position), 0) AS head FROM events) \
+         SELECT h.head, k.community_id, k.interaction_id, k.fingerprint, k.member_id, k.position \
+         FROM h LEFT JOIN LATERAL (SELECT k.* FROM UNNEST($1::text[], $2::text[]) AS q (c, i) \
          CROSS JOIN LATERAL (SELECT * FROM interaction_keys k \
-         WHERE k.community_id = q.c AND k.interaction_id = q.i LIMIT 1) k",
+         WHERE k.community_id = q.c AND k.interaction_id = q.i LIMIT 1) k) k ON true",
     )
     .bind(&communities)
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    for row in rows {
-        let fingerprint: Vec<u8> = row.try_get(2)?;
+    let head: i64 = match rows.first() {
+        Some(row) => row.try_get(0)?,
+        None => return Err(StoreError::Corrupt("the head query returned no row".into())),
+    };
+    let head = from_db(head)?;
+
+    let mut known = Known::default();
+    for row in &rows {
+        let Some(fingerprint) = row.try_get::<Option<Vec<u8>>, _>(3)? else {
+            continue; // the head alone: no id matched
+        };
         known.interactions.insert(
-            (row.try_get(0)?, row.try_get(1)?),
+            (row.try_get(1)?, row.try_get(2)?),
             RecordedRef {
                 fingerprint: fingerprint
                     .try_into()
                     .map_err(|_| StoreError::Corrupt("fingerprint length".into()))?,
-                member_id: row.try_get(3)?,
-                position: from_db(row.try_get(4)?)?,
+                member_id: row.try_get(4)?,
+                position: from_db(row.try_get(5)?)?,
             },
         );
     }
+    // Identities this writer resolved in earlier batches need no query.
+    let uncached = cache
+        .lock()
+        .expect("writer cache")
+        .resolve(head, keys.identities, &mut known);
     if !uncached.is_empty() {
         let communities: Vec<&str> = uncached.iter().map(|k| k.community_id.as_str()).collect();
         let channels: Vec<&str> = uncached.iter().map(|k| k.channel.as_str()).collect();
@@ -195,122 +200,55 @@ async fn append_in_transaction(
 
     let plan = ingest::plan(requests, &known, head, recorded_at, crate::new_member_id);
 
+    // Every write of the batch in one statement (one round trip): the
+    // data-modifying CTEs all run, and the foreign keys of `identities` are
+    // checked at the end of the statement, after `members` got its rows.
     let events = &plan.events;
-    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-        events.iter().map(|e| codec::encode(&e.body)).collect();
-    let (payloads, personals): (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) = encoded.into_iter().unzip();
+    let (payloads, personals): (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) =
+        events.iter().map(|e| codec::encode(&e.body)).unzip();
+    let new_members: Vec<_> = plan.member_heads.iter().filter(|h| h.is_new).collect();
+    let links = &plan.new_identities;
+    let records = &plan.new_interactions;
     sqlx::query(
-        "INSERT INTO events (position, community_id, stream_id, stream_version, event_type, \
-         member_id, recorded_at, payload, personal, channel) \
-         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int2[], \
-         $6::text[], $7::int8[], $8::bytea[], $9::bytea[], $10::text[])",
+        "WITH new_events AS (
+            INSERT INTO events (position, community_id, stream_id, stream_version, event_type,
+                                member_id, recorded_at, payload, personal, channel)
+            SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int2[],
+                                 $6::text[], $7::int8[], $8::bytea[], $9::bytea[], $10::text[])
+         ), new_members AS (
+            INSERT INTO members (member_id, community_id)
+            SELECT * FROM UNNEST($11::text[], $12::text[])
+         ), new_identities AS (
+            INSERT INTO identities (community_id, channel, handle_key, member_id)
+            SELECT * FROM UNNEST($13::text[], $14::text[], $15::text[], $16::text[])
+         ), new_keys AS (
+            INSERT INTO interaction_keys (community_id, interaction_id, fingerprint, member_id, position)
+            SELECT * FROM UNNEST($17::text[], $18::text[], $19::bytea[], $20::text[], $21::int8[])
+         )
+         SELECT 1",
     )
     .bind(events.iter().map(|e| to_db(e.position)).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.community_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.stream_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| to_db(e.stream_version))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.body.event_type() as i16)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.body.member_id())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.recorded_at.as_micros())
-            .collect::<Vec<_>>(),
-    )
+    .bind(events.iter().map(|e| e.community_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| to_db(e.stream_version)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.body.event_type() as i16).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.body.member_id()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.recorded_at.as_micros()).collect::<Vec<_>>())
     .bind(payloads)
     .bind(personals)
     .bind(events.iter().map(|e| e.body.channel()).collect::<Vec<_>>())
+    .bind(new_members.iter().map(|h| h.member_id.as_str()).collect::<Vec<_>>())
+    .bind(new_members.iter().map(|h| h.community_id.as_str()).collect::<Vec<_>>())
+    .bind(links.iter().map(|(k, _)| k.community_id.as_str()).collect::<Vec<_>>())
+    .bind(links.iter().map(|(k, _)| k.channel.as_str()).collect::<Vec<_>>())
+    .bind(links.iter().map(|(k, _)| k.handle_key.as_str()).collect::<Vec<_>>())
+    .bind(links.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.community_id.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.interaction_id.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.fingerprint.to_vec()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.member_id.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| to_db(r.position)).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
-
-    // Members before identities: identities reference them.
-    let new_members: Vec<_> = plan.member_heads.iter().filter(|h| h.is_new).collect();
-    if !new_members.is_empty() {
-        sqlx::query(
-            "INSERT INTO members (member_id, community_id) \
-             SELECT * FROM UNNEST($1::text[], $2::text[])",
-        )
-        .bind(
-            new_members
-                .iter()
-                .map(|h| h.member_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            new_members
-                .iter()
-                .map(|h| h.community_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !plan.new_identities.is_empty() {
-        let links = &plan.new_identities;
-        sqlx::query(
-            "INSERT INTO identities (community_id, channel, handle_key, member_id) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])",
-        )
-        .bind(
-            links
-                .iter()
-                .map(|(k, _)| k.community_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            links
-                .iter()
-                .map(|(k, _)| k.channel.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            links
-                .iter()
-                .map(|(k, _)| k.handle_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(links.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !plan.new_interactions.is_empty() {
-        let records = &plan.new_interactions;
-        sqlx::query(
-            "INSERT INTO interaction_keys (community_id, interaction_id, fingerprint, member_id, position) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::int8[])",
-        )
-        .bind(records.iter().map(|r| r.community_id.as_str()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.interaction_id.as_str()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.fingerprint.to_vec()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.member_id.as_str()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| to_db(r.position)).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
     Ok(CacheUpdate::from_plan(head, known, plan))
 }
