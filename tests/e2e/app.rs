@@ -185,6 +185,10 @@ impl TestApp {
         (status.success(), self.db.take())
     }
 
+    pub fn database_url(&self) -> &str {
+        &self.db.as_ref().expect("database").url
+    }
+
     fn into_database(mut self) -> TestDatabase {
         let _ = self.process.kill();
         let _ = self.process.wait();

@@ -1,5 +1,6 @@
 //! Health follows the database: NOT_SERVING until it answers.
 
+use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
@@ -41,5 +42,54 @@ async fn without_a_database_health_is_not_serving_and_writes_are_unavailable() {
     assert!(
         clean_exit,
         "a server that never reached its database still stops cleanly"
+    );
+}
+
+/// PostgreSQL drops every connection of the server (a restart, a failover):
+/// calls answer UNAVAILABLE or succeed, never anything else, and the server
+/// recovers without a restart of its own.
+#[tokio::test]
+async fn lost_database_connections_are_unavailable_then_recover() {
+    let Some(app) = crate::app::spawn_app(crate::app::Backend::Postgres, "lost_connections").await
+    else {
+        return;
+    };
+    let mut client = app.interactions().await;
+    client
+        .record_interaction(one(interaction("before", "ana")))
+        .await
+        .unwrap();
+
+    let database = app.database_url().rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&rapport_testkit::postgres_admin_url())
+        .await
+        .unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(&database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "the server had connections to drop");
+
+    let mut recovered = false;
+    for n in 0..20 {
+        match client
+            .record_interaction(one(interaction(&format!("after-{n}"), "ana")))
+            .await
+        {
+            Ok(_) => {
+                eprintln!("recovered after {n} failed attempts");
+                recovered = true;
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "writes succeed again once connections are re-established"
     );
 }

@@ -209,3 +209,36 @@ async fn a_batch_reports_duplicates_per_item(backend: Backend) {
     assert_eq!(duplicates, [false, true, false]);
     assert_eq!(results[0].member_id, results[2].member_id);
 }
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_whole() {
+    let Some(app) = spawn_app(Backend::Sqlite, "oversized").await else {
+        return;
+    };
+    let mut client = app.interactions().await;
+    // 1,000 items of 9 KiB each: over the 8 MiB request limit.
+    let items: Vec<_> = (0..1000)
+        .map(|n| {
+            let mut item = interaction(&format!("big-{n}"), "ana");
+            item.excerpt = "x".repeat(4_096);
+            item.url = "u".repeat(2_048);
+            item.actor_display_name = "n".repeat(256);
+            item.attributes = (0..3).map(|k| (format!("k{k}"), "v".repeat(900))).collect();
+            item
+        })
+        .collect();
+    let status = client
+        .record_interactions(pb::RecordInteractionsRequest {
+            interactions: items,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let head = app
+        .event_log()
+        .await
+        .read_events(pb::ReadEventsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(head.into_inner().head_position, 0, "nothing was written");
+}
