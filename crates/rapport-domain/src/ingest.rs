@@ -97,6 +97,7 @@ pub struct Recorded {
 pub struct Conflict {
     /// Index of the offending interaction in its request.
     pub index: usize,
+    pub community_id: String,
     pub interaction_id: String,
 }
 
@@ -235,6 +236,7 @@ impl Planner<'_> {
                 Some(f) if f != fingerprint => {
                     return Some(Conflict {
                         index,
+                        community_id: interaction.community_id.clone(),
                         interaction_id: interaction.interaction_id.clone(),
                     });
                 }
@@ -574,6 +576,7 @@ mod tests {
             plan.outcomes[1],
             Err(Conflict {
                 index: 1,
+                community_id: "acme".into(),
                 interaction_id: "i1".into()
             })
         );

@@ -225,6 +225,15 @@ impl Store {
     }
 }
 
+/// The current time, for `recorded_at` and for validating `occurred_at`
+/// (the domain reads no clock itself).
+pub fn wall_clock() -> Timestamp {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_micros(since_epoch.as_micros() as i64)
+}
+
 /// A new member id: a UUIDv7, so ids sort by creation time and index well.
 fn new_member_id() -> String {
     uuid::Uuid::now_v7().to_string()

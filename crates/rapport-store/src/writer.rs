@@ -7,9 +7,9 @@
 //! a batch commits, the next one gathers, so batching grows with load without
 //! a fixed delay.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rapport_domain::{Interaction, Timestamp};
+use rapport_domain::Interaction;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -115,7 +115,7 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
     let (requests, replies): (Vec<_>, Vec<_>) =
         jobs.into_iter().map(|j| (j.interactions, j.reply)).unzip();
     let started = std::time::Instant::now();
-    match store.append_batch(requests, now()).await {
+    match store.append_batch(requests, crate::wall_clock()).await {
         Ok(outcomes) => {
             debug!(
                 requests = replies.len(),
@@ -136,11 +136,4 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
             }
         }
     }
-}
-
-fn now() -> Timestamp {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_micros(since_epoch.as_micros() as i64)
 }

@@ -70,11 +70,6 @@ impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
-
-    /// A configuration with every default, as `rapport-server` with no flags.
-    pub fn defaults() -> Self {
-        Config::parse_from(["rapport-server"])
-    }
 }
 
 #[cfg(test)]

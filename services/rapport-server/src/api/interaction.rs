@@ -4,7 +4,9 @@ use rapport_proto::v1 as pb;
 use rapport_proto::v1::interaction_service_server::InteractionService;
 use tonic::{Request, Response, Status};
 
-use super::{AppState, now};
+use rapport_store::wall_clock as now;
+
+use super::AppState;
 use crate::convert::interaction_input;
 use crate::error::ApiError;
 
@@ -24,10 +26,6 @@ impl InteractionService for Interactions {
         };
         let interaction = validate_interaction(&interaction_input(input), "interaction.", now())
             .map_err(ApiError::InvalidArgument)?;
-        let (community_id, interaction_id) = (
-            interaction.community_id.clone(),
-            interaction.interaction_id.clone(),
-        );
         let outcome = self
             .state
             .ready()?
@@ -36,10 +34,10 @@ impl InteractionService for Interactions {
             .await
             .map_err(ApiError::from)?;
         let recorded = outcome
-            .map_err(|_| ApiError::InteractionConflict {
+            .map_err(|conflict| ApiError::InteractionConflict {
                 field: "interaction.interaction_id".into(),
-                community_id,
-                interaction_id,
+                community_id: conflict.community_id,
+                interaction_id: conflict.interaction_id,
             })?
             .remove(0);
         Ok(Response::new(pb::RecordInteractionResponse {
@@ -60,10 +58,6 @@ impl InteractionService for Interactions {
             .map(interaction_input)
             .collect();
         let interactions = validate_batch(&inputs, now()).map_err(ApiError::InvalidArgument)?;
-        let ids: Vec<(String, String)> = interactions
-            .iter()
-            .map(|i| (i.community_id.clone(), i.interaction_id.clone()))
-            .collect();
         let outcome = self
             .state
             .ready()?
@@ -71,13 +65,10 @@ impl InteractionService for Interactions {
             .append(interactions)
             .await
             .map_err(ApiError::from)?;
-        let recorded = outcome.map_err(|conflict| {
-            let (community_id, interaction_id) = ids[conflict.index].clone();
-            ApiError::InteractionConflict {
-                field: format!("interactions[{}].interaction_id", conflict.index),
-                community_id,
-                interaction_id,
-            }
+        let recorded = outcome.map_err(|conflict| ApiError::InteractionConflict {
+            field: format!("interactions[{}].interaction_id", conflict.index),
+            community_id: conflict.community_id,
+            interaction_id: conflict.interaction_id,
         })?;
         Ok(Response::new(pb::RecordInteractionsResponse {
             results: recorded.into_iter().map(result).collect(),

@@ -5,9 +5,7 @@ mod event_log;
 mod interaction;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use rapport_domain::Timestamp;
 use rapport_store::{Store, Writer};
 
 pub use event_log::EventLog;
@@ -35,12 +33,4 @@ impl AppState {
     pub fn ready(&self) -> Result<&Ready, ApiError> {
         self.ready.get().ok_or(ApiError::NotReady)
     }
-}
-
-/// The wall clock, read once per request for validation.
-pub(crate) fn now() -> Timestamp {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_micros(since_epoch.as_micros() as i64)
 }
