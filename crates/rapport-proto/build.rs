@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rapport/v1/interaction_service.proto",
         "rapport/v1/event.proto",
         "rapport/v1/event_log_service.proto",
+        "rapport/v1/timeline_service.proto",
+        "rapport/v1/admin_service.proto",
     ];
     println!("cargo:rerun-if-changed={}", proto_root.display());
 

@@ -6,8 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rapport_proto::v1::admin_service_client::AdminServiceClient;
 use rapport_proto::v1::event_log_service_client::EventLogServiceClient;
 use rapport_proto::v1::interaction_service_client::InteractionServiceClient;
+use rapport_proto::v1::timeline_service_client::TimelineServiceClient;
 use rapport_testkit::TestDatabase;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -129,6 +131,14 @@ impl TestApp {
         EventLogServiceClient::new(self.channel().await)
     }
 
+    pub async fn timelines(&self) -> TimelineServiceClient<Channel> {
+        TimelineServiceClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
     pub async fn health(&self, service: &str) -> ServingStatus {
         let mut client = HealthClient::new(self.channel().await);
         let response = client
@@ -157,6 +167,13 @@ impl TestApp {
         self.process.kill().expect("kill");
         self.process.wait().expect("reap");
         self.into_database()
+    }
+
+    /// SIGKILL, for an app that may not own its database (a second replica).
+    pub fn kill(mut self) -> Option<TestDatabase> {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        self.db.take()
     }
 
     /// SIGTERM, then waits for the process to exit; returns its success.

@@ -12,3 +12,4 @@ mod grpcurl;
 mod health;
 mod ingest;
 mod reflection;
+mod timeline;

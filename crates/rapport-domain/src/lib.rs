@@ -10,6 +10,8 @@
 //! - [`event`]: the events of the log.
 //! - [`ingest`]: the batch planner: given what the log already knows, which
 //!   events a group of append requests produces and what each caller is told.
+//! - [`timeline`]: what each event adds to members' timelines and to the
+//!   exchange counts between members; the timeline's page tokens.
 //! - [`time`]: microsecond timestamps.
 //!
 //! **Architecture Invariant:** this crate does no I/O and reads no clock: the
@@ -20,6 +22,7 @@ pub mod event;
 pub mod ingest;
 pub mod interaction;
 pub mod time;
+pub mod timeline;
 pub mod validate;
 
 pub use event::{Event, EventBody, EventType};

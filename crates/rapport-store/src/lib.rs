@@ -129,6 +129,13 @@ pub struct EventPage {
     pub head: u64,
 }
 
+/// A sqlx pool on the log's database, for the read models beside it.
+#[derive(Debug, Clone)]
+pub enum DbPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 /// The event log on one of the two backends.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -216,6 +223,87 @@ impl Store {
         }
     }
 
+    /// The events at these positions, in position order; positions that do
+    /// not exist are left out. Read models keep positions and fetch the
+    /// events' details (personal data included) from the log through this.
+    pub async fn events_at(&self, positions: &[u64]) -> Result<Vec<Event>, StoreError> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Sqlite(s) => s.events_at(positions).await,
+            Store::Postgres(s) => s.events_at(positions).await,
+        }
+    }
+
+    /// Whether `member_id` is a member of `community_id`. Members are written
+    /// with the log, so a member is known as soon as its first write is
+    /// acknowledged, on every replica.
+    pub async fn member_exists(
+        &self,
+        community_id: &str,
+        member_id: &str,
+    ) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT 1 FROM members WHERE member_id = $1 AND community_id = $2";
+        let found: Option<i32> = match self {
+            Store::Sqlite(s) => {
+                sqlx::query_scalar(SQL)
+                    .bind(member_id)
+                    .bind(community_id)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+            Store::Postgres(s) => {
+                sqlx::query_scalar(SQL)
+                    .bind(member_id)
+                    .bind(community_id)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+        };
+        Ok(found.is_some())
+    }
+
+    /// The member an identity belongs to in `community_id`, matching the
+    /// handle as identity resolution does (see `normalize_handle`).
+    pub async fn find_member(
+        &self,
+        community_id: &str,
+        identity: &rapport_domain::Identity,
+    ) -> Result<Option<String>, StoreError> {
+        const SQL: &str = "SELECT member_id FROM identities \
+             WHERE community_id = $1 AND channel = $2 AND handle_key = $3";
+        let key = identity.key(community_id);
+        Ok(match self {
+            Store::Sqlite(s) => {
+                sqlx::query_scalar(SQL)
+                    .bind(&key.community_id)
+                    .bind(&key.channel)
+                    .bind(&key.handle_key)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+            Store::Postgres(s) => {
+                sqlx::query_scalar(SQL)
+                    .bind(&key.community_id)
+                    .bind(&key.channel)
+                    .bind(&key.handle_key)
+                    .fetch_optional(s.pool())
+                    .await?
+            }
+        })
+    }
+
+    /// The connection pool, for read models kept in the same database. On
+    /// SQLite it is the readers' pool, whose connections may also write
+    /// (each write transaction takes SQLite's one write lock in turn).
+    pub fn pool(&self) -> DbPool {
+        match self {
+            Store::Sqlite(s) => DbPool::Sqlite(s.pool().clone()),
+            Store::Postgres(s) => DbPool::Postgres(s.pool().clone()),
+        }
+    }
+
     /// Closes every connection, waiting for those in use.
     pub async fn close(&self) {
         match self {
@@ -241,10 +329,10 @@ fn new_member_id() -> String {
 
 /// Numeric conversions at the database boundary: positions and versions are
 /// `u64` in the domain and BIGINT in both databases.
-fn to_db(n: u64) -> i64 {
+pub fn to_db(n: u64) -> i64 {
     i64::try_from(n).expect("positions fit in a BIGINT")
 }
 
-fn from_db(n: i64) -> Result<u64, StoreError> {
+pub fn from_db(n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative position or version {n}")))
 }

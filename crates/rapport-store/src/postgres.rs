@@ -100,6 +100,21 @@ impl PgStore {
         Ok(page)
     }
 
+    pub(crate) async fn events_at(
+        &self,
+        positions: &[u64],
+    ) -> Result<Vec<rapport_domain::Event>, StoreError> {
+        let rows = sql::select_events_at::<Postgres>(positions)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::event_from_row).collect()
+    }
+
+    pub(crate) fn pool(&self) -> &sqlx::Pool<Postgres> {
+        &self.pool
+    }
+
     pub(crate) async fn close(&self) {
         self.pool.close().await;
     }

@@ -107,3 +107,20 @@ where
     let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
     Ok(crate::EventPage { events, head })
 }
+
+/// `SELECT` of the events at `positions`, in position order.
+pub(crate) fn select_events_at<DB>(positions: &[u64]) -> QueryBuilder<DB>
+where
+    DB: Database,
+    for<'e> i64: Encode<'e, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE position IN ("
+    ));
+    let mut list = qb.separated(", ");
+    for p in positions {
+        list.push_bind(to_db(*p));
+    }
+    qb.push(") ORDER BY position");
+    qb
+}

@@ -141,6 +141,21 @@ impl SqliteStore {
         Ok(page)
     }
 
+    pub(crate) async fn events_at(
+        &self,
+        positions: &[u64],
+    ) -> Result<Vec<rapport_domain::Event>, StoreError> {
+        let rows = sql::select_events_at::<Sqlite>(positions)
+            .build()
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(sql::event_from_row).collect()
+    }
+
+    pub(crate) fn pool(&self) -> &sqlx::Pool<Sqlite> {
+        &self.readers
+    }
+
     pub(crate) async fn close(&self) {
         self.admin.close().await;
         self.readers.close().await;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use rapport_domain::Interaction;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -48,6 +48,10 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// The highest position this writer has committed, so that projectors
+    /// (and later subscribers) in this process wake at once instead of
+    /// waiting for their next poll.
+    committed: watch::Receiver<u64>,
 }
 
 impl Writer {
@@ -55,8 +59,15 @@ impl Writer {
     /// `Writer` to know the last batch has committed.
     pub fn spawn(store: Store, config: WriterConfig) -> (Writer, JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(config.queue_depth.max(1));
-        let task = tokio::spawn(run(store, config, queue));
-        (Writer { jobs }, task)
+        let (committed_tx, committed) = watch::channel(0);
+        let task = tokio::spawn(run(store, config, queue, committed_tx));
+        (Writer { jobs, committed }, task)
+    }
+
+    /// Changes whenever a batch commits, to the highest position in it.
+    /// Commits made by other processes are not seen here: poll for those.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
     }
 
     /// Appends one request's interactions atomically, batched with whatever
@@ -77,7 +88,12 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, config: WriterConfig, mut queue: mpsc::Receiver<Job>) {
+async fn run(
+    store: Store,
+    config: WriterConfig,
+    mut queue: mpsc::Receiver<Job>,
+    committed: watch::Sender<u64>,
+) {
     let max_batch = config.max_batch.max(rapport_domain::validate::MAX_BATCH);
     // `recv` returns None only once every sender is gone *and* the queue is
     // empty, so everything accepted is committed before the task ends.
@@ -97,18 +113,18 @@ async fn run(store: Store, config: WriterConfig, mut queue: mpsc::Receiver<Job>)
             let Some(job) = next else { break };
             if size + job.interactions.len() > max_batch {
                 // Too big for this batch: it opens the next one.
-                commit(&store, std::mem::take(&mut jobs), size).await;
+                commit(&store, std::mem::take(&mut jobs), size, &committed).await;
                 size = 0;
             }
             size += job.interactions.len();
             jobs.push(job);
         }
-        commit(&store, jobs, size).await;
+        commit(&store, jobs, size, &committed).await;
     }
     debug!("group-commit writer stopped");
 }
 
-async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
+async fn commit(store: &Store, jobs: Vec<Job>, size: usize, committed: &watch::Sender<u64>) {
     if jobs.is_empty() {
         return;
     }
@@ -123,6 +139,18 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize) {
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "batch committed"
             );
+            let highest = outcomes
+                .iter()
+                .flat_map(|o| o.iter().flatten())
+                .map(|r| r.position)
+                .max();
+            if let Some(highest) = highest {
+                committed.send_if_modified(|head| {
+                    let moved = highest > *head;
+                    *head = (*head).max(highest);
+                    moved
+                });
+            }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that went away still had its write committed; a
                 // retry will be recognized as a duplicate.

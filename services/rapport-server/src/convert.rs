@@ -4,7 +4,7 @@
 use rapport_domain as domain;
 use rapport_proto::v1 as pb;
 
-fn timestamp(t: domain::Timestamp) -> prost_types::Timestamp {
+pub fn timestamp(t: domain::Timestamp) -> prost_types::Timestamp {
     let (seconds, nanos) = t.to_parts();
     prost_types::Timestamp { seconds, nanos }
 }
@@ -108,4 +108,53 @@ pub fn event_out(e: domain::Event) -> pb::Event {
         recorded_at: Some(timestamp(e.recorded_at)),
         payload: Some(payload),
     }
+}
+
+/// A timeline entry: the row's place and role, the details from its event.
+pub fn timeline_entry_out(
+    entry: rapport_projections::timeline::TimelineEntry,
+) -> pb::TimelineEntry {
+    use domain::timeline::Role;
+    let role = match entry.role {
+        Role::Actor => pb::TimelineRole::Actor,
+        Role::Target => pb::TimelineRole::Target,
+        Role::Subject => pb::TimelineRole::Subject,
+    };
+    let event = entry.event;
+    let mut out = pb::TimelineEntry {
+        position: event.position,
+        r#type: event.body.event_type() as i32,
+        role: role as i32,
+        occurred_at: Some(timestamp(entry.occurred_at)),
+        recorded_at: Some(timestamp(event.recorded_at)),
+        ..pb::TimelineEntry::default()
+    };
+    match event.body {
+        domain::EventBody::MemberRegistered { .. } => {}
+        domain::EventBody::IdentityLinked { identity, .. } => {
+            out.channel = identity.channel.clone();
+            out.identity = Some(identity_out(identity));
+        }
+        domain::EventBody::InteractionRecorded {
+            member_id,
+            interaction,
+            target_member_id,
+        } => {
+            let i = interaction_out(*interaction);
+            out.channel = i.channel;
+            out.kind = i.kind;
+            out.source_type = i.source_type;
+            out.interaction_id = i.interaction_id;
+            out.actor_member_id = member_id;
+            out.actor = i.actor;
+            out.target = i.target;
+            out.target_member_id = target_member_id.unwrap_or_default();
+            out.excerpt = i.excerpt;
+            out.url = i.url;
+            out.incentivized = i.incentivized;
+            out.sentiment = i.sentiment;
+            out.campaign_id = i.campaign_id;
+        }
+    }
+    out
 }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use rapport_domain::FieldViolation;
+use rapport_projections::ProjectionError;
 use rapport_store::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -29,8 +30,31 @@ pub enum ApiError {
     },
     #[error("the database is not ready yet")]
     NotReady,
+    /// No such thing in this community (also for things of other communities:
+    /// never say which).
+    #[error("{what} not found")]
+    NotFound {
+        what: String,
+        /// The `ErrorInfo` reason, e.g. `MEMBER_NOT_FOUND`.
+        reason: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Projection(ProjectionError),
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(e: ProjectionError) -> Self {
+        match e {
+            ProjectionError::Store(store) => ApiError::Store(store),
+            ProjectionError::Unknown(name) => ApiError::NotFound {
+                what: format!("projection {name:?}"),
+                reason: "PROJECTION_NOT_FOUND",
+            },
+            other => ApiError::Projection(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -79,6 +103,14 @@ impl From<ApiError> for Status {
                 (Code::AlreadyExists, "", format!("{field}: {error}"))
             }
             ApiError::NotReady => (Code::Unavailable, "DATABASE_NOT_READY", error.to_string()),
+            ApiError::NotFound { reason, .. } => (Code::NotFound, *reason, error.to_string()),
+            ApiError::Projection(
+                ProjectionError::Behind { .. } | ProjectionError::NotBuilt { .. },
+            ) => (Code::Unavailable, "PROJECTION_BEHIND", error.to_string()),
+            ApiError::Projection(other) => {
+                tracing::error!(error = ?other, "internal error");
+                (Code::Internal, "INTERNAL", other.to_string())
+            }
             ApiError::Store(StoreError::Unavailable(source)) => (
                 Code::Unavailable,
                 "DATABASE_UNAVAILABLE",

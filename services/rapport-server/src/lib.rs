@@ -6,7 +6,8 @@
 //!   `main.rs` only parses [`Config`], installs logging, binds and calls it,
 //!   and tests call it the same way with port 0.
 //! - [`config`]: flags and environment variables.
-//! - `api`: the gRPC services (`InteractionService`, `EventLogService`).
+//! - `api`: the gRPC services (`InteractionService`, `EventLogService`,
+//!   `TimelineService`, `AdminService`).
 //! - [`error`]: every client-visible error and its gRPC status, in one place.
 //! - `convert`: wire types to domain types and back.
 //! - [`telemetry`]: logging setup.
@@ -15,7 +16,8 @@
 //! connects and migrates in the background (retrying while the database is
 //! down), and only then does health turn SERVING. Shutdown: health turns
 //! NOT_SERVING, the server stops accepting and finishes in-flight requests,
-//! the group-commit writer commits what it holds, the database closes.
+//! the group-commit writer commits what it holds, the projectors stop
+//! between batches, the database closes.
 
 mod api;
 pub mod config;
@@ -26,8 +28,11 @@ pub mod telemetry;
 use std::future::Future;
 use std::time::Duration;
 
+use rapport_projections::{Projections, RunnerOptions};
+use rapport_proto::v1::admin_service_server::AdminServiceServer;
 use rapport_proto::v1::event_log_service_server::EventLogServiceServer;
 use rapport_proto::v1::interaction_service_server::InteractionServiceServer;
+use rapport_proto::v1::timeline_service_server::TimelineServiceServer;
 use rapport_store::{Store, StoreError, StoreOptions, Writer, WriterConfig};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -37,7 +42,7 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
-use api::{AppState, EventLog, Interactions, Ready};
+use api::{Admin, AppState, EventLog, Interactions, Ready, Timelines};
 
 /// Largest `RecordInteractions` request: 1,000 interactions of a few KiB each.
 pub const MAX_INGEST_REQUEST_BYTES: usize = 8 * 1024 * 1024;
@@ -45,9 +50,11 @@ pub const MAX_INGEST_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_QUERY_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The gRPC services whose health follows the database.
-const SERVICES: [&str; 2] = [
+const SERVICES: [&str; 4] = [
     <InteractionServiceServer<Interactions> as tonic::server::NamedService>::NAME,
     <EventLogServiceServer<EventLog> as tonic::server::NamedService>::NAME,
+    <TimelineServiceServer<Timelines> as tonic::server::NamedService>::NAME,
+    <AdminServiceServer<Admin> as tonic::server::NamedService>::NAME,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +88,14 @@ pub async fn run(
     set_health(&health, ServingStatus::NotServing).await;
 
     let state = AppState::default();
-    let startup = tokio::spawn(open_store(config.clone(), state.clone(), health.clone()));
+    // The projectors stop after the drain, so reads waiting for them finish.
+    let (projectors_stop, projectors_stopping) = tokio::sync::watch::channel(false);
+    let startup = tokio::spawn(open_store(
+        config.clone(),
+        state.clone(),
+        health.clone(),
+        projectors_stopping,
+    ));
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -90,6 +104,14 @@ pub async fn run(
     })
     .max_decoding_message_size(MAX_INGEST_REQUEST_BYTES);
     let event_log = EventLogServiceServer::new(EventLog {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
+    let timelines = TimelineServiceServer::new(Timelines {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
+    let admin = AdminServiceServer::new(Admin {
         state: state.clone(),
     })
     .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
@@ -118,6 +140,8 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(interactions)
         .add_service(event_log)
+        .add_service(timelines)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_accepting.wait_for(|stop| *stop).await;
         });
@@ -133,15 +157,22 @@ pub async fn run(
     // let the writer commit what it holds (it stops once the last handle,
     // held by the state, is gone) and close the database.
     startup.abort();
-    let writer_task = startup.await.ok();
+    let tasks = startup.await.ok();
     let store = state.ready().ok().map(|r| r.store.clone());
     drop(state);
-    if let Some(task) = writer_task
-        && tokio::time::timeout(Duration::from_secs(30), task)
+    let _ = projectors_stop.send(true);
+    if let Some((writer_task, projector_tasks)) = tasks {
+        if tokio::time::timeout(Duration::from_secs(30), writer_task)
             .await
             .is_err()
-    {
-        warn!("the group-commit writer did not finish within 30 s");
+        {
+            warn!("the group-commit writer did not finish within 30 s");
+        }
+        // A projector stops between batches; an interrupted batch would
+        // simply roll back.
+        for task in projector_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
     }
     if let Some(store) = store {
         store.close().await;
@@ -167,12 +198,17 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Connects, migrates and checks the database, retrying with backoff while it
 /// is unreachable; then hands the store to the services and turns SERVING.
-/// Returns the writer task, to await at shutdown.
+/// Starts the projectors. Returns the writer and projector tasks, to await
+/// at shutdown.
 async fn open_store(
     config: Config,
     state: AppState,
     health: HealthReporter,
-) -> tokio::task::JoinHandle<()> {
+    projectors_stopping: tokio::sync::watch::Receiver<bool>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let mut options = StoreOptions::new(config.effective_database_url());
     options.max_connections = config.db_max_connections;
     let mut delay = Duration::from_millis(200);
@@ -196,9 +232,19 @@ async fn open_store(
             ..WriterConfig::default()
         },
     );
-    state.set_ready(Ready { store, writer });
+    let projections = Projections::new(store.clone());
+    let projector_tasks = projections.spawn(
+        writer.committed(),
+        RunnerOptions::default(),
+        projectors_stopping,
+    );
+    state.set_ready(Ready {
+        store,
+        writer,
+        projections,
+    });
     set_health(&health, ServingStatus::Serving).await;
-    task
+    (task, projector_tasks)
 }
 
 async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {

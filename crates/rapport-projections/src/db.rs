@@ -1,0 +1,79 @@
+//! One write transaction on either backend, and the macro that runs the same
+//! sqlx code on both (the SQL text is shared; sqlx picks the placeholders).
+
+use rapport_store::DbPool;
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+
+/// A connection inside an open transaction.
+pub enum Tx<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+impl Tx<'_> {
+    /// A shorter-lived handle on the same transaction.
+    pub fn reborrow(&mut self) -> Tx<'_> {
+        match self {
+            Tx::Sqlite(c) => Tx::Sqlite(c),
+            Tx::Postgres(c) => Tx::Postgres(c),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Tx::Postgres(_))
+    }
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection, whichever
+/// the backend: the body is compiled once per backend.
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite($conn) => $body,
+            $crate::db::Tx::Postgres($conn) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool.
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            rapport_store::DbPool::Sqlite($p) => $body,
+            rapport_store::DbPool::Postgres($p) => $body,
+        }
+    };
+}
+
+pub(crate) use {on_pool, on_tx};
+
+/// A write transaction. On SQLite it starts with `BEGIN IMMEDIATE`, taking
+/// the write lock up front: a deferred transaction that reads and then
+/// writes can fail at once with SQLITE_BUSY instead of waiting its turn.
+pub enum WriteTx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl WriteTx {
+    pub async fn begin(pool: &DbPool) -> Result<WriteTx, sqlx::Error> {
+        Ok(match pool {
+            DbPool::Sqlite(p) => WriteTx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            DbPool::Postgres(p) => WriteTx::Postgres(p.begin().await?),
+        })
+    }
+
+    pub fn tx(&mut self) -> Tx<'_> {
+        match self {
+            WriteTx::Sqlite(t) => Tx::Sqlite(t),
+            WriteTx::Postgres(t) => Tx::Postgres(t),
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            WriteTx::Sqlite(t) => t.commit().await,
+            WriteTx::Postgres(t) => t.commit().await,
+        }
+    }
+}

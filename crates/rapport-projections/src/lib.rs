@@ -1,0 +1,288 @@
+//! Rapport's read models ("projections"): tables derived from the log, kept
+//! current by checkpointed projectors, rebuilt from position 0 at will.
+//!
+//! # Layout
+//!
+//! - [`Projection`]: what a read model is: a name, a code version, its tables
+//!   and how a batch of events changes them. [`timeline::Timeline`] is one.
+//! - [`runner`]: the projector loop: leadership, batches applied with their
+//!   checkpoint in one transaction, generations built beside the live one
+//!   and switched to when caught up.
+//! - [`generations`]: the `projection_generations` table.
+//! - [`Projections`]: the handle the server holds: start the projectors,
+//!   report status and lag, request a rebuild, wait for read-your-writes.
+//! - `db`: one transaction type over SQLite and PostgreSQL.
+//!
+//! **Architecture Invariant:** a batch's read-model rows and the checkpoint
+//! that covers them commit in one transaction, and the transaction first
+//! checks that the checkpoint is still the one the batch started from. Each
+//! event therefore takes effect exactly once, across crashes and even if a
+//! deposed leader is still running.
+//!
+//! **Architecture Invariant:** read models hold no personal data. They keep
+//! positions and fetch details from the log, so crypto-shredding the log
+//! erases personal data from every read model at once.
+
+mod db;
+pub mod generations;
+pub mod runner;
+pub mod timeline;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rapport_domain::Event;
+use rapport_store::{Store, StoreError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use db::Tx;
+pub use runner::RunnerOptions;
+
+/// A read model derived from the log.
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: in table names, the status report and the rebuild command.
+    fn name(&self) -> &'static str;
+    /// Bump it whenever the rows the code writes change: the projector then
+    /// rebuilds a generation with the new code and switches to it.
+    fn version(&self) -> u64;
+    /// DDL creating a generation's tables.
+    fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String>;
+    /// DDL dropping them.
+    fn drop_tables(&self, generation: u64) -> Vec<String>;
+    /// Applies `events` (consecutive, in position order) to the generation's
+    /// tables inside `tx`. Must be deterministic: a rebuild gives the same rows.
+    fn apply<'a>(
+        &'a self,
+        tx: Tx<'a>,
+        generation: u64,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown projection {0:?}")]
+    Unknown(String),
+    /// No generation is active yet: the first build is still running.
+    #[error("projection {name} is still being built")]
+    NotBuilt { name: &'static str },
+    /// `min_position` was not reached before the deadline.
+    #[error(
+        "projection {name} is behind: it has applied the log up to position {applied}, \
+         the request needs position {wanted}; retry later"
+    )]
+    Behind {
+        name: &'static str,
+        applied: u64,
+        wanted: u64,
+    },
+    /// Another process moved the checkpoint: this one is no longer the leader.
+    #[error("projection {name} generation {generation} was moved by another process")]
+    Fenced { name: &'static str, generation: u64 },
+    #[error("projection state is corrupt: {0}")]
+    Corrupt(String),
+    /// Injected by tests through [`RunnerOptions::fail_before_checkpoint`].
+    #[error("injected failure before the checkpoint")]
+    Injected,
+}
+
+impl From<sqlx::Error> for ProjectionError {
+    fn from(e: sqlx::Error) -> Self {
+        ProjectionError::Store(StoreError::from(e))
+    }
+}
+
+/// What this process knows about one projection, shared by its runner and
+/// the readers.
+#[derive(Debug)]
+struct Local {
+    /// Whether this process runs the projector now.
+    leading: AtomicBool,
+    /// The active generation's checkpoint as this process last applied it:
+    /// wakes readers waiting for `min_position` without a poll delay.
+    applied: watch::Sender<u64>,
+}
+
+/// The read models of one server process.
+#[derive(Clone)]
+pub struct Projections {
+    store: Store,
+    projections: Arc<Registry>,
+}
+
+/// Each projection by name, with what this process knows of it.
+type Registry = BTreeMap<&'static str, (Arc<dyn Projection>, Arc<Local>)>;
+
+/// One projection's state, for the status report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    /// The version of this process's projection code.
+    pub code_version: u64,
+    pub head: u64,
+    /// The generation serving reads, if built.
+    pub active: Option<generations::Generation>,
+    /// A generation being rebuilt beside it.
+    pub building: Option<generations::Generation>,
+    /// Whether this process runs the projector.
+    pub leading_here: bool,
+}
+
+impl ProjectionStatus {
+    /// How many positions the active generation is behind the log.
+    pub fn lag(&self) -> u64 {
+        self.head
+            .saturating_sub(self.active.as_ref().map_or(0, |g| g.position))
+    }
+}
+
+/// The generation serving reads, as a read found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Active {
+    pub generation: u64,
+    /// Its checkpoint then: the read sees at least the log up to here.
+    pub position: u64,
+}
+
+/// How often readers waiting for `min_position` look at the checkpoint when
+/// the projector runs in another process.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+impl Projections {
+    /// Every read model Rapport keeps.
+    pub fn new(store: Store) -> Projections {
+        let all: Vec<Arc<dyn Projection>> = vec![Arc::new(timeline::Timeline)];
+        Projections::with(store, all)
+    }
+
+    /// A chosen set of read models (tests use other versions).
+    pub fn with(store: Store, projections: Vec<Arc<dyn Projection>>) -> Projections {
+        let projections = projections
+            .into_iter()
+            .map(|p| {
+                let local = Arc::new(Local {
+                    leading: AtomicBool::new(false),
+                    applied: watch::channel(0).0,
+                });
+                (p.name(), (p, local))
+            })
+            .collect();
+        Projections {
+            store,
+            projections: Arc::new(projections),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts one projector task per read model. They stop when `shutdown`
+    /// turns true; await the handles to know they have.
+    pub fn spawn(
+        &self,
+        commits: watch::Receiver<u64>,
+        options: RunnerOptions,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.projections
+            .values()
+            .map(|(projection, local)| {
+                let runner = runner::Runner {
+                    store: self.store.clone(),
+                    projection: Arc::clone(projection),
+                    local: Arc::clone(local),
+                    options: options.clone(),
+                };
+                tokio::spawn(runner.run(commits.clone(), shutdown.clone()))
+            })
+            .collect()
+    }
+
+    fn get(&self, name: &str) -> Result<&(Arc<dyn Projection>, Arc<Local>), ProjectionError> {
+        self.projections
+            .get(name)
+            .ok_or_else(|| ProjectionError::Unknown(name.to_owned()))
+    }
+
+    /// Every projection's generations, checkpoints and lag.
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+        let pool = self.store.pool();
+        let head = self.store.head().await?;
+        let mut out = Vec::new();
+        for (name, (projection, local)) in self.projections.iter() {
+            let gens = generations::load(&pool, name).await?;
+            let find = |s| gens.iter().find(|g| g.state == s).cloned();
+            out.push(ProjectionStatus {
+                name,
+                code_version: projection.version(),
+                head,
+                active: find(generations::State::Active),
+                building: find(generations::State::Building),
+                leading_here: local.leading.load(Ordering::Relaxed),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Asks for `name` to be rebuilt from position 0 into a new generation;
+    /// the leader builds it and switches to it once caught up. Returns the
+    /// generation and whether this call started it (false: one was already
+    /// building).
+    pub async fn rebuild(&self, name: &str) -> Result<(u64, bool), ProjectionError> {
+        let (projection, _) = self.get(name)?;
+        generations::start_building(
+            &self.store.pool(),
+            projection.as_ref(),
+            generations::Start::Rebuild,
+        )
+        .await
+    }
+
+    /// The active generation of `name` once it has applied the log up to
+    /// `min_position`, waiting until `deadline` at most. Read-your-writes: a
+    /// writer passes the position its write returned.
+    pub async fn wait_for(
+        &self,
+        name: &'static str,
+        min_position: u64,
+        deadline: Instant,
+    ) -> Result<Active, ProjectionError> {
+        let (_, local) = self.get(name)?;
+        let mut applied = local.applied.subscribe();
+        let pool = self.store.pool();
+        loop {
+            let active = generations::active(&pool, name).await?;
+            match active {
+                Some((generation, position)) if position >= min_position => {
+                    return Ok(Active {
+                        generation,
+                        position,
+                    });
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(match active {
+                        None => ProjectionError::NotBuilt { name },
+                        Some((_, applied)) => ProjectionError::Behind {
+                            name,
+                            applied,
+                            wanted: min_position,
+                        },
+                    });
+                }
+                _ => {}
+            }
+            let poll = (Instant::now() + WAIT_POLL).min(deadline);
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep_until(poll) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The projector loop of one read model.
+//!
+//! Only the leader runs it: on PostgreSQL the replica holding a session
+//! advisory lock named after the projection (released by PostgreSQL when
+//! that replica's connection dies, so a standby takes over within a poll);
+//! on SQLite the one process that owns the file.
+//!
+//! Each step reads a batch of events after a generation's checkpoint and, in
+//! one transaction, locks the generation's row, checks the checkpoint is
+//! still the one it read, applies the batch and moves the checkpoint. A
+//! crash anywhere before the commit leaves nothing behind; a deposed leader
+//! that wakes up finds the checkpoint moved and stops (fencing).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rapport_store::{DbPool, EventQuery, Store};
+use sha2::{Digest, Sha256};
+use sqlx::Connection;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::db::WriteTx;
+use crate::generations::{self, Generation, Start, State};
+use crate::{Local, Projection, ProjectionError};
+
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Events per transaction.
+    pub batch_size: u32,
+    /// How often to look for events committed by other processes (this
+    /// process's own commits wake the projector at once).
+    pub poll_interval: Duration,
+    /// How often a standby tries to become the leader, and the leader checks
+    /// its lock connection.
+    pub leader_check_interval: Duration,
+    /// How long a replaced generation's tables stay for reads in flight.
+    pub retire_grace: Duration,
+    /// Test hook: fail this many batches after applying their rows and
+    /// before moving the checkpoint, as a crash there would.
+    pub fail_before_checkpoint: Arc<AtomicU32>,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            batch_size: 2_000,
+            poll_interval: Duration::from_millis(50),
+            leader_check_interval: Duration::from_secs(1),
+            retire_grace: Duration::from_secs(30),
+            fail_before_checkpoint: Arc::default(),
+        }
+    }
+}
+
+pub(crate) struct Runner {
+    pub(crate) store: Store,
+    pub(crate) projection: Arc<dyn Projection>,
+    pub(crate) local: Arc<Local>,
+    pub(crate) options: RunnerOptions,
+}
+
+/// Proof of leadership.
+enum Lease {
+    /// SQLite: one process owns the file.
+    Local,
+    /// PostgreSQL: this connection holds the projection's session lock.
+    Postgres(sqlx::PgConnection),
+}
+
+impl Runner {
+    pub(crate) async fn run(
+        self,
+        mut commits: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let name = self.projection.name();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(lease) = self.lead(&mut shutdown).await else {
+                return;
+            };
+            self.local.leading.store(true, Ordering::Relaxed);
+            info!(projection = name, "running the projector");
+            let followed = self.follow(lease, &mut commits, &mut shutdown).await;
+            self.local.leading.store(false, Ordering::Relaxed);
+            match followed {
+                Ok(()) => return,
+                Err(error) => {
+                    warn!(projection = name, error = %error_chain(&error), retry_in_ms = backoff.as_millis() as u64, "projector stopped");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Waits until this process leads the projection; `None` on shutdown.
+    async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Lease> {
+        let DbPool::Postgres(pool) = self.store.pool() else {
+            return Some(Lease::Local);
+        };
+        let key = lock_key(self.projection.name());
+        loop {
+            if *shutdown.borrow() {
+                return None;
+            }
+            // A connection of its own, outside the pool: the lock lives as
+            // long as this session.
+            let options = pool.connect_options();
+            match sqlx::PgConnection::connect_with(&options).await {
+                Ok(mut conn) => {
+                    match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                        .bind(key)
+                        .fetch_one(&mut conn)
+                        .await
+                    {
+                        Ok(true) => return Some(Lease::Postgres(conn)),
+                        Ok(false) => {}
+                        Err(error) => {
+                            warn!(projection = self.projection.name(), %error, "cannot try the leader lock")
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(projection = self.projection.name(), %error, "cannot connect for the leader lock")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.options.leader_check_interval) => {}
+                _ = shutdown.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+
+    /// Applies the log while leading; `Ok` on shutdown, `Err` when leadership
+    /// or the database is lost.
+    async fn follow(
+        &self,
+        mut lease: Lease,
+        commits: &mut watch::Receiver<u64>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let mut next_check = Instant::now() + self.options.leader_check_interval;
+        let mut next_report = Instant::now() + Duration::from_secs(10);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            if Instant::now() >= next_check {
+                if let Lease::Postgres(conn) = &mut lease {
+                    conn.ping().await?;
+                }
+                next_check = Instant::now() + self.options.leader_check_interval;
+            }
+            let progressed = self.step(Instant::now() >= next_report).await?;
+            if Instant::now() >= next_report {
+                next_report = Instant::now() + Duration::from_secs(10);
+            }
+            if !progressed {
+                tokio::select! {
+                    _ = async {
+                        // A writer that stopped stops notifying; polling goes on.
+                        if commits.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    } => {}
+                    _ = tokio::time::sleep(self.options.poll_interval) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+            }
+        }
+    }
+
+    /// One round: settle the generations, apply one batch to each generation
+    /// this code builds, switch to a rebuilt generation that caught up, drop
+    /// retired ones. Returns whether anything moved.
+    async fn step(&self, report: bool) -> Result<bool, ProjectionError> {
+        let pool = self.store.pool();
+        let name = self.projection.name();
+        let version = self.projection.version();
+        let gens = generations::load(&pool, name).await?;
+        let find = |s| gens.iter().find(|g: &&Generation| g.state == s).cloned();
+        let active = find(State::Active);
+        let building = find(State::Building);
+
+        match (&active, &building) {
+            (None, None) => {
+                let (generation, started) =
+                    generations::start_building(&pool, self.projection.as_ref(), Start::IfOutdated)
+                        .await?;
+                if started {
+                    info!(
+                        projection = name,
+                        generation, version, "building the read model from position 0"
+                    );
+                }
+                return Ok(true);
+            }
+            (Some(a), None) if a.version < version => {
+                let (generation, started) =
+                    generations::start_building(&pool, self.projection.as_ref(), Start::IfOutdated)
+                        .await?;
+                if started {
+                    info!(
+                        projection = name,
+                        generation,
+                        version,
+                        old_version = a.version,
+                        "projection code changed: rebuilding into a new generation"
+                    );
+                }
+                return Ok(true);
+            }
+            (_, Some(b)) if b.version < version => {
+                // Started by older code: it would never match this code's rows.
+                generations::retire(&pool, name, b.generation).await?;
+                return Ok(true);
+            }
+            _ => {}
+        }
+
+        let mut progressed = false;
+        // Newer code (a rolling upgrade's other half) owns generations of a
+        // higher version: leave them alone.
+        if let Some(a) = active.filter(|a| a.version == version) {
+            let (position, head) = self.apply_batch(&a).await?;
+            progressed |= position > a.position;
+            if position > a.position {
+                self.local.applied.send_replace(position);
+            }
+            if report && head > position {
+                info!(
+                    projection = name,
+                    generation = a.generation,
+                    position,
+                    head,
+                    lag = head - position,
+                    "projection lag"
+                );
+            }
+        }
+        if let Some(b) = building.filter(|b| b.version == version) {
+            let (position, head) = self.apply_batch(&b).await?;
+            progressed |= position > b.position;
+            if position >= head {
+                generations::activate(&pool, name, b.generation).await?;
+                self.local.applied.send_replace(position);
+                info!(
+                    projection = name,
+                    generation = b.generation,
+                    position,
+                    "rebuilt generation caught up: now serving reads"
+                );
+                progressed = true;
+            } else if report {
+                info!(
+                    projection = name,
+                    generation = b.generation,
+                    position,
+                    head,
+                    "rebuilding"
+                );
+            }
+        }
+
+        let grace = i64::try_from(self.options.retire_grace.as_micros()).unwrap_or(i64::MAX);
+        let now = rapport_store::wall_clock().as_micros();
+        for retired in gens.iter().filter(|g| g.state == State::Retired) {
+            if now.saturating_sub(retired.changed_at) >= grace {
+                generations::drop_retired(&pool, self.projection.as_ref(), retired.generation)
+                    .await?;
+                info!(
+                    projection = name,
+                    generation = retired.generation,
+                    "dropped a retired generation"
+                );
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Applies the next batch after `generation`'s checkpoint. Returns the new
+    /// checkpoint and the head the batch was read under.
+    async fn apply_batch(&self, generation: &Generation) -> Result<(u64, u64), ProjectionError> {
+        let page = self
+            .store
+            .read_events(&EventQuery {
+                after: generation.position,
+                limit: self.options.batch_size,
+                ..EventQuery::default()
+            })
+            .await?;
+        let Some(last) = page.events.last() else {
+            return Ok((generation.position, page.head));
+        };
+        let to = last.position;
+        let name = self.projection.name();
+        let pool = self.store.pool();
+        let mut tx = WriteTx::begin(&pool).await?;
+        match generations::lock(tx.tx(), name, generation.generation).await? {
+            Some((state, position))
+                if state != State::Retired && position == generation.position => {}
+            _ => {
+                return Err(ProjectionError::Fenced {
+                    name,
+                    generation: generation.generation,
+                });
+            }
+        }
+        self.projection
+            .apply(tx.tx(), generation.generation, &page.events)
+            .await?;
+        let inject = &self.options.fail_before_checkpoint;
+        if inject
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            // Dropping the transaction rolls it back, rows and all.
+            return Err(ProjectionError::Injected);
+        }
+        generations::set_position(tx.tx(), name, generation.generation, to).await?;
+        tx.commit().await?;
+        Ok((to, page.head))
+    }
+}
+
+/// The session advisory lock key of a projection's leader: the first eight
+/// bytes of a hash of its name, so every replica derives the same key.
+fn lock_key(name: &str) -> i64 {
+    let digest = Sha256::digest(format!("rapport projector {name}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,436 @@
+//! The timeline read model: every member's history, newest first, and the
+//! exchanges between pairs of members.
+//!
+//! Tables, per generation `g`:
+//!
+//! - `timeline_entries_g`: one row per (member, event, role), clustered by
+//!   member and time so a page is one index range. Rows hold what filters
+//!   and ordering need, never personal data: a page's details are read from
+//!   the log by position.
+//! - `timeline_connections_g`: per (member, other member) exchange counts
+//!   both ways and the first and last exchange, for `ListConnections`.
+
+use std::collections::HashMap;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rapport_domain::timeline::{Cursor, Role, TimelineRow, connection_deltas, timeline_rows};
+use rapport_domain::{Event, InteractionKind, Timestamp};
+use rapport_store::{from_db, to_db};
+use sqlx::{QueryBuilder, Row};
+
+use crate::db::{Tx, on_pool, on_tx};
+use crate::{Projection, ProjectionError, Projections};
+
+pub const NAME: &str = "timeline";
+
+/// Rows per INSERT statement: 500 rows × 9 columns stays far below both
+/// databases' bind-parameter limits.
+const INSERT_CHUNK: usize = 500;
+
+/// The timeline projection.
+pub struct Timeline;
+
+impl Projection for Timeline {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn version(&self) -> u64 {
+        1
+    }
+
+    fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
+        // SQLite: WITHOUT ROWID stores rows in primary-key order, so a
+        // member's page is read from one contiguous range of one b-tree.
+        let clustered = if postgres { "" } else { " WITHOUT ROWID" };
+        vec![
+            format!(
+                "CREATE TABLE timeline_entries_g{g} (
+                    community_id TEXT     NOT NULL,
+                    member_id    TEXT     NOT NULL,
+                    occurred_at  BIGINT   NOT NULL,
+                    position     BIGINT   NOT NULL,
+                    role         SMALLINT NOT NULL,
+                    event_type   SMALLINT NOT NULL,
+                    channel      TEXT,
+                    kind         SMALLINT,
+                    counterpart  TEXT,
+                    PRIMARY KEY (community_id, member_id, occurred_at, position, role)
+                ){clustered}"
+            ),
+            format!(
+                "CREATE INDEX timeline_pairs_g{g} ON timeline_entries_g{g} \
+                 (community_id, member_id, counterpart, occurred_at, position, role) \
+                 WHERE counterpart IS NOT NULL"
+            ),
+            format!(
+                "CREATE TABLE timeline_connections_g{g} (
+                    community_id    TEXT   NOT NULL,
+                    member_id       TEXT   NOT NULL,
+                    other_member_id TEXT   NOT NULL,
+                    sent            BIGINT NOT NULL,
+                    received        BIGINT NOT NULL,
+                    total           BIGINT NOT NULL,
+                    first_at        BIGINT NOT NULL,
+                    last_at         BIGINT NOT NULL,
+                    PRIMARY KEY (community_id, member_id, other_member_id)
+                ){clustered}"
+            ),
+            format!(
+                "CREATE INDEX timeline_connections_rank_g{g} ON timeline_connections_g{g} \
+                 (community_id, member_id, total DESC, other_member_id)"
+            ),
+        ]
+    }
+
+    fn drop_tables(&self, g: u64) -> Vec<String> {
+        vec![
+            format!("DROP TABLE IF EXISTS timeline_entries_g{g}"),
+            format!("DROP TABLE IF EXISTS timeline_connections_g{g}"),
+        ]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: Tx<'a>,
+        g: u64,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            let mut tx = tx;
+            let rows: Vec<TimelineRow> = events.iter().flat_map(timeline_rows).collect();
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                on_tx!(tx.reborrow(), c => {
+                    let mut qb = QueryBuilder::new(format!(
+                        "INSERT INTO timeline_entries_g{g} (community_id, member_id, occurred_at, \
+                         position, role, event_type, channel, kind, counterpart) "
+                    ));
+                    qb.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.community_id.clone())
+                            .push_bind(r.member_id.clone())
+                            .push_bind(r.occurred_at.as_micros())
+                            .push_bind(to_db(r.position))
+                            .push_bind(r.role as i16)
+                            .push_bind(r.event_type as i16)
+                            .push_bind(r.channel.clone())
+                            .push_bind(r.kind.map(|k| k.as_i32() as i16))
+                            .push_bind(r.counterpart.clone());
+                    });
+                    qb.build().execute(&mut *c).await.map(drop)?;
+                });
+            }
+            // Deltas are summed per pair before the upsert: one statement
+            // may not touch a row twice (PostgreSQL refuses).
+            let deltas = connection_deltas(events);
+            for chunk in deltas.chunks(INSERT_CHUNK) {
+                on_tx!(tx.reborrow(), c => {
+                    let mut qb = QueryBuilder::new(format!(
+                        "INSERT INTO timeline_connections_g{g} (community_id, member_id, \
+                         other_member_id, sent, received, total, first_at, last_at) "
+                    ));
+                    qb.push_values(chunk, |mut b, d| {
+                        b.push_bind(d.community_id.clone())
+                            .push_bind(d.member_id.clone())
+                            .push_bind(d.other_member_id.clone())
+                            .push_bind(to_db(d.sent))
+                            .push_bind(to_db(d.received))
+                            .push_bind(to_db(d.sent + d.received))
+                            .push_bind(d.first_at.as_micros())
+                            .push_bind(d.last_at.as_micros());
+                    });
+                    let t = format!("timeline_connections_g{g}");
+                    qb.push(format!(
+                        " ON CONFLICT (community_id, member_id, other_member_id) DO UPDATE SET \
+                         sent = {t}.sent + excluded.sent, \
+                         received = {t}.received + excluded.received, \
+                         total = {t}.total + excluded.total, \
+                         first_at = CASE WHEN excluded.first_at < {t}.first_at THEN excluded.first_at ELSE {t}.first_at END, \
+                         last_at = CASE WHEN excluded.last_at > {t}.last_at THEN excluded.last_at ELSE {t}.last_at END"
+                    ));
+                    qb.build().execute(&mut *c).await.map(drop)?;
+                });
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Which entries of a member's timeline a page reads.
+#[derive(Debug, Clone, Default)]
+pub struct TimelineQuery {
+    pub community_id: String,
+    pub member_id: String,
+    /// Only exchanges with this member (a relationship).
+    pub counterpart: Option<String>,
+    /// Empty: every channel.
+    pub channels: Vec<String>,
+    /// Empty: every kind; else only interactions of these kinds.
+    pub kinds: Vec<InteractionKind>,
+    /// Entries at or after this time.
+    pub since: Option<Timestamp>,
+    /// Entries before this time.
+    pub until: Option<Timestamp>,
+    /// Continue after this entry.
+    pub after: Option<Cursor>,
+    pub limit: u32,
+}
+
+/// An entry of a page: the row and the event it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    pub role: Role,
+    pub occurred_at: Timestamp,
+    pub counterpart: Option<String>,
+    pub event: Event,
+}
+
+impl TimelineEntry {
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            occurred_at: self.occurred_at,
+            position: self.event.position,
+            role: self.role,
+        }
+    }
+}
+
+/// Exchange counts of one kind between two members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindCount {
+    pub kind: InteractionKind,
+    /// By the member to the other member.
+    pub sent: u64,
+    /// By the other member to the member.
+    pub received: u64,
+}
+
+/// One member's exchanges with another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub other_member_id: String,
+    pub sent: u64,
+    pub received: u64,
+    pub first_at: Timestamp,
+    pub last_at: Timestamp,
+}
+
+/// Reads of the active timeline generation.
+impl Projections {
+    /// A page of a member's timeline (or of a relationship), newest first,
+    /// from generation `g` (see [`Projections::wait_for`]).
+    pub async fn timeline_page(
+        &self,
+        g: u64,
+        query: &TimelineQuery,
+    ) -> Result<Vec<TimelineEntry>, ProjectionError> {
+        let pool = self.store.pool();
+        let rows: Vec<(i64, i64, i16, Option<String>)> = on_pool!(&pool, p => {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT occurred_at, position, role, counterpart FROM timeline_entries_g{g} \
+                 WHERE community_id = "
+            ));
+            qb.push_bind(query.community_id.clone());
+            qb.push(" AND member_id = ");
+            qb.push_bind(query.member_id.clone());
+            if let Some(other) = &query.counterpart {
+                qb.push(" AND counterpart = ");
+                qb.push_bind(other.clone());
+            }
+            if !query.channels.is_empty() {
+                qb.push(" AND channel IN (");
+                let mut list = qb.separated(", ");
+                for c in &query.channels {
+                    list.push_bind(c.clone());
+                }
+                qb.push(")");
+            }
+            if !query.kinds.is_empty() {
+                qb.push(" AND kind IN (");
+                let mut list = qb.separated(", ");
+                for k in &query.kinds {
+                    list.push_bind(k.as_i32() as i16);
+                }
+                qb.push(")");
+            }
+            if let Some(since) = query.since {
+                qb.push(" AND occurred_at >= ");
+                qb.push_bind(since.as_micros());
+            }
+            if let Some(until) = query.until {
+                qb.push(" AND occurred_at < ");
+                qb.push_bind(until.as_micros());
+            }
+            if let Some(after) = query.after {
+                qb.push(" AND (occurred_at, position, role) < (");
+                qb.push_bind(after.occurred_at.as_micros());
+                qb.push(", ");
+                qb.push_bind(to_db(after.position));
+                qb.push(", ");
+                qb.push_bind(after.role as i16);
+                qb.push(")");
+            }
+            qb.push(" ORDER BY occurred_at DESC, position DESC, role DESC LIMIT ");
+            qb.push_bind(i64::from(query.limit));
+            qb.build_query_as().fetch_all(p).await?
+        });
+        let positions: Vec<u64> = rows
+            .iter()
+            .map(|r| from_db(r.1))
+            .collect::<Result<_, _>>()?;
+        let mut events: HashMap<u64, Event> = self
+            .store
+            .events_at(&positions)
+            .await?
+            .into_iter()
+            .map(|e| (e.position, e))
+            .collect();
+        rows.into_iter()
+            .map(|(occurred_at, position, role, counterpart)| {
+                let position = from_db(position)?;
+                let role = Role::from_i16(role)
+                    .ok_or_else(|| ProjectionError::Corrupt(format!("timeline role {role}")))?;
+                // Both entries of an exchange point at one event.
+                let event = events.get(&position).cloned().ok_or_else(|| {
+                    ProjectionError::Corrupt(format!("timeline entry for missing event {position}"))
+                })?;
+                Ok(TimelineEntry {
+                    role,
+                    occurred_at: Timestamp::from_micros(occurred_at),
+                    counterpart,
+                    event,
+                })
+            })
+            .collect::<Result<Vec<_>, ProjectionError>>()
+            .inspect(|_| events.clear())
+    }
+
+    /// Exchange counts per kind between `member_id` and `other_member_id`.
+    pub async fn relationship_counts(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        other_member_id: &str,
+    ) -> Result<Vec<KindCount>, ProjectionError> {
+        let pool = self.store.pool();
+        let sql = format!(
+            "SELECT kind, role, COUNT(*) FROM timeline_entries_g{g} \
+             WHERE community_id = $1 AND member_id = $2 AND counterpart = $3 \
+             GROUP BY kind, role ORDER BY kind"
+        );
+        let rows: Vec<(Option<i16>, i16, i64)> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .bind(member_id)
+                .bind(other_member_id)
+                .fetch_all(p)
+                .await?
+        });
+        let mut counts: Vec<KindCount> = Vec::new();
+        for (kind, role, count) in rows {
+            let kind = kind
+                .and_then(|k| InteractionKind::from_i32(i32::from(k)))
+                .ok_or_else(|| ProjectionError::Corrupt(format!("timeline kind {kind:?}")))?;
+            let count = from_db(count)?;
+            let entry = match counts.iter_mut().find(|c| c.kind == kind) {
+                Some(entry) => entry,
+                None => {
+                    counts.push(KindCount {
+                        kind,
+                        sent: 0,
+                        received: 0,
+                    });
+                    counts.last_mut().expect("just pushed")
+                }
+            };
+            match Role::from_i16(role) {
+                Some(Role::Actor) => entry.sent += count,
+                Some(Role::Target) => entry.received += count,
+                _ => return Err(ProjectionError::Corrupt(format!("exchange role {role}"))),
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The members `member_id` exchanges with most, most exchanges first.
+    pub async fn connections(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Connection>, ProjectionError> {
+        let pool = self.store.pool();
+        let sql = format!(
+            "SELECT other_member_id, sent, received, first_at, last_at FROM timeline_connections_g{g} \
+             WHERE community_id = $1 AND member_id = $2 \
+             ORDER BY total DESC, other_member_id LIMIT $3"
+        );
+        let rows: Vec<(String, i64, i64, i64, i64)> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .bind(member_id)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(other_member_id, sent, received, first_at, last_at)| {
+                Ok(Connection {
+                    other_member_id,
+                    sent: from_db(sent)?,
+                    received: from_db(received)?,
+                    first_at: Timestamp::from_micros(first_at),
+                    last_at: Timestamp::from_micros(last_at),
+                })
+            })
+            .collect()
+    }
+
+    /// Every row of generation `g`'s tables in a canonical order, as text:
+    /// for comparing a rebuilt model with the live one.
+    pub async fn timeline_dump(&self, g: u64) -> Result<Vec<String>, ProjectionError> {
+        let pool = self.store.pool();
+        let entries = format!(
+            "SELECT community_id, member_id, occurred_at, position, role, event_type, channel, kind, counterpart \
+             FROM timeline_entries_g{g} ORDER BY community_id, member_id, occurred_at, position, role"
+        );
+        let connections = format!(
+            "SELECT community_id, member_id, other_member_id, sent, received, total, first_at, last_at \
+             FROM timeline_connections_g{g} ORDER BY community_id, member_id, other_member_id"
+        );
+        let mut out = Vec::new();
+        on_pool!(&pool, p => {
+            for row in sqlx::query(sqlx::AssertSqlSafe(entries)).fetch_all(p).await? {
+                out.push(format!(
+                    "entry {} {} {} {} {} {} {:?} {:?} {:?}",
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    row.try_get::<i64, _>(2)?,
+                    row.try_get::<i64, _>(3)?,
+                    row.try_get::<i16, _>(4)?,
+                    row.try_get::<i16, _>(5)?,
+                    row.try_get::<Option<String>, _>(6)?,
+                    row.try_get::<Option<i16>, _>(7)?,
+                    row.try_get::<Option<String>, _>(8)?,
+                ));
+            }
+            for row in sqlx::query(sqlx::AssertSqlSafe(connections)).fetch_all(p).await? {
+                out.push(format!(
+                    "connection {} {} {} {} {} {} {} {}",
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    row.try_get::<String, _>(2)?,
+                    row.try_get::<i64, _>(3)?,
+                    row.try_get::<i64, _>(4)?,
+                    row.try_get::<i64, _>(5)?,
+                    row.try_get::<i64, _>(6)?,
+                    row.try_get::<i64, _>(7)?,
+                ));
+            }
+        });
+        Ok(out)
+    }
+}

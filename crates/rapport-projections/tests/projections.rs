@@ -1,0 +1,464 @@
+//! The projector machinery and the timeline read model, on both backends.
+//! Two `Store`s on one database stand for two server replicas.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rapport_domain::timeline::{Role, connection_deltas, timeline_rows};
+use rapport_domain::{Event, Identity, Interaction, InteractionKind, Target, Timestamp};
+use rapport_projections::timeline::{NAME, Timeline, TimelineQuery};
+use rapport_projections::{Projection, Projections, RunnerOptions, Tx};
+use rapport_store::{EventQuery, Store, StoreOptions};
+use rapport_testkit::TestDatabase;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn fresh(backend: Backend, test: &str) -> Option<(TestDatabase, Store)> {
+    let db = match backend {
+        Backend::Sqlite => TestDatabase::sqlite(),
+        Backend::Postgres => TestDatabase::postgres(test).await?,
+    };
+    let store = connect(&db).await;
+    Some((db, store))
+}
+
+async fn connect(db: &TestDatabase) -> Store {
+    let store = Store::connect(&StoreOptions::new(&db.url))
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+const T0: i64 = 1_760_000_000_000_000;
+
+/// Interaction `i` of a small community where ten members reply to each
+/// other, with a brand-targeted post now and then.
+fn interaction(i: usize) -> Interaction {
+    let handle = |n: usize| format!("member{}", n % 10);
+    Interaction {
+        community_id: "acme".into(),
+        interaction_id: format!("i{i}"),
+        channel: if i.is_multiple_of(3) {
+            "discord"
+        } else {
+            "forum"
+        }
+        .into(),
+        kind: if i.is_multiple_of(7) {
+            InteractionKind::Post
+        } else {
+            InteractionKind::Reply
+        },
+        source_type: String::new(),
+        actor: Identity {
+            channel: "forum".into(),
+            handle: handle(i),
+        },
+        // Not in position order: timelines sort by when things happened.
+        occurred_at: Timestamp::from_micros(T0 + ((i * 7919) % 1000) as i64 * 1_000_000),
+        target: Some(if i.is_multiple_of(7) {
+            Target::Brand
+        } else {
+            Target::Member(Identity {
+                channel: "forum".into(),
+                handle: handle(i * 3 + 1),
+            })
+        }),
+        incentivized: false,
+        sentiment: None,
+        campaign_id: String::new(),
+        url: format!("https://forum.example/{i}"),
+        excerpt: format!("message {i}"),
+        actor_display_name: String::new(),
+        attributes: BTreeMap::new(),
+    }
+}
+
+async fn append(store: &Store, range: std::ops::Range<usize>) {
+    for chunk in range.collect::<Vec<_>>().chunks(50) {
+        let batch = chunk.iter().map(|&i| vec![interaction(i)]).collect();
+        store
+            .append_batch(batch, rapport_store::wall_clock())
+            .await
+            .expect("append");
+    }
+}
+
+fn options() -> RunnerOptions {
+    RunnerOptions {
+        batch_size: 64,
+        poll_interval: Duration::from_millis(10),
+        leader_check_interval: Duration::from_millis(200),
+        retire_grace: Duration::ZERO,
+        ..RunnerOptions::default()
+    }
+}
+
+/// Projectors that stop when dropped.
+struct Running {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("projector task");
+        }
+    }
+}
+
+fn start(projections: &Projections, options: RunnerOptions) -> Running {
+    let (stop, shutdown) = watch::channel(false);
+    // No writer in these tests: the projectors find new events by polling.
+    let (_commits_tx, commits) = watch::channel(0);
+    let tasks = projections.spawn(commits, options, shutdown);
+    Running { stop, tasks }
+}
+
+/// Waits until the active generation has applied the whole log.
+async fn caught_up(projections: &Projections) -> u64 {
+    let head = projections.store().head().await.expect("head");
+    projections
+        .wait_for(NAME, head, Instant::now() + Duration::from_secs(30))
+        .await
+        .expect("the projection catches up")
+        .generation
+}
+
+async fn all_events(store: &Store) -> Vec<Event> {
+    let mut events = Vec::new();
+    loop {
+        let page = store
+            .read_events(&EventQuery {
+                after: events.last().map_or(0, |e: &Event| e.position),
+                limit: 1000,
+                ..EventQuery::default()
+            })
+            .await
+            .expect("read");
+        if page.events.is_empty() {
+            return events;
+        }
+        events.extend(page.events);
+    }
+}
+
+/// What the model must hold for the log, computed from the log by the pure
+/// domain functions: (entries per member, connections as (member, other) →
+/// (sent, received)).
+type Expected = (
+    BTreeMap<String, usize>,
+    BTreeMap<(String, String), (u64, u64)>,
+);
+
+async fn expected(store: &Store) -> Expected {
+    let events = all_events(store).await;
+    let mut entries = BTreeMap::new();
+    for row in events.iter().flat_map(timeline_rows) {
+        *entries.entry(row.member_id).or_default() += 1;
+    }
+    let connections = connection_deltas(&events)
+        .into_iter()
+        .map(|d| ((d.member_id, d.other_member_id), (d.sent, d.received)))
+        .collect();
+    (entries, connections)
+}
+
+/// What the model holds, read through the public queries.
+async fn actual(projections: &Projections, g: u64) -> Expected {
+    let (members, _) = expected(projections.store()).await;
+    let mut entries = BTreeMap::new();
+    let mut connections = BTreeMap::new();
+    for member in members.keys() {
+        let page = projections
+            .timeline_page(
+                g,
+                &TimelineQuery {
+                    community_id: "acme".into(),
+                    member_id: member.clone(),
+                    limit: 100_000,
+                    ..TimelineQuery::default()
+                },
+            )
+            .await
+            .expect("timeline");
+        entries.insert(member.clone(), page.len());
+        for c in projections
+            .connections(g, "acme", member, 1000)
+            .await
+            .expect("connections")
+        {
+            connections.insert((member.clone(), c.other_member_id), (c.sent, c.received));
+        }
+    }
+    (entries, connections)
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    the_timeline_follows_the_log,
+    a_failure_between_apply_and_checkpoint_loses_and_duplicates_nothing,
+    a_rebuild_is_identical_to_the_live_model,
+    new_projection_code_rebuilds_beside_the_live_model_and_switches,
+    two_replicas_apply_each_event_once,
+);
+
+async fn the_timeline_follows_the_log(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "timeline_follows").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections, options());
+    append(&store, 0..300).await;
+    let g = caught_up(&projections).await;
+
+    assert_eq!(actual(&projections, g).await, expected(&store).await);
+
+    // A member's page: newest first, each entry the event it came from.
+    let member = all_events(&store).await[0].body.member_id().to_owned();
+    let page = projections
+        .timeline_page(
+            g,
+            &TimelineQuery {
+                community_id: "acme".into(),
+                member_id: member.clone(),
+                limit: 1000,
+                ..TimelineQuery::default()
+            },
+        )
+        .await
+        .expect("timeline");
+    assert!(page.len() > 30, "member has a history: {}", page.len());
+    let keys: Vec<_> = page.iter().map(|e| e.cursor()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by_key(|c| std::cmp::Reverse((c.occurred_at, c.position, c.role)));
+    assert_eq!(keys, sorted, "newest first");
+    for entry in &page {
+        match entry.role {
+            Role::Target => assert_ne!(entry.event.body.member_id(), member),
+            _ => assert_eq!(entry.event.body.member_id(), member),
+        }
+    }
+
+    // Other communities see nothing of it.
+    let elsewhere = projections
+        .timeline_page(
+            g,
+            &TimelineQuery {
+                community_id: "other".into(),
+                member_id: member,
+                limit: 1000,
+                ..TimelineQuery::default()
+            },
+        )
+        .await
+        .expect("timeline");
+    assert!(elsewhere.is_empty());
+    running.stop().await;
+}
+
+async fn a_failure_between_apply_and_checkpoint_loses_and_duplicates_nothing(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "projection_failure").await else {
+        return;
+    };
+    append(&store, 0..400).await;
+    let projections = Projections::new(store.clone());
+    let options = options();
+    // Three batches fail after writing their rows, before their checkpoint.
+    options.fail_before_checkpoint.store(3, Ordering::SeqCst);
+    let running = start(&projections, options.clone());
+    let g = caught_up(&projections).await;
+    assert_eq!(
+        options.fail_before_checkpoint.load(Ordering::SeqCst),
+        0,
+        "the failures happened"
+    );
+    // Counts are sums: an event applied twice would show, one lost too.
+    assert_eq!(actual(&projections, g).await, expected(&store).await);
+    running.stop().await;
+}
+
+async fn a_rebuild_is_identical_to_the_live_model(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "projection_rebuild").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections, options());
+    append(&store, 0..300).await;
+    let live = caught_up(&projections).await;
+    let live_rows = projections.timeline_dump(live).await.expect("dump");
+
+    let (rebuilt, started) = projections.rebuild(NAME).await.expect("rebuild");
+    assert!(started);
+    assert_ne!(rebuilt, live);
+    // Asking again while it builds points at the same build.
+    let (again, _) = projections.rebuild(NAME).await.expect("rebuild");
+    assert_eq!(again, rebuilt);
+    wait_until_active(&projections, rebuilt).await;
+    let rebuilt_rows = projections.timeline_dump(rebuilt).await.expect("dump");
+    assert_eq!(rebuilt_rows.len(), live_rows.len());
+    assert_eq!(rebuilt_rows, live_rows);
+
+    // Rebuilding while writes go on: the new generation takes over and
+    // keeps following the log.
+    let (next, _) = projections.rebuild(NAME).await.expect("rebuild");
+    append(&store, 300..600).await;
+    wait_until_active(&projections, next).await;
+    let g = caught_up(&projections).await;
+    assert_eq!(g, next);
+    assert_eq!(actual(&projections, g).await, expected(&store).await);
+
+    // The replaced generations' tables are dropped (no grace in this test).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = projections.status().await.expect("status");
+        if projections.timeline_dump(live).await.is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retired tables stay: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+}
+
+async fn wait_until_active(projections: &Projections, generation: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = projections.status().await.expect("status");
+        if status[0].active.as_ref().map(|a| a.generation) == Some(generation) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never switched: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The timeline with another code version.
+struct TimelineVersion(u64);
+
+impl Projection for TimelineVersion {
+    fn name(&self) -> &'static str {
+        Timeline.name()
+    }
+    fn version(&self) -> u64 {
+        self.0
+    }
+    fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String> {
+        Timeline.create_tables(generation, postgres)
+    }
+    fn drop_tables(&self, generation: u64) -> Vec<String> {
+        Timeline.drop_tables(generation)
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: Tx<'a>,
+        generation: u64,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Timeline.apply(tx, generation, events)
+    }
+}
+
+async fn new_projection_code_rebuilds_beside_the_live_model_and_switches(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "projection_version").await else {
+        return;
+    };
+    append(&store, 0..500).await;
+    let v1 = Projections::new(store.clone());
+    let running = start(&v1, options());
+    let old = caught_up(&v1).await;
+    let old_rows = v1.timeline_dump(old).await.expect("dump");
+    running.stop().await;
+
+    let v2 = Projections::with(store.clone(), vec![Arc::new(TimelineVersion(2))]);
+    let mut slow = options();
+    slow.batch_size = 16;
+    let running = start(&v2, slow);
+    // While version 2 builds, reads are served by version 1's tables.
+    let mut served_by_old = 0;
+    let new = loop {
+        let status = v2.status().await.expect("status");
+        let active = status[0]
+            .active
+            .clone()
+            .expect("always an active generation");
+        if active.version == 2 {
+            break active.generation;
+        }
+        assert_eq!(active.generation, old);
+        let g = v2
+            .wait_for(NAME, 0, Instant::now() + Duration::from_secs(1))
+            .await
+            .expect("readable during the rebuild")
+            .generation;
+        // (The switch may happen between the two reads.)
+        served_by_old += u32::from(g == old);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(served_by_old > 0, "the rebuild was observed in progress");
+    assert_ne!(new, old);
+    assert_eq!(v2.timeline_dump(new).await.expect("dump"), old_rows);
+    running.stop().await;
+}
+
+async fn two_replicas_apply_each_event_once(backend: Backend) {
+    let Some((db, store)) = fresh(backend, "projection_replicas").await else {
+        return;
+    };
+    let replica = connect(&db).await;
+    let a = Projections::new(store.clone());
+    let b = Projections::new(replica.clone());
+    let running_a = start(&a, options());
+    let running_b = start(&b, options());
+    let writer_a = append(&store, 0..300);
+    let writer_b = append(&replica, 300..600);
+    tokio::join!(writer_a, writer_b);
+    let g = caught_up(&a).await;
+    assert_eq!(actual(&a, g).await, expected(&store).await);
+
+    if let Backend::Postgres = backend {
+        // Exactly one replica leads; when it stops, the other takes over.
+        let leaders = |s: &Vec<rapport_projections::ProjectionStatus>| s[0].leading_here;
+        let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
+        assert!(leaders(&sa) != leaders(&sb), "one leader: {sa:?} {sb:?}");
+        let (leader, follower, running_follower) = if leaders(&sa) {
+            running_a.stop().await;
+            (store, b, running_b)
+        } else {
+            running_b.stop().await;
+            (replica, a, running_a)
+        };
+        append(&leader, 600..700).await;
+        let g = caught_up(&follower).await;
+        assert!(follower.status().await.unwrap()[0].leading_here);
+        assert_eq!(actual(&follower, g).await, expected(&leader).await);
+        running_follower.stop().await;
+    } else {
+        running_a.stop().await;
+        running_b.stop().await;
+    }
+}
