@@ -47,9 +47,14 @@ macro_rules! on_pool {
 
 pub(crate) use {on_pool, on_tx};
 
-/// A write transaction. On SQLite it starts with `BEGIN IMMEDIATE`, taking
-/// the write lock up front: a deferred transaction that reads and then
-/// writes can fail at once with SQLITE_BUSY instead of waiting its turn.
+/// A write transaction of a read model, on the store's projections pool.
+///
+/// On SQLite it starts with `BEGIN IMMEDIATE`, taking the write lock up
+/// front: a deferred transaction that reads and then writes can fail at once
+/// with SQLITE_BUSY instead of waiting its turn. On PostgreSQL it turns off
+/// `synchronous_commit`: a read model's rows and checkpoint commit together,
+/// so a crash can only lose whole recent transactions, which the projector
+/// then applies again; not waiting for the WAL flush makes each batch cheaper.
 pub enum WriteTx {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
@@ -59,7 +64,10 @@ impl WriteTx {
     pub async fn begin(pool: &DbPool) -> Result<WriteTx, sqlx::Error> {
         Ok(match pool {
             DbPool::Sqlite(p) => WriteTx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            DbPool::Postgres(p) => WriteTx::Postgres(p.begin().await?),
+            DbPool::Postgres(p) => WriteTx::Postgres(
+                p.begin_with("BEGIN; SET LOCAL synchronous_commit TO OFF")
+                    .await?,
+            ),
         })
     }
 

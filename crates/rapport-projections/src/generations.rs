@@ -54,12 +54,14 @@ pub struct Generation {
     pub position: u64,
     /// When the state or position last changed (µs since the epoch).
     pub changed_at: i64,
+    /// A building generation's first phase (see [`Projection::finish_bulk`]).
+    pub bulk: bool,
 }
 
 /// Every generation of `name`, oldest first.
 pub async fn load(pool: &DbPool, name: &str) -> Result<Vec<Generation>, ProjectionError> {
     on_pool!(pool, p => sqlx::query(
-        "SELECT generation, version, state, position, changed_at FROM projection_generations \
+        "SELECT generation, version, state, position, changed_at, bulk FROM projection_generations \
          WHERE name = $1 ORDER BY generation",
     )
     .bind(name)
@@ -73,6 +75,7 @@ pub async fn load(pool: &DbPool, name: &str) -> Result<Vec<Generation>, Projecti
             state: State::parse(&row.try_get::<String, _>(2)?)?,
             position: from_db(row.try_get(3)?)?,
             changed_at: row.try_get(4)?,
+            bulk: row.try_get(5)?,
         })
     })
     .collect::<Result<Vec<_>, ProjectionError>>())
@@ -129,8 +132,8 @@ pub async fn start_building(
     }
     let generation = from_db(next)?;
     on_tx!(tx.tx(), c => sqlx::query(
-        "INSERT INTO projection_generations (name, generation, version, state, position, created_at, changed_at) \
-         VALUES ($1, $2, $3, 'building', 0, $4, $4)",
+        "INSERT INTO projection_generations (name, generation, version, state, position, created_at, changed_at, bulk) \
+         VALUES ($1, $2, $3, 'building', 0, $4, $4, TRUE)",
     )
     .bind(name)
     .bind(next)
@@ -145,6 +148,37 @@ pub async fn start_building(
     }
     tx.commit().await?;
     Ok((generation, true))
+}
+
+/// Ends a building generation's bulk phase (see [`Projection::finish_bulk`]),
+/// if it is still at `position`.
+pub async fn finish_bulk(
+    pool: &DbPool,
+    projection: &dyn Projection,
+    generation: u64,
+    position: u64,
+) -> Result<(), ProjectionError> {
+    let name = projection.name();
+    let mut tx = WriteTx::begin(pool).await?;
+    match lock(tx.tx(), name, generation).await? {
+        Some((State::Building, p)) if p == position => {}
+        _ => return Err(ProjectionError::Fenced { name, generation }),
+    }
+    let postgres = tx.tx().is_postgres();
+    for sql in projection.finish_bulk(generation, postgres) {
+        execute(tx.tx(), sql).await?;
+    }
+    on_tx!(tx.tx(), c => sqlx::query(
+        "UPDATE projection_generations SET bulk = FALSE, changed_at = $3 WHERE name = $1 AND generation = $2",
+    )
+    .bind(name)
+    .bind(to_db(generation))
+    .bind(wall_clock().as_micros())
+    .execute(&mut *c)
+    .await
+    .map(drop)?);
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Makes `building` the active generation and retires the previous one, in
@@ -163,7 +197,7 @@ pub async fn activate(pool: &DbPool, name: &str, building: u64) -> Result<(), Pr
     .map(drop)?);
     on_tx!(tx.tx(), c => sqlx::query(
         "UPDATE projection_generations SET state = 'active', changed_at = $3 \
-         WHERE name = $1 AND generation = $2 AND state = 'building'",
+         WHERE name = $1 AND generation = $2 AND state = 'building' AND NOT bulk",
     )
     .bind(name)
     .bind(to_db(building))

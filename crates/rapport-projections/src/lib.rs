@@ -49,17 +49,25 @@ pub trait Projection: Send + Sync + 'static {
     /// Bump it whenever the rows the code writes change: the projector then
     /// rebuilds a generation with the new code and switches to it.
     fn version(&self) -> u64;
-    /// DDL creating a generation's tables.
+    /// DDL creating a generation's tables, and whatever its bulk phase
+    /// appends to.
     fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String>;
-    /// DDL dropping them.
+    /// SQL ending the bulk phase, run in one transaction: turn what bulk
+    /// applies appended into the generation's indexed tables and aggregates.
+    fn finish_bulk(&self, generation: u64, postgres: bool) -> Vec<String>;
+    /// DDL dropping every table of a generation.
     fn drop_tables(&self, generation: u64) -> Vec<String>;
-    /// Applies `events` (consecutive, in position order) to the generation's
-    /// tables inside `tx`. Must be deterministic: a rebuild gives the same rows.
+    /// Applies `events` (consecutive, in position order) to the generation
+    /// inside `tx`. `bulk`: the generation is being built and nobody reads
+    /// it; append the cheapest form, for [`Projection::finish_bulk`]. Must be
+    /// deterministic, and a bulk build must end with the same rows as
+    /// applying every event one batch at a time.
     fn apply<'a>(
         &'a self,
         tx: Tx<'a>,
         generation: u64,
         events: &'a [Event],
+        bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 }
 
@@ -238,7 +246,7 @@ impl Projections {
     pub async fn rebuild(&self, name: &str) -> Result<(u64, bool), ProjectionError> {
         let (projection, _) = self.get(name)?;
         generations::start_building(
-            &self.store.pool(),
+            &self.store.projections_pool(),
             projection.as_ref(),
             generations::Start::Rebuild,
         )

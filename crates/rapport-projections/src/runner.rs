@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use rapport_store::{DbPool, EventQuery, Store};
+use rapport_store::{DbPool, EventQuery, Store, StoreError};
 use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::db::WriteTx;
 use crate::generations::{self, Generation, Start, State};
@@ -30,6 +30,9 @@ use crate::{Local, Projection, ProjectionError};
 pub struct RunnerOptions {
     /// Events per transaction.
     pub batch_size: u32,
+    /// Batches a generation may apply before the projector looks at the
+    /// others (and at its leadership) again.
+    pub batches_per_step: usize,
     /// How often to look for events committed by other processes (this
     /// process's own commits wake the projector at once).
     pub poll_interval: Duration,
@@ -47,6 +50,7 @@ impl Default for RunnerOptions {
     fn default() -> Self {
         RunnerOptions {
             batch_size: 2_000,
+            batches_per_step: 16,
             poll_interval: Duration::from_millis(50),
             leader_check_interval: Duration::from_secs(1),
             retire_grace: Duration::from_secs(30),
@@ -181,7 +185,7 @@ impl Runner {
     /// this code builds, switch to a rebuilt generation that caught up, drop
     /// retired ones. Returns whether anything moved.
     async fn step(&self, report: bool) -> Result<bool, ProjectionError> {
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         let name = self.projection.name();
         let version = self.projection.version();
         let gens = generations::load(&pool, name).await?;
@@ -229,7 +233,7 @@ impl Runner {
         // Newer code (a rolling upgrade's other half) owns generations of a
         // higher version: leave them alone.
         if let Some(a) = active.filter(|a| a.version == version) {
-            let (position, head) = self.apply_batch(&a).await?;
+            let (position, head) = self.advance(&a, self.options.batches_per_step).await?;
             progressed |= position > a.position;
             if position > a.position {
                 self.local.applied.send_replace(position);
@@ -246,9 +250,34 @@ impl Runner {
             }
         }
         if let Some(b) = building.filter(|b| b.version == version) {
-            let (position, head) = self.apply_batch(&b).await?;
+            let (position, head) = self.advance(&b, self.options.batches_per_step).await?;
             progressed |= position > b.position;
-            if position >= head {
+            if position < head {
+                if report {
+                    info!(
+                        projection = name,
+                        generation = b.generation,
+                        position,
+                        head,
+                        bulk = b.bulk,
+                        "rebuilding"
+                    );
+                }
+            } else if b.bulk {
+                // Caught up in bulk: index what was appended. Events
+                // committed meanwhile are applied normally afterwards.
+                let started = std::time::Instant::now();
+                generations::finish_bulk(&pool, self.projection.as_ref(), b.generation, position)
+                    .await?;
+                info!(
+                    projection = name,
+                    generation = b.generation,
+                    position,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "bulk phase finished: tables indexed"
+                );
+                progressed = true;
+            } else {
                 generations::activate(&pool, name, b.generation).await?;
                 self.local.applied.send_replace(position);
                 info!(
@@ -258,14 +287,6 @@ impl Runner {
                     "rebuilt generation caught up: now serving reads"
                 );
                 progressed = true;
-            } else if report {
-                info!(
-                    projection = name,
-                    generation = b.generation,
-                    position,
-                    head,
-                    "rebuilding"
-                );
             }
         }
 
@@ -285,27 +306,76 @@ impl Runner {
         Ok(progressed)
     }
 
-    /// Applies the next batch after `generation`'s checkpoint. Returns the new
-    /// checkpoint and the head the batch was read under.
-    async fn apply_batch(&self, generation: &Generation) -> Result<(u64, u64), ProjectionError> {
-        let page = self
-            .store
-            .read_events(&EventQuery {
-                after: generation.position,
-                limit: self.options.batch_size,
-                ..EventQuery::default()
-            })
-            .await?;
-        let Some(last) = page.events.last() else {
-            return Ok((generation.position, page.head));
-        };
-        let to = last.position;
+    /// Applies up to `batches` batches after `generation`'s checkpoint,
+    /// reading each next batch while the current one is applied (the read
+    /// and the write run on different connections, so on two cores they
+    /// overlap). Returns the new checkpoint and the head last read under.
+    async fn advance(
+        &self,
+        generation: &Generation,
+        batches: usize,
+    ) -> Result<(u64, u64), ProjectionError> {
+        let mut position = generation.position;
+        let mut next = self.read_after(position);
+        let mut head = position;
+        for _ in 0..batches.max(1) {
+            let page = next.await.map_err(|e| {
+                ProjectionError::Corrupt(format!("the projector's read task failed: {e}"))
+            })??;
+            head = page.head;
+            let Some(last) = page.events.last() else {
+                break;
+            };
+            let to = last.position;
+            // A short page reached the head: read again only in a later step.
+            let full = page.events.len() as u32 == self.options.batch_size;
+            let prefetch = full.then(|| self.read_after(to));
+            self.apply(generation, position, &page.events).await?;
+            position = to;
+            match prefetch {
+                Some(read) => next = read,
+                None => break,
+            }
+        }
+        Ok((position, head))
+    }
+
+    /// Reads the batch after `position`, in a task of its own.
+    fn read_after(
+        &self,
+        position: u64,
+    ) -> tokio::task::JoinHandle<Result<rapport_store::EventPage, StoreError>> {
+        let store = self.store.clone();
+        let limit = self.options.batch_size;
+        tokio::spawn(async move {
+            store
+                .read_events(&EventQuery {
+                    after: position,
+                    limit,
+                    // Read models keep no personal data (see the crate doc).
+                    without_personal: true,
+                    ..EventQuery::default()
+                })
+                .await
+        })
+    }
+
+    /// Applies `events`, which follow `from`, to `generation` and moves its
+    /// checkpoint, in one transaction that first checks the checkpoint is
+    /// still `from`.
+    async fn apply(
+        &self,
+        generation: &Generation,
+        from: u64,
+        events: &[rapport_domain::Event],
+    ) -> Result<(), ProjectionError> {
+        let started = std::time::Instant::now();
+        let to = events.last().map_or(from, |e| e.position);
         let name = self.projection.name();
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         let mut tx = WriteTx::begin(&pool).await?;
         match generations::lock(tx.tx(), name, generation.generation).await? {
-            Some((state, position))
-                if state != State::Retired && position == generation.position => {}
+            Some((state, position)) if state != State::Retired && position == from => {}
             _ => {
                 return Err(ProjectionError::Fenced {
                     name,
@@ -314,7 +384,7 @@ impl Runner {
             }
         }
         self.projection
-            .apply(tx.tx(), generation.generation, &page.events)
+            .apply(tx.tx(), generation.generation, events, generation.bulk)
             .await?;
         let inject = &self.options.fail_before_checkpoint;
         if inject
@@ -324,9 +394,18 @@ impl Runner {
             // Dropping the transaction rolls it back, rows and all.
             return Err(ProjectionError::Injected);
         }
+        let applied = started.elapsed();
         generations::set_position(tx.tx(), name, generation.generation, to).await?;
         tx.commit().await?;
-        Ok((to, page.head))
+        debug!(
+            projection = name,
+            generation = generation.generation,
+            events = events.len(),
+            apply_us = applied.as_micros() as u64,
+            commit_us = (started.elapsed() - applied).as_micros() as u64,
+            "batch applied"
+        );
+        Ok(())
     }
 }
 

@@ -9,20 +9,39 @@
 //!   the log by position.
 //! - `timeline_connections_g`: per (member, other member) exchange counts
 //!   both ways and the first and last exchange, for `ListConnections`.
+//! - `timeline_staging_g`: while the generation is built in bulk, entries
+//!   are appended here in log order (no index to keep sorted, no aggregate
+//!   to update); [`Timeline::finish_bulk`] then moves them into the entries
+//!   table in key order and derives the connections from them.
 
 use std::collections::HashMap;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use rapport_domain::timeline::{Cursor, Role, TimelineRow, connection_deltas, timeline_rows};
+use rapport_domain::timeline::{
+    ConnectionDelta, Cursor, Role, TimelineRow, connection_deltas, timeline_rows,
+};
 use rapport_domain::{Event, InteractionKind, Timestamp};
 use rapport_store::{from_db, to_db};
 use sqlx::{QueryBuilder, Row};
 
-use crate::db::{Tx, on_pool, on_tx};
+use crate::db::{Tx, on_pool};
 use crate::{Projection, ProjectionError, Projections};
 
 pub const NAME: &str = "timeline";
+
+/// The index that serves relationships: a member's entries with one other.
+fn pairs_index(g: u64) -> String {
+    format!(
+        "CREATE INDEX timeline_pairs_g{g} ON timeline_entries_g{g} \
+         (community_id, member_id, counterpart, occurred_at, position, role) \
+         WHERE counterpart IS NOT NULL"
+    )
+}
+
+/// The entry columns, in the order the inserts bind them.
+const ENTRY_COLUMNS: &str =
+    "community_id, member_id, occurred_at, position, role, event_type, channel, kind, counterpart";
 
 /// Rows per INSERT statement: 500 rows × 9 columns stays far below both
 /// databases' bind-parameter limits.
@@ -59,11 +78,7 @@ impl Projection for Timeline {
                     PRIMARY KEY (community_id, member_id, occurred_at, position, role)
                 ){clustered}"
             ),
-            format!(
-                "CREATE INDEX timeline_pairs_g{g} ON timeline_entries_g{g} \
-                 (community_id, member_id, counterpart, occurred_at, position, role) \
-                 WHERE counterpart IS NOT NULL"
-            ),
+            pairs_index(g),
             format!(
                 "CREATE TABLE timeline_connections_g{g} (
                     community_id    TEXT   NOT NULL,
@@ -81,13 +96,73 @@ impl Projection for Timeline {
                 "CREATE INDEX timeline_connections_rank_g{g} ON timeline_connections_g{g} \
                  (community_id, member_id, total DESC, other_member_id)"
             ),
+            format!(
+                "CREATE TABLE timeline_staging_g{g} (
+                    community_id TEXT     NOT NULL,
+                    member_id    TEXT     NOT NULL,
+                    occurred_at  BIGINT   NOT NULL,
+                    position     BIGINT   NOT NULL,
+                    role         SMALLINT NOT NULL,
+                    event_type   SMALLINT NOT NULL,
+                    channel      TEXT,
+                    kind         SMALLINT,
+                    counterpart  TEXT
+                )"
+            ),
         ]
+    }
+
+    fn finish_bulk(&self, g: u64, postgres: bool) -> Vec<String> {
+        let mut sql = if postgres {
+            // A heap is in no order anyway: the staging table becomes the
+            // entries table, and its indexes are built by sorting once,
+            // which is far cheaper than inserting into them row by row.
+            vec![
+                "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
+                format!("DROP TABLE timeline_entries_g{g}"),
+                format!("ALTER TABLE timeline_staging_g{g} RENAME TO timeline_entries_g{g}"),
+                format!(
+                    "ALTER TABLE timeline_entries_g{g} \
+                     ADD PRIMARY KEY (community_id, member_id, occurred_at, position, role)"
+                ),
+                pairs_index(g),
+            ]
+        } else {
+            // SQLite's entries table is clustered by key (WITHOUT ROWID):
+            // inserted in key order, each row lands after the previous one,
+            // so the b-tree is written page after page.
+            vec![
+                format!(
+                    "INSERT INTO timeline_entries_g{g} ({ENTRY_COLUMNS}) \
+                     SELECT {ENTRY_COLUMNS} FROM timeline_staging_g{g} \
+                     ORDER BY community_id, member_id, occurred_at, position, role"
+                ),
+                format!("DROP TABLE timeline_staging_g{g}"),
+            ]
+        };
+        sql.extend([
+            // The same sums, minima and maxima the live path accumulates
+            // batch by batch (`connection_deltas`): an exchange is an entry
+            // with a counterpart, ACTOR (1) rows sent, TARGET (2) received.
+            format!(
+                "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
+                 sent, received, total, first_at, last_at) \
+                 SELECT community_id, member_id, counterpart, \
+                 SUM(CASE WHEN role = 1 THEN 1 ELSE 0 END), SUM(CASE WHEN role = 2 THEN 1 ELSE 0 END), \
+                 COUNT(*), MIN(occurred_at), MAX(occurred_at) \
+                 FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
+                 GROUP BY community_id, member_id, counterpart \
+                 ORDER BY community_id, member_id, counterpart"
+            ),
+        ]);
+        sql
     }
 
     fn drop_tables(&self, g: u64) -> Vec<String> {
         vec![
             format!("DROP TABLE IF EXISTS timeline_entries_g{g}"),
             format!("DROP TABLE IF EXISTS timeline_connections_g{g}"),
+            format!("DROP TABLE IF EXISTS timeline_staging_g{g}"),
         ]
     }
 
@@ -96,65 +171,206 @@ impl Projection for Timeline {
         tx: Tx<'a>,
         g: u64,
         events: &'a [Event],
+        bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
-            let mut tx = tx;
             let rows: Vec<TimelineRow> = events.iter().flat_map(timeline_rows).collect();
-            for chunk in rows.chunks(INSERT_CHUNK) {
-                on_tx!(tx.reborrow(), c => {
-                    let mut qb = QueryBuilder::new(format!(
-                        "INSERT INTO timeline_entries_g{g} (community_id, member_id, occurred_at, \
-                         position, role, event_type, channel, kind, counterpart) "
-                    ));
-                    qb.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.community_id.clone())
-                            .push_bind(r.member_id.clone())
-                            .push_bind(r.occurred_at.as_micros())
-                            .push_bind(to_db(r.position))
-                            .push_bind(r.role as i16)
-                            .push_bind(r.event_type as i16)
-                            .push_bind(r.channel.clone())
-                            .push_bind(r.kind.map(|k| k.as_i32() as i16))
-                            .push_bind(r.counterpart.clone());
-                    });
-                    qb.build().execute(&mut *c).await.map(drop)?;
-                });
+            let table = if bulk { "staging" } else { "entries" };
+            // Bulk: the connections are derived at the end (`finish_bulk`).
+            let deltas = if bulk {
+                Vec::new()
+            } else {
+                connection_deltas(events)
+            };
+            match tx {
+                Tx::Postgres(c) => {
+                    insert_entries_pg(c, &format!("timeline_{table}_g{g}"), &rows).await?;
+                    upsert_connections_pg(c, g, &deltas).await
+                }
+                Tx::Sqlite(c) => {
+                    insert_entries_sqlite(c, &format!("timeline_{table}_g{g}"), &rows).await?;
+                    upsert_connections_sqlite(c, g, &deltas).await
+                }
             }
-            // Deltas are summed per pair before the upsert: one statement
-            // may not touch a row twice (PostgreSQL refuses).
-            let deltas = connection_deltas(events);
-            for chunk in deltas.chunks(INSERT_CHUNK) {
-                on_tx!(tx.reborrow(), c => {
-                    let mut qb = QueryBuilder::new(format!(
-                        "INSERT INTO timeline_connections_g{g} (community_id, member_id, \
-                         other_member_id, sent, received, total, first_at, last_at) "
-                    ));
-                    qb.push_values(chunk, |mut b, d| {
-                        b.push_bind(d.community_id.clone())
-                            .push_bind(d.member_id.clone())
-                            .push_bind(d.other_member_id.clone())
-                            .push_bind(to_db(d.sent))
-                            .push_bind(to_db(d.received))
-                            .push_bind(to_db(d.sent + d.received))
-                            .push_bind(d.first_at.as_micros())
-                            .push_bind(d.last_at.as_micros());
-                    });
-                    let t = format!("timeline_connections_g{g}");
-                    qb.push(format!(
-                        " ON CONFLICT (community_id, member_id, other_member_id) DO UPDATE SET \
-                         sent = {t}.sent + excluded.sent, \
-                         received = {t}.received + excluded.received, \
-                         total = {t}.total + excluded.total, \
-                         first_at = CASE WHEN excluded.first_at < {t}.first_at THEN excluded.first_at ELSE {t}.first_at END, \
-                         last_at = CASE WHEN excluded.last_at > {t}.last_at THEN excluded.last_at ELSE {t}.last_at END"
-                    ));
-                    qb.build().execute(&mut *c).await.map(drop)?;
-                });
-            }
-            Ok(())
         }
         .boxed()
     }
+}
+
+/// The upsert that adds a batch's deltas to the connections, on either
+/// backend (`excluded` is the row that was to be inserted).
+fn connections_upsert(g: u64) -> String {
+    let t = format!("timeline_connections_g{g}");
+    format!(
+        " ON CONFLICT (community_id, member_id, other_member_id) DO UPDATE SET \
+         sent = {t}.sent + excluded.sent, \
+         received = {t}.received + excluded.received, \
+         total = {t}.total + excluded.total, \
+         first_at = CASE WHEN excluded.first_at < {t}.first_at THEN excluded.first_at ELSE {t}.first_at END, \
+         last_at = CASE WHEN excluded.last_at > {t}.last_at THEN excluded.last_at ELSE {t}.last_at END"
+    )
+}
+
+/// PostgreSQL: every row in one statement, each column bound as an array.
+async fn insert_entries_pg(
+    c: &mut sqlx::PgConnection,
+    table: &str,
+    rows: &[TimelineRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO {table} ({ENTRY_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], \
+         $3::int8[], $4::int8[], $5::int2[], $6::int2[], $7::text[], $8::int2[], $9::text[])"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(
+            rows.iter()
+                .map(|r| r.community_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.member_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.occurred_at.as_micros())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| to_db(r.position)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.role as i16).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.event_type as i16).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.channel.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.kind.map(|k| k.as_i32() as i16))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.counterpart.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .execute(c)
+        .await
+        .map(drop)
+}
+
+async fn upsert_connections_pg(
+    c: &mut sqlx::PgConnection,
+    g: u64,
+    deltas: &[ConnectionDelta],
+) -> Result<(), sqlx::Error> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    // Deltas are summed per pair already: one statement may not touch a
+    // row twice (PostgreSQL refuses).
+    let sql = format!(
+        "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
+         sent, received, total, first_at, last_at) SELECT * FROM UNNEST($1::text[], $2::text[], \
+         $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]){}",
+        connections_upsert(g)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(
+            deltas
+                .iter()
+                .map(|d| d.community_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deltas
+                .iter()
+                .map(|d| d.member_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deltas
+                .iter()
+                .map(|d| d.other_member_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(deltas.iter().map(|d| to_db(d.sent)).collect::<Vec<_>>())
+        .bind(deltas.iter().map(|d| to_db(d.received)).collect::<Vec<_>>())
+        .bind(
+            deltas
+                .iter()
+                .map(|d| to_db(d.sent + d.received))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deltas
+                .iter()
+                .map(|d| d.first_at.as_micros())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deltas
+                .iter()
+                .map(|d| d.last_at.as_micros())
+                .collect::<Vec<_>>(),
+        )
+        .execute(c)
+        .await
+        .map(drop)
+}
+
+/// SQLite (no arrays): multi-row VALUES, [`INSERT_CHUNK`] rows a statement.
+async fn insert_entries_sqlite(
+    c: &mut sqlx::SqliteConnection,
+    table: &str,
+    rows: &[TimelineRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut qb = QueryBuilder::new(format!("INSERT INTO {table} ({ENTRY_COLUMNS}) "));
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.community_id.clone())
+                .push_bind(r.member_id.clone())
+                .push_bind(r.occurred_at.as_micros())
+                .push_bind(to_db(r.position))
+                .push_bind(r.role as i16)
+                .push_bind(r.event_type as i16)
+                .push_bind(r.channel.clone())
+                .push_bind(r.kind.map(|k| k.as_i32() as i16))
+                .push_bind(r.counterpart.clone());
+        });
+        qb.build().execute(&mut *c).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_connections_sqlite(
+    c: &mut sqlx::SqliteConnection,
+    g: u64,
+    deltas: &[ConnectionDelta],
+) -> Result<(), sqlx::Error> {
+    for chunk in deltas.chunks(INSERT_CHUNK) {
+        let mut qb = QueryBuilder::new(format!(
+            "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
+             sent, received, total, first_at, last_at) "
+        ));
+        qb.push_values(chunk, |mut b, d| {
+            b.push_bind(d.community_id.clone())
+                .push_bind(d.member_id.clone())
+                .push_bind(d.other_member_id.clone())
+                .push_bind(to_db(d.sent))
+                .push_bind(to_db(d.received))
+                .push_bind(to_db(d.sent + d.received))
+                .push_bind(d.first_at.as_micros())
+                .push_bind(d.last_at.as_micros());
+        });
+        qb.push(connections_upsert(g));
+        qb.build().execute(&mut *c).await?;
+    }
+    Ok(())
 }
 
 /// Which entries of a member's timeline a page reads.

@@ -288,7 +288,9 @@ async fn a_failure_between_apply_and_checkpoint_loses_and_duplicates_nothing(bac
     append(&store, 0..400).await;
     let projections = Projections::new(store.clone());
     let options = options();
-    // Three batches fail after writing their rows, before their checkpoint.
+    // Three batches fail after writing their rows, before their checkpoint:
+    // here in the bulk phase of the first build (the log is written before
+    // the projector starts).
     options.fail_before_checkpoint.store(3, Ordering::SeqCst);
     let running = start(&projections, options.clone());
     let g = caught_up(&projections).await;
@@ -298,6 +300,13 @@ async fn a_failure_between_apply_and_checkpoint_loses_and_duplicates_nothing(bac
         "the failures happened"
     );
     // Counts are sums: an event applied twice would show, one lost too.
+    assert_eq!(actual(&projections, g).await, expected(&store).await);
+
+    // The same once built, batch by batch with live updates.
+    options.fail_before_checkpoint.store(3, Ordering::SeqCst);
+    append(&store, 400..800).await;
+    let g = caught_up(&projections).await;
+    assert_eq!(options.fail_before_checkpoint.load(Ordering::SeqCst), 0);
     assert_eq!(actual(&projections, g).await, expected(&store).await);
     running.stop().await;
 }
@@ -370,6 +379,9 @@ impl Projection for TimelineVersion {
     fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String> {
         Timeline.create_tables(generation, postgres)
     }
+    fn finish_bulk(&self, generation: u64, postgres: bool) -> Vec<String> {
+        Timeline.finish_bulk(generation, postgres)
+    }
     fn drop_tables(&self, generation: u64) -> Vec<String> {
         Timeline.drop_tables(generation)
     }
@@ -378,8 +390,9 @@ impl Projection for TimelineVersion {
         tx: Tx<'a>,
         generation: u64,
         events: &'a [Event],
+        bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        Timeline.apply(tx, generation, events)
+        Timeline.apply(tx, generation, events, bulk)
     }
 }
 

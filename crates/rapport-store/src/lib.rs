@@ -118,6 +118,9 @@ pub struct EventQuery {
     pub event_types: Vec<EventType>,
     /// Empty: all; else only interactions on these channels.
     pub channels: Vec<String>,
+    /// Leave the personal part out (handles, names, excerpts, urls read as
+    /// empty): for readers that keep no personal data, and read faster.
+    pub without_personal: bool,
 }
 
 /// A page of the log.
@@ -300,6 +303,17 @@ impl Store {
     pub fn pool(&self) -> DbPool {
         match self {
             Store::Sqlite(s) => DbPool::Sqlite(s.pool().clone()),
+            Store::Postgres(s) => DbPool::Postgres(s.pool().clone()),
+        }
+    }
+
+    /// The pool read models write with. On SQLite, connections that commit
+    /// without waiting for the disk (see `SqliteStore::projections`); on
+    /// PostgreSQL the one pool (transactions there turn off
+    /// `synchronous_commit` themselves).
+    pub fn projections_pool(&self) -> DbPool {
+        match self {
+            Store::Sqlite(s) => DbPool::Sqlite(s.projections_pool().clone()),
             Store::Postgres(s) => DbPool::Postgres(s.pool().clone()),
         }
     }

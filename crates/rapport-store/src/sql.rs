@@ -18,9 +18,12 @@ where
     for<'e> i16: Encode<'e, DB> + Type<DB>,
     for<'e> String: Encode<'e, DB> + Type<DB>,
 {
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE position > "
-    ));
+    let columns = if query.without_personal {
+        EVENT_COLUMNS.replace("personal", "NULL")
+    } else {
+        EVENT_COLUMNS.to_owned()
+    };
+    let mut qb = QueryBuilder::new(format!("SELECT {columns} FROM events WHERE position > "));
     qb.push_bind(to_db(query.after));
     qb.push(" AND position <= ");
     qb.push_bind(to_db(head));

@@ -51,6 +51,12 @@ pub struct SqliteStore {
     admin: SqlitePool,
     /// Readers see committed snapshots concurrently with the writer (WAL).
     readers: SqlitePool,
+    /// The read models' writes: one connection with `synchronous=NORMAL`.
+    /// A read model's commit need not wait for the disk: its rows and its
+    /// checkpoint commit together, so a power loss can only roll both back
+    /// (the projector then applies those events again), and the WAL keeps
+    /// commits in order, so the log's own FULL commits stay durable.
+    projections: SqlitePool,
     /// The one writer connection (see the module doc).
     writer: Arc<Mutex<rusqlite::Connection>>,
     /// Identities and stream versions this process's writer committed.
@@ -80,7 +86,13 @@ impl SqliteStore {
             .max_connections(options.max_connections.max(1))
             .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
+            .await?;
+        let projections = SqlitePoolOptions::new()
+            .max_connections(2)
+            .test_before_acquire(false)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.synchronous(SqliteSynchronous::Normal))
             .await?;
         // The file exists and is in WAL mode now (sqlx created it).
         let path = path.to_owned();
@@ -93,6 +105,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             admin,
             readers,
+            projections,
             writer,
             cache: Arc::default(),
         })
@@ -156,9 +169,14 @@ impl SqliteStore {
         &self.readers
     }
 
+    pub(crate) fn projections_pool(&self) -> &sqlx::Pool<Sqlite> {
+        &self.projections
+    }
+
     pub(crate) async fn close(&self) {
         self.admin.close().await;
         self.readers.close().await;
+        self.projections.close().await;
     }
 }
 

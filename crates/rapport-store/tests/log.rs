@@ -333,6 +333,42 @@ async fn recorded_events_read_back_whole_and_filtered(backend: Backend) {
     assert_eq!(reviews.events.len(), 1);
     assert_eq!(reviews.events[0].position, 6);
 
+    // Without the personal part: the same facts, the personal fields empty.
+    let impersonal = store
+        .read_events(&EventQuery {
+            limit: 100,
+            without_personal: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(impersonal.events.len(), all.events.len());
+    for (bare, whole) in impersonal.events.iter().zip(&all.events) {
+        assert_eq!(bare.position, whole.position);
+        assert_eq!(bare.body.event_type(), whole.body.event_type());
+        assert_eq!(bare.body.member_id(), whole.body.member_id());
+        if let (
+            EventBody::InteractionRecorded {
+                interaction: b,
+                target_member_id: bt,
+                ..
+            },
+            EventBody::InteractionRecorded {
+                interaction: w,
+                target_member_id: wt,
+                ..
+            },
+        ) = (&bare.body, &whole.body)
+        {
+            assert_eq!(
+                (b.kind, b.occurred_at, &b.channel, bt),
+                (w.kind, w.occurred_at, &w.channel, wt)
+            );
+            assert!(b.excerpt.is_empty() && b.url.is_empty() && b.actor.handle.is_empty());
+            assert!(!w.excerpt.is_empty() && !w.actor.handle.is_empty());
+        }
+    }
+
     let globex = store
         .read_events(&EventQuery {
             limit: 100,

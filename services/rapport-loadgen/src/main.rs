@@ -2,13 +2,25 @@
 //! and reports throughput and latency percentiles. Used by `bench/ingest.sh`;
 //! figures go to `docs/performance.md`.
 //!
-//! Two modes:
+//! Ingest modes:
 //! - `batch`: `RecordInteractions` with `--batch-size` interactions per call;
 //! - `unary`: `RecordInteraction`, one interaction per call.
 //!
 //! `--concurrency` tasks each keep one call in flight, spread over
-//! `--connections` HTTP/2 connections. Calls made during `--warmup` are not
-//! counted. Every interaction has a fresh id, so runs never hit duplicates.
+//! `--connections` HTTP/2 connections (at most `--rate` interactions/s in
+//! all, when set). Calls made during `--warmup` are not counted. Every
+//! interaction has a fresh id, so runs never hit duplicates.
+//!
+//! Timeline benchmark modes (`bench/timeline.sh`), on the generated
+//! community of `community.rs`:
+//! - `populate`: write `--total` interactions by `--members` members;
+//! - `timeline`: first-page `GetTimeline` latency of the heavy member;
+//! - `lag`: write, then read with `min_position`, every `--interval-ms`;
+//! - `catch-up`: wait until the projections have applied the whole log;
+//! - `rebuild`: rebuild the timeline from position 0 and time it.
+
+mod community;
+mod probes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +36,11 @@ use tonic::transport::{Channel, Endpoint};
 enum Mode {
     Batch,
     Unary,
+    Populate,
+    Timeline,
+    Lag,
+    CatchUp,
+    Rebuild,
 }
 
 #[derive(Debug, Parser)]
@@ -58,16 +75,66 @@ struct Args {
     /// Label printed with the result.
     #[arg(long, default_value = "run")]
     label: String,
+    /// Most interactions per second in all (ingest modes); 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Interactions in the generated community (populate).
+    #[arg(long, default_value_t = 10_000_000)]
+    total: u64,
+    /// Time between two lag probes.
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Args::parse();
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(Endpoint::from_shared(args.addr.clone())?.connect().await?);
     }
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let duration = Duration::from_secs(args.duration);
+    let label = args.label.as_str();
+    match args.mode {
+        Mode::Batch | Mode::Unary => {}
+        Mode::Populate => {
+            let community = community::Community {
+                total: args.total,
+                members: args.members,
+                run: run_id.to_string(),
+            };
+            return probes::populate(
+                &channels,
+                community,
+                args.batch_size as u64,
+                args.concurrency,
+            )
+            .await;
+        }
+        Mode::Timeline => return probes::timeline(channels[0].clone(), duration, label).await,
+        Mode::Lag => {
+            let interval = Duration::from_millis(args.interval_ms);
+            return probes::lag(
+                channels[0].clone(),
+                duration,
+                interval,
+                &run_id.to_string(),
+                label,
+            )
+            .await;
+        }
+        Mode::CatchUp => return probes::catch_up(channels[0].clone(), label).await,
+        Mode::Rebuild => return probes::rebuild(channels[0].clone(), label).await,
+    }
+    // Each task's share of the rate: one call every `pace`.
+    let pace = (args.rate > 0).then(|| {
+        let size = match args.mode {
+            Mode::Batch => args.batch_size as f64,
+            _ => 1.0,
+        };
+        Duration::from_secs_f64(size * args.concurrency as f64 / args.rate as f64)
+    });
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -86,6 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             generator,
             args.mode,
             args.batch_size,
+            pace,
             Arc::clone(&measuring),
             Arc::clone(&stop),
         )));
@@ -189,9 +257,15 @@ async fn drive(
     mut generator: Generator,
     mode: Mode,
     batch_size: usize,
+    pace: Option<Duration>,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Stats {
+    let mut ticker = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let mut stats = Stats {
         latency_us: Histogram::new(3).expect("histogram"),
         interactions: 0,
@@ -199,6 +273,9 @@ async fn drive(
         errors: 0,
     };
     while !stop.load(Ordering::Relaxed) {
+        if let Some(ticker) = ticker.as_mut() {
+            ticker.tick().await;
+        }
         let started = Instant::now();
         let (result, size) = match mode {
             Mode::Unary => {
@@ -207,7 +284,7 @@ async fn drive(
                 };
                 (client.record_interaction(request).await.map(|_| ()), 1)
             }
-            Mode::Batch => {
+            _ => {
                 let interactions: Vec<_> =
                     (0..batch_size).map(|_| generator.interaction()).collect();
                 let request = pb::RecordInteractionsRequest { interactions };

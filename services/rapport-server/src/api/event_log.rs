@@ -87,5 +87,6 @@ fn event_query(request: pb::ReadEventsRequest) -> Result<EventQuery, ApiError> {
         community_id: (!request.community_id.is_empty()).then_some(request.community_id),
         event_types,
         channels: request.channels,
+        without_personal: false,
     })
 }

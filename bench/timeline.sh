@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Timeline benchmark (issue: projections and relationship timelines). Builds
+# release binaries and, on SQLite and on PostgreSQL:
+#
+#   1. populates a generated community (TOTAL interactions, MEMBERS members,
+#      power-law activity, contest bursts; see services/rapport-loadgen/src/community.rs)
+#      with the projector running live, and waits until it has caught up;
+#   2. reports the bytes on disk per interaction: the log, and the timeline;
+#   3. rebuilds the timeline from position 0 and times it;
+#   4. for DURATION seconds, ingests at RATE interactions/s while probing
+#      GetTimeline first-page latency for a member with TOTAL/1000 entries
+#      and the projection lag (write, then read with min_position).
+#
+#   bench/timeline.sh                          # 10 million, as the issue asks
+#   TOTAL=1000000 MEMBERS=20000 bench/timeline.sh   # a quick run
+#   BACKENDS=sqlite bench/timeline.sh
+#
+# Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), psql, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+PG_BASE="${PG_URL%/*}"
+TOTAL="${TOTAL:-10000000}"
+MEMBERS="${MEMBERS:-200000}"
+RATE="${RATE:-5000}"
+DURATION="${DURATION:-60}"
+BACKENDS="${BACKENDS:-sqlite postgres}"
+PORT="${PORT:-50072}"
+RESULTS="$(mktemp -d)"
+SERVER_PID=""
+DATA_DIR=""
+
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
+  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_timeline WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+cargo build --release -q -p rapport-server -p rapport-loadgen
+SERVER=target/release/rapport-server
+LOADGEN=target/release/rapport-loadgen
+ADDR="http://127.0.0.1:$PORT"
+
+start_server() { # url
+  "$SERVER" --listen "127.0.0.1:$PORT" --database-url "$1" >"$RESULTS/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    if grep -q "database ready" "$RESULTS/server.log"; then return; fi
+    sleep 0.1
+  done
+  echo "server did not become ready" >&2; cat "$RESULTS/server.log" >&2; exit 1
+}
+
+stop_server() {
+  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
+}
+
+lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
+
+disk_sqlite() { # db file
+  python3 - "$1" "$TOTAL" <<'PY' | tee -a "$RESULTS/out.txt"
+import sqlite3, sys
+db, total = sys.argv[1], int(sys.argv[2])
+c = sqlite3.connect(db)
+sizes = dict(c.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
+log = sum(v for k, v in sizes.items() if k in ("events", "events_by_community") or k.startswith("sqlite_autoindex_events"))
+timeline = sum(v for k, v in sizes.items() if k.startswith("timeline_"))
+other = sum(sizes.values()) - log - timeline
+print(f"sqlite disk: log {log/total:.0f} B/interaction, timeline {timeline/total:.0f} B/interaction, "
+      f"identity/keys/members {other/total:.0f} B/interaction, file {sum(sizes.values())/2**30:.2f} GiB")
+PY
+}
+
+disk_postgres() { # db url
+  psql "$1" -qAt -v total="$TOTAL" <<'SQL' | tee -a "$RESULTS/out.txt"
+SELECT format('postgres disk: log %s B/interaction, timeline %s B/interaction, identity/keys/members %s B/interaction, database %s',
+  round(pg_total_relation_size('events') / :total::numeric),
+  round(SUM(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname LIKE 'timeline_%') / :total::numeric),
+  round((pg_total_relation_size('identities') + pg_total_relation_size('interaction_keys') + pg_total_relation_size('members')) / :total::numeric),
+  pg_size_pretty(pg_database_size(current_database())))
+FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace;
+SQL
+}
+
+run_backend() { # name url
+  local name=$1 url=$2
+  echo "== $name"
+  start_server "$url"
+  lg --mode populate --total "$TOTAL" --members "$MEMBERS" --batch-size 1000 --concurrency 4 --label "$name-populate"
+  lg --mode catch-up --label "$name-catch-up"
+  if [ "$name" = sqlite ]; then disk_sqlite "$DATA_DIR/rapport.db"; else disk_postgres "$url"; fi
+  lg --mode rebuild --label "$name-rebuild"
+  # Ingest at RATE while probing reads and lag.
+  "$LOADGEN" --addr "$ADDR" --mode batch --batch-size 100 --concurrency 2 --rate "$RATE" \
+    --duration "$DURATION" --warmup 2 --label "$name-ingest-at-$RATE" >"$RESULTS/ingest.txt" &
+  local ingest=$!
+  sleep 2
+  lg --mode timeline --duration "$DURATION" --label "$name-timeline-first-page" &
+  local reads=$!
+  lg --mode lag --duration "$DURATION" --interval-ms 20 --label "$name-projection-lag"
+  wait "$reads"
+  wait "$ingest"
+  tee -a "$RESULTS/out.txt" <"$RESULTS/ingest.txt"
+  stop_server
+}
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+echo "== $(date -u +%FT%TZ), $TOTAL interactions, $MEMBERS members, ${DURATION}s probes at $RATE interactions/s"
+
+for backend in $BACKENDS; do
+  case $backend in
+    sqlite)
+      DATA_DIR="$(mktemp -d)"
+      run_backend sqlite "sqlite:$DATA_DIR/rapport.db"
+      rm -rf "$DATA_DIR"; DATA_DIR="" ;;
+    postgres)
+      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_timeline WITH (FORCE)" >/dev/null
+      psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench_timeline" >/dev/null
+      run_backend postgres "$PG_BASE/rapport_bench_timeline"
+      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_timeline WITH (FORCE)" >/dev/null ;;
+  esac
+done
+
+echo
+echo "== summary"
+grep -v '^RESULT' "$RESULTS/out.txt"
