@@ -30,6 +30,9 @@ use crate::{Local, Projection, ProjectionError};
 pub struct RunnerOptions {
     /// Events per transaction.
     pub batch_size: u32,
+    /// Events per transaction while a generation is built in bulk: larger,
+    /// as nobody waits for them and each transaction has a fixed cost.
+    pub bulk_batch_size: u32,
     /// Batches a generation may apply before the projector looks at the
     /// others (and at its leadership) again.
     pub batches_per_step: usize,
@@ -50,6 +53,7 @@ impl Default for RunnerOptions {
     fn default() -> Self {
         RunnerOptions {
             batch_size: 2_000,
+            bulk_batch_size: 10_000,
             batches_per_step: 16,
             poll_interval: Duration::from_millis(50),
             leader_check_interval: Duration::from_secs(1),
@@ -315,8 +319,13 @@ impl Runner {
         generation: &Generation,
         batches: usize,
     ) -> Result<(u64, u64), ProjectionError> {
+        let limit = if generation.bulk {
+            self.options.bulk_batch_size
+        } else {
+            self.options.batch_size
+        };
         let mut position = generation.position;
-        let mut next = self.read_after(position);
+        let mut next = self.read_after(position, limit);
         let mut head = position;
         for _ in 0..batches.max(1) {
             let page = next.await.map_err(|e| {
@@ -328,8 +337,8 @@ impl Runner {
             };
             let to = last.position;
             // A short page reached the head: read again only in a later step.
-            let full = page.events.len() as u32 == self.options.batch_size;
-            let prefetch = full.then(|| self.read_after(to));
+            let full = page.events.len() as u32 == limit;
+            let prefetch = full.then(|| self.read_after(to, limit));
             self.apply(generation, position, &page.events).await?;
             position = to;
             match prefetch {
@@ -344,9 +353,9 @@ impl Runner {
     fn read_after(
         &self,
         position: u64,
+        limit: u32,
     ) -> tokio::task::JoinHandle<Result<rapport_store::EventPage, StoreError>> {
         let store = self.store.clone();
-        let limit = self.options.batch_size;
         tokio::spawn(async move {
             store
                 .read_events(&EventQuery {

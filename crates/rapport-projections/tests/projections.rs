@@ -97,6 +97,7 @@ async fn append(store: &Store, range: std::ops::Range<usize>) {
 fn options() -> RunnerOptions {
     RunnerOptions {
         batch_size: 64,
+        bulk_batch_size: 100,
         poll_interval: Duration::from_millis(10),
         leader_check_interval: Duration::from_millis(200),
         retire_grace: Duration::ZERO,
@@ -410,6 +411,7 @@ async fn new_projection_code_rebuilds_beside_the_live_model_and_switches(backend
     let v2 = Projections::with(store.clone(), vec![Arc::new(TimelineVersion(2))]);
     let mut slow = options();
     slow.batch_size = 16;
+    slow.bulk_batch_size = 16;
     let running = start(&v2, slow);
     // While version 2 builds, reads are served by version 1's tables.
     let mut served_by_old = 0;
