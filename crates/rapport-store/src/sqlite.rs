@@ -43,7 +43,13 @@ const PRAGMAS: [(&str, &str); 4] = [
 ];
 
 /// How often the checkpointer copies the WAL back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// WAL size past which the checkpointer empties the WAL (see [`spawn_checkpointer`]).
+const WAL_RESET_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How long an emptying checkpoint may wait for readers, holding writers back.
+const WAL_RESET_PATIENCE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -196,23 +202,43 @@ fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {
 /// frames back into the database file (and fsyncs it) without blocking the
 /// writer. Under continuous writes it never quite catches up, so the writer's
 /// own automatic checkpoint still runs every `wal_autocheckpoint` pages and
-/// starts the WAL over, but finds almost everything already copied. The
-/// thread ends once the store (and so the writer connection) is gone.
+/// starts the WAL over, but finds almost everything already copied.
+///
+/// The WAL can only start over at a moment when no reader still uses it.
+/// With projectors and API reads there is almost always one, so the WAL
+/// would grow without bound (gigabytes a minute under bulk ingest). Past
+/// [`WAL_RESET_BYTES`] the thread runs a TRUNCATE checkpoint instead, which
+/// holds new writers back for as long as the current readers take to finish
+/// (milliseconds: reads are short transactions), then empties the WAL. It
+/// gives up after [`WAL_RESET_PATIENCE`] and tries again next round, so a
+/// long read never holds writers back for longer than that.
+///
+/// The thread ends once the store (and so the writer connection) is gone.
 fn spawn_checkpointer(
     path: &str,
     writer: std::sync::Weak<Mutex<rusqlite::Connection>>,
 ) -> Result<(), StoreError> {
     let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(WAL_RESET_PATIENCE)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    let wal = format!("{path}-wal");
     std::thread::Builder::new()
         .name("rapport-checkpoint".into())
         .spawn(move || {
             while writer.strong_count() > 0 {
                 std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(%error, "wal checkpoint failed");
+                let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                let mode = if wal_bytes > WAL_RESET_BYTES {
+                    "TRUNCATE"
+                } else {
+                    "PASSIVE"
+                };
+                let checkpoint = format!("PRAGMA wal_checkpoint({mode})");
+                match conn.query_row(&checkpoint, [], |r| r.get::<_, i64>(0)) {
+                    Ok(0) => {}
+                    // Busy: readers outlasted the busy timeout; next round.
+                    Ok(_) => tracing::debug!(mode, wal_bytes, "wal checkpoint could not finish"),
+                    Err(error) => tracing::warn!(%error, mode, "wal checkpoint failed"),
                 }
             }
         })
