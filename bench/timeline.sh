@@ -14,6 +14,7 @@
 #   bench/timeline.sh                          # 10 million, as the issue asks
 #   TOTAL=1000000 MEMBERS=20000 bench/timeline.sh   # a quick run
 #   BACKENDS=sqlite bench/timeline.sh
+#   BIN_DIR=/tmp/bin bench/timeline.sh         # binaries built before
 #
 # Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), psql, python3.
 set -euo pipefail
@@ -38,9 +39,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p rapport-server -p rapport-loadgen
-SERVER=target/release/rapport-server
-LOADGEN=target/release/rapport-loadgen
+# BIN_DIR: run binaries built elsewhere (e.g. a copy, so that a rebuild of the
+# tree during a long run does not change them).
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release -q -p rapport-server -p rapport-loadgen
+  BIN_DIR=target/release
+fi
+SERVER=$BIN_DIR/rapport-server
+LOADGEN=$BIN_DIR/rapport-loadgen
 ADDR="http://127.0.0.1:$PORT"
 
 start_server() { # url

@@ -221,7 +221,7 @@ impl Projections {
 
     /// Every projection's generations, checkpoints and lag.
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         let head = self.store.head().await?;
         let mut out = Vec::new();
         for (name, (projection, local)) in self.projections.iter() {
@@ -264,7 +264,7 @@ impl Projections {
     ) -> Result<Active, ProjectionError> {
         let (_, local) = self.get(name)?;
         let mut applied = local.applied.subscribe();
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         loop {
             let active = generations::active(&pool, name).await?;
             match active {

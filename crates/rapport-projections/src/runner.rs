@@ -166,10 +166,11 @@ impl Runner {
                 }
                 next_check = Instant::now() + self.options.leader_check_interval;
             }
-            let progressed = self.step(Instant::now() >= next_report).await?;
-            if Instant::now() >= next_report {
+            let report = Instant::now() >= next_report;
+            if report {
                 next_report = Instant::now() + Duration::from_secs(10);
             }
+            let progressed = self.step(report).await?;
             if !progressed {
                 tokio::select! {
                     _ = async {

@@ -441,7 +441,7 @@ impl Projections {
         g: u64,
         query: &TimelineQuery,
     ) -> Result<Vec<TimelineEntry>, ProjectionError> {
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         let rows: Vec<(i64, i64, i16, Option<String>)> = on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT occurred_at, position, role, counterpart FROM timeline_entries_g{g} \
@@ -530,7 +530,7 @@ impl Projections {
         member_id: &str,
         other_member_id: &str,
     ) -> Result<Vec<KindCount>, ProjectionError> {
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         let sql = format!(
             "SELECT kind, role, COUNT(*) FROM timeline_entries_g{g} \
              WHERE community_id = $1 AND member_id = $2 AND counterpart = $3 \
@@ -578,7 +578,7 @@ impl Projections {
         member_id: &str,
         limit: u32,
     ) -> Result<Vec<Connection>, ProjectionError> {
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         let sql = format!(
             "SELECT other_member_id, sent, received, first_at, last_at FROM timeline_connections_g{g} \
              WHERE community_id = $1 AND member_id = $2 \
@@ -608,7 +608,7 @@ impl Projections {
     /// Every row of generation `g`'s tables in a canonical order, as text:
     /// for comparing a rebuilt model with the live one.
     pub async fn timeline_dump(&self, g: u64) -> Result<Vec<String>, ProjectionError> {
-        let pool = self.store.pool();
+        let pool = self.store.projections_pool();
         let entries = format!(
             "SELECT community_id, member_id, occurred_at, position, role, event_type, channel, kind, counterpart \
              FROM timeline_entries_g{g} ORDER BY community_id, member_id, occurred_at, position, role"

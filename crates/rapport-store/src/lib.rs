@@ -297,9 +297,8 @@ impl Store {
         })
     }
 
-    /// The connection pool, for read models kept in the same database. On
-    /// SQLite it is the readers' pool, whose connections may also write
-    /// (each write transaction takes SQLite's one write lock in turn).
+    /// The log's connection pool (for reads; appends go through
+    /// [`Store::append_batch`]).
     pub fn pool(&self) -> DbPool {
         match self {
             Store::Sqlite(s) => DbPool::Sqlite(s.pool().clone()),
@@ -307,10 +306,11 @@ impl Store {
         }
     }
 
-    /// The pool read models write with. On SQLite, connections that commit
-    /// without waiting for the disk (see `SqliteStore::projections`); on
-    /// PostgreSQL the one pool (transactions there turn off
-    /// `synchronous_commit` themselves).
+    /// The pool of the read models' tables. On SQLite they live in a
+    /// database file of their own beside the log's, whose commits do not
+    /// wait for the disk (see `SqliteStore::projections`); on PostgreSQL in
+    /// the same database (their transactions turn off `synchronous_commit`
+    /// themselves). The log's tables are not reachable through it.
     pub fn projections_pool(&self) -> DbPool {
         match self {
             Store::Sqlite(s) => DbPool::Sqlite(s.projections_pool().clone()),

@@ -57,11 +57,15 @@ pub struct SqliteStore {
     admin: SqlitePool,
     /// Readers see committed snapshots concurrently with the writer (WAL).
     readers: SqlitePool,
-    /// The read models' writes: one connection with `synchronous=NORMAL`.
-    /// A read model's commit need not wait for the disk: its rows and its
-    /// checkpoint commit together, so a power loss can only roll both back
-    /// (the projector then applies those events again), and the WAL keeps
-    /// commits in order, so the log's own FULL commits stay durable.
+    /// The read models' database: a file of its own beside the log's (see
+    /// [`projections_path`]), read and written through this pool.
+    ///
+    /// A file of its own, because SQLite has one write lock per file: a read
+    /// model's long transactions (indexing a rebuilt generation, dropping a
+    /// retired one: a minute or more at 10 million interactions) would
+    /// otherwise hold back every append. `synchronous=NORMAL`: a read model's
+    /// rows and checkpoint commit together, so a power loss can only roll
+    /// both back, and the projector applies those events again.
     projections: SqlitePool,
     /// The one writer connection (see the module doc).
     writer: Arc<Mutex<rusqlite::Connection>>,
@@ -94,11 +98,16 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await?;
+        let projections_file = projections_path(path);
         let projections = SqlitePoolOptions::new()
-            .max_connections(2)
+            .max_connections(options.max_connections.max(2))
             .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect.synchronous(SqliteSynchronous::Normal))
+            .connect_with(
+                connect
+                    .filename(&projections_file)
+                    .synchronous(SqliteSynchronous::Normal),
+            )
             .await?;
         // The file exists and is in WAL mode now (sqlx created it).
         let path = path.to_owned();
@@ -108,6 +117,7 @@ impl SqliteStore {
             .expect("open the writer")?;
         let writer = Arc::new(Mutex::new(writer));
         spawn_checkpointer(&path_for_checkpoints, Arc::downgrade(&writer))?;
+        spawn_checkpointer(&projections_file, Arc::downgrade(&writer))?;
         Ok(SqliteStore {
             admin,
             readers,
@@ -120,6 +130,9 @@ impl SqliteStore {
     pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.admin)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite-projections")
+            .run(&self.projections)
             .await?;
         Ok(())
     }
@@ -183,6 +196,15 @@ impl SqliteStore {
         self.admin.close().await;
         self.readers.close().await;
         self.projections.close().await;
+    }
+}
+
+/// The read models' database file beside the log's: `rapport.db` →
+/// `rapport-projections.db`.
+pub(crate) fn projections_path(log: &str) -> String {
+    match log.strip_suffix(".db") {
+        Some(stem) => format!("{stem}-projections.db"),
+        None => format!("{log}-projections"),
     }
 }
 

@@ -1,3 +1,8 @@
+-- SQLite keeps the read models in a database file of their own, beside the
+-- log's (`rapport.db` → `rapport-projections.db`): SQLite has one write lock
+-- per file, and a read model's long transactions (building a generation's
+-- indexes, dropping a retired one) must not hold back the log's writer.
+--
 -- Read models ("projections") are built in generations: each generation has
 -- its own tables (named by the projection, e.g. timeline_entries_g3) and its
 -- own checkpoint. Exactly one generation per projection is 'active' (serves
@@ -15,6 +20,9 @@ CREATE TABLE projection_generations (
     position    INTEGER NOT NULL DEFAULT 0,
     created_at  INTEGER NOT NULL, -- microseconds since the epoch
     changed_at  INTEGER NOT NULL,
+    -- A building generation's first phase: rows appended to a staging table
+    -- without indexes or aggregates (see rapport-projections).
+    bulk        BOOLEAN NOT NULL DEFAULT FALSE,
     PRIMARY KEY (name, generation)
 );
 CREATE UNIQUE INDEX projection_one_active ON projection_generations (name) WHERE state = 'active';
