@@ -65,17 +65,19 @@ stop_server() {
 
 lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
 
-disk_sqlite() { # db file
-  python3 - "$1" "$TOTAL" <<'PY' | tee -a "$RESULTS/out.txt"
+disk_sqlite() { # log db file (the read models are beside it)
+  python3 - "$1" "${1%.db}-projections.db" "$TOTAL" <<'PY' | tee -a "$RESULTS/out.txt"
 import sqlite3, sys
-db, total = sys.argv[1], int(sys.argv[2])
-c = sqlite3.connect(db)
-sizes = dict(c.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
-log = sum(v for k, v in sizes.items() if k in ("events", "events_by_community") or k.startswith("sqlite_autoindex_events"))
-timeline = sum(v for k, v in sizes.items() if k.startswith("timeline_"))
-other = sum(sizes.values()) - log - timeline
+log_db, projections_db, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def sizes(path):
+    return dict(sqlite3.connect(path).execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
+log_sizes, projection_sizes = sizes(log_db), sizes(projections_db)
+log = sum(v for k, v in log_sizes.items() if k in ("events", "events_by_community") or k.startswith("sqlite_autoindex_events"))
+other = sum(log_sizes.values()) - log
+timeline = sum(v for k, v in projection_sizes.items() if k.startswith("timeline_"))
+files = sum(log_sizes.values()) + sum(projection_sizes.values())
 print(f"sqlite disk: log {log/total:.0f} B/interaction, timeline {timeline/total:.0f} B/interaction, "
-      f"identity/keys/members {other/total:.0f} B/interaction, file {sum(sizes.values())/2**30:.2f} GiB")
+      f"identity/keys/members {other/total:.0f} B/interaction, files {files/2**30:.2f} GiB")
 PY
 }
 
