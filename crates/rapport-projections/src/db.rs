@@ -11,14 +11,6 @@ pub enum Tx<'c> {
 }
 
 impl Tx<'_> {
-    /// A shorter-lived handle on the same transaction.
-    pub fn reborrow(&mut self) -> Tx<'_> {
-        match self {
-            Tx::Sqlite(c) => Tx::Sqlite(c),
-            Tx::Postgres(c) => Tx::Postgres(c),
-        }
-    }
-
     pub fn is_postgres(&self) -> bool {
         matches!(self, Tx::Postgres(_))
     }

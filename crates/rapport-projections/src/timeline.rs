@@ -398,7 +398,6 @@ pub struct TimelineQuery {
 pub struct TimelineEntry {
     pub role: Role,
     pub occurred_at: Timestamp,
-    pub counterpart: Option<String>,
     pub event: Event,
 }
 
@@ -442,9 +441,9 @@ impl Projections {
         query: &TimelineQuery,
     ) -> Result<Vec<TimelineEntry>, ProjectionError> {
         let pool = self.store.projections_pool();
-        let rows: Vec<(i64, i64, i16, Option<String>)> = on_pool!(&pool, p => {
+        let rows: Vec<(i64, i64, i16)> = on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
-                "SELECT occurred_at, position, role, counterpart FROM timeline_entries_g{g} \
+                "SELECT occurred_at, position, role FROM timeline_entries_g{g} \
                  WHERE community_id = "
             ));
             qb.push_bind(query.community_id.clone());
@@ -495,7 +494,7 @@ impl Projections {
             .iter()
             .map(|r| from_db(r.1))
             .collect::<Result<_, _>>()?;
-        let mut events: HashMap<u64, Event> = self
+        let events: HashMap<u64, Event> = self
             .store
             .events_at(&positions)
             .await?
@@ -503,23 +502,20 @@ impl Projections {
             .map(|e| (e.position, e))
             .collect();
         rows.into_iter()
-            .map(|(occurred_at, position, role, counterpart)| {
+            .map(|(occurred_at, position, role)| {
                 let position = from_db(position)?;
                 let role = Role::from_i16(role)
                     .ok_or_else(|| ProjectionError::Corrupt(format!("timeline role {role}")))?;
-                // Both entries of an exchange point at one event.
                 let event = events.get(&position).cloned().ok_or_else(|| {
                     ProjectionError::Corrupt(format!("timeline entry for missing event {position}"))
                 })?;
                 Ok(TimelineEntry {
                     role,
                     occurred_at: Timestamp::from_micros(occurred_at),
-                    counterpart,
                     event,
                 })
             })
-            .collect::<Result<Vec<_>, ProjectionError>>()
-            .inspect(|_| events.clear())
+            .collect()
     }
 
     /// Exchange counts per kind between `member_id` and `other_member_id`.
