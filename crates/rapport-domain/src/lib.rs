@@ -12,6 +12,9 @@
 //!   events a group of append requests produces and what each caller is told.
 //! - [`timeline`]: what each event adds to members' timelines and to the
 //!   exchange counts between members; the timeline's page tokens.
+//! - [`policy`]: a community's scoring policy, its validation, the tiers.
+//! - [`score`]: the advocate score, a pure function of a member's
+//!   interactions, the policy and an as-of time (see `docs/scoring.md`).
 //! - [`time`]: microsecond timestamps.
 //!
 //! **Architecture Invariant:** this crate does no I/O and reads no clock: the
@@ -21,6 +24,8 @@
 pub mod event;
 pub mod ingest;
 pub mod interaction;
+pub mod policy;
+pub mod score;
 pub mod time;
 pub mod timeline;
 pub mod validate;

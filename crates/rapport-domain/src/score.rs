@@ -1,0 +1,480 @@
+//! The advocate score: a pure function of a member's interactions, the
+//! community's scoring policy and an as-of time. `docs/scoring.md` is its
+//! description in prose, with worked examples that a test checks.
+//!
+//! The score is built as a *fold*: [`ScoreState`] takes the member's
+//! interactions in time order and can then be evaluated at any later time.
+//! [`assess`] is the whole function (filter by as-of, sort, fold, evaluate);
+//! the scores projection keeps one folded state per member and evaluates it
+//! at read time, so rankings are exact for "now" without replaying anyone's
+//! history. Both paths run the same fold in the same order, so they agree to
+//! the last bit.
+//!
+//! Time enters in three ways, all deterministic:
+//!
+//! - decay: a contribution counts `0.5 ^ (age / half_life)`;
+//! - windows: calendar weeks (Monday 00:00 UTC) and UTC days, so a window
+//!   only ever loses old activity as time passes and a score with no new
+//!   interactions never rises;
+//! - tiers: evaluated at each interaction (promotion is immediate) and at
+//!   each UTC midnight (demotion, with a margin), so the tier at any time is
+//!   a replay, not a guess.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::interaction::InteractionKind;
+use crate::policy::{Policy, Tier};
+use crate::time::Timestamp;
+
+const DAY_MICROS: i64 = 86_400_000_000;
+/// Consistency looks at the current calendar week and the 25 before it.
+pub const CONSISTENCY_WEEKS: i64 = 26;
+/// Exchange and breadth look at the current UTC day and the 179 before it.
+pub const WINDOW_DAYS: i64 = 180;
+/// Decayed value at which engagement reaches 1 − 1/e.
+pub const ENGAGEMENT_SCALE: f64 = 30.0;
+/// Distinct members at which exchange reaches 1 − 1/e.
+pub const EXCHANGE_SCALE: f64 = 5.0;
+/// Decayed advocacy acts at which advocacy reaches 1 − 1/e.
+pub const ADVOCACY_SCALE: f64 = 2.0;
+/// How far below the participant threshold a member with no organic
+/// interaction is held: they can never leave the lowest tier.
+pub const NO_ORGANIC_CAP_BELOW: f64 = 0.01;
+/// Momentum compares the score now with the score this many days ago.
+pub const MOMENTUM_DAYS: i64 = 30;
+
+/// One interaction as the score sees it: no personal data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activity {
+    /// Log position: the tie-breaker between interactions at the same time.
+    pub position: u64,
+    /// When it happened: `occurred_at`, but never later than when the log
+    /// recorded it (a clock running ahead cannot score the future).
+    pub at: Timestamp,
+    pub kind: InteractionKind,
+    pub channel: String,
+    pub incentivized: bool,
+    /// Sentiment above zero: a mention then counts as advocacy.
+    pub positive: bool,
+    /// The member it was aimed at, when that is another member.
+    pub other_member: Option<String>,
+}
+
+impl Activity {
+    /// The effective time of an interaction: see [`Activity::at`].
+    pub fn effective_time(occurred_at: Timestamp, recorded_at: Timestamp) -> Timestamp {
+        occurred_at.min(recorded_at)
+    }
+
+    fn organic(&self) -> bool {
+        !self.incentivized
+    }
+
+    /// Its undecayed value for engagement.
+    pub fn value(&self, policy: &Policy) -> f64 {
+        let base = if self.kind == InteractionKind::Mention && self.positive {
+            policy.positive_mention_weight
+        } else {
+            policy.kind_weight(self.kind)
+        };
+        base * self.incentive(policy)
+    }
+
+    fn incentive(&self, policy: &Policy) -> f64 {
+        if self.incentivized {
+            policy.incentive_factor
+        } else {
+            1.0
+        }
+    }
+
+    /// Speaking for the brand: reviews, referrals, created content, hosted
+    /// events and positive mentions.
+    pub fn is_advocacy(&self) -> bool {
+        use InteractionKind::*;
+        match self.kind {
+            Review | Referral | ContentCreated | EventHosted => true,
+            Mention => self.positive,
+            _ => false,
+        }
+    }
+
+    /// Counts towards exchange: organic, aimed at another member, and more
+    /// than a reaction.
+    fn is_exchange(&self) -> bool {
+        self.organic() && self.other_member.is_some() && self.kind != InteractionKind::Reaction
+    }
+}
+
+/// The five components, each in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Components {
+    pub engagement: f64,
+    pub consistency: f64,
+    pub exchange: f64,
+    pub advocacy: f64,
+    pub breadth: f64,
+}
+
+/// A score at one time.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Score {
+    /// 0 to 100.
+    pub value: f64,
+    pub components: Components,
+    /// Held below the participant threshold: no organic interaction yet.
+    pub capped: bool,
+}
+
+impl Score {
+    /// Each component's contribution in points; they sum to the score unless capped.
+    pub fn contributions(&self, policy: &Policy) -> [(&'static str, f64, f64); 5] {
+        let c = &self.components;
+        let w = &policy.component_weights;
+        [
+            (
+                "engagement",
+                c.engagement,
+                100.0 * w.engagement * c.engagement,
+            ),
+            (
+                "consistency",
+                c.consistency,
+                100.0 * w.consistency * c.consistency,
+            ),
+            ("exchange", c.exchange, 100.0 * w.exchange * c.exchange),
+            ("advocacy", c.advocacy, 100.0 * w.advocacy * c.advocacy),
+            ("breadth", c.breadth, 100.0 * w.breadth * c.breadth),
+        ]
+    }
+}
+
+/// Everything a member's interactions add up to, as of the latest one
+/// folded in. Small: a few sums, at most 26 weeks, 180 days and one entry
+/// per channel. Which other members were exchanged with, and when last, is
+/// kept by the caller (see [`ScoreState::add`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ScoreState {
+    /// Decayed engagement value as of `at`.
+    pub engagement: f64,
+    /// Decayed advocacy acts as of `at`.
+    pub advocacy: f64,
+    /// The latest activity folded in, in microseconds; `None` before any.
+    pub at: Option<i64>,
+    /// Calendar week → 1 (only organic reactions) or 2 (more than reactions).
+    pub weeks: BTreeMap<i64, u8>,
+    /// UTC day → how many other members were last exchanged with that day.
+    pub exchange_days: BTreeMap<i64, u32>,
+    /// Channel → the last UTC day with an organic interaction on it.
+    pub channels: BTreeMap<String, i64>,
+    /// Whether any organic interaction was folded in.
+    pub organic: bool,
+    /// The tier as of `tier_day`'s midnight or the latest activity, whichever is later.
+    pub tier: Tier,
+    /// The last UTC day whose midnight demotion check is done.
+    pub tier_day: i64,
+}
+
+fn day_of(micros: i64) -> i64 {
+    micros.div_euclid(DAY_MICROS)
+}
+
+/// Calendar weeks starting on Monday: 1970-01-01 was a Thursday.
+fn week_of(micros: i64) -> i64 {
+    (day_of(micros) + 3).div_euclid(7)
+}
+
+fn decay(policy: &Policy, from: i64, to: i64) -> f64 {
+    let age_days = (to - from).max(0) as f64 / DAY_MICROS as f64;
+    0.5f64.powf(age_days / policy.half_life_days)
+}
+
+/// The tier after a score of `score` when the member held `held`: promotion
+/// at once, demotion only below the held tier's start minus the margin, and
+/// then to the highest tier the score keeps within the margin.
+pub fn next_tier(policy: &Policy, held: Tier, score: f64) -> Tier {
+    let reached = policy.thresholds.tier_of(score);
+    if reached >= held {
+        return reached;
+    }
+    Tier::ALL
+        .into_iter()
+        .rev()
+        .filter(|t| *t <= held)
+        .find(|t| score >= policy.thresholds.start(*t) - policy.demotion_margin)
+        .unwrap_or(Tier::Observer)
+}
+
+impl ScoreState {
+    /// Whether `at` can be folded in after what is already there. A state
+    /// only grows in time order; an earlier interaction (a late backfill)
+    /// means folding the member again from the start.
+    pub fn accepts(&self, at: Timestamp) -> bool {
+        self.at.is_none_or(|latest| at.as_micros() >= latest)
+    }
+
+    /// Folds in one activity, which must not be earlier than the latest
+    /// ([`ScoreState::accepts`]). `last_exchange_day` is the day this member
+    /// last exchanged with `activity.other_member` (the caller remembers it
+    /// per pair); the return value is the day to remember from now on.
+    pub fn add(
+        &mut self,
+        activity: &Activity,
+        policy: &Policy,
+        last_exchange_day: Option<i64>,
+    ) -> Option<i64> {
+        debug_assert!(self.accepts(activity.at), "activities fold in time order");
+        let t = activity.at.as_micros();
+        match self.at {
+            None => self.tier_day = day_of(t),
+            Some(_) => self.advance_tier(policy, t),
+        }
+        if let Some(previous) = self.at {
+            let d = decay(policy, previous, t);
+            self.engagement *= d;
+            self.advocacy *= d;
+        }
+        self.at = Some(t);
+        self.engagement += activity.value(policy);
+        if activity.is_advocacy() {
+            self.advocacy += activity.incentive(policy);
+        }
+
+        let day = day_of(t);
+        let mut remember = None;
+        if activity.organic() {
+            self.organic = true;
+            let mark = if activity.kind == InteractionKind::Reaction {
+                1
+            } else {
+                2
+            };
+            let week = self.weeks.entry(week_of(t)).or_insert(0);
+            *week = (*week).max(mark);
+            self.channels.insert(activity.channel.clone(), day);
+            if activity.is_exchange() && last_exchange_day != Some(day) {
+                if let Some(previous) = last_exchange_day
+                    && let Some(n) = self.exchange_days.get_mut(&previous)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.exchange_days.remove(&previous);
+                    }
+                }
+                *self.exchange_days.entry(day).or_insert(0) += 1;
+                remember = Some(day);
+            }
+        }
+        // Forget what no window at or after `t` can see.
+        let first_week = week_of(t) - (CONSISTENCY_WEEKS - 1);
+        self.weeks.retain(|w, _| *w >= first_week);
+        let first_day = day - (WINDOW_DAYS - 1);
+        self.exchange_days.retain(|d, _| *d >= first_day);
+        self.channels.retain(|_, d| *d >= first_day);
+
+        let score = self.evaluate(policy, activity.at);
+        self.tier = next_tier(policy, self.tier, score.value);
+        remember
+    }
+
+    /// Runs the midnight demotion checks of every day after `tier_day` up to
+    /// the one containing `until`.
+    fn advance_tier(&mut self, policy: &Policy, until: i64) {
+        let last = day_of(until);
+        while self.tier_day < last {
+            self.tier_day += 1;
+            if self.tier == Tier::Observer {
+                // Nothing to lose: skip the remaining checks.
+                self.tier_day = last;
+                break;
+            }
+            let midnight = Timestamp::from_micros(self.tier_day * DAY_MICROS);
+            let score = self.evaluate(policy, midnight);
+            self.tier = next_tier(policy, self.tier, score.value);
+        }
+    }
+
+    /// The score at `as_of`, which should not be earlier than the latest
+    /// activity (an earlier time is treated as that activity's time).
+    pub fn evaluate(&self, policy: &Policy, as_of: Timestamp) -> Score {
+        let Some(at) = self.at else {
+            return Score::default();
+        };
+        let t = as_of.as_micros().max(at);
+        let d = decay(policy, at, t);
+        let week = week_of(t);
+        let consistency = self
+            .weeks
+            .range(week - (CONSISTENCY_WEEKS - 1)..=week)
+            .map(|(_, mark)| if *mark == 2 { 1.0 } else { 0.5 })
+            // A fold from +0.0: `sum` of nothing is -0.0.
+            .fold(0.0, |sum, v| sum + v)
+            / CONSISTENCY_WEEKS as f64;
+        let day = day_of(t);
+        let first_day = day - (WINDOW_DAYS - 1);
+        let exchanged: u32 = self
+            .exchange_days
+            .range(first_day..=day)
+            .map(|(_, n)| n)
+            .sum();
+        let channels = self.channels.values().filter(|d| **d >= first_day).count();
+        let components = Components {
+            engagement: 1.0 - (-self.engagement * d / ENGAGEMENT_SCALE).exp(),
+            consistency,
+            exchange: 1.0 - (-(exchanged as f64) / EXCHANGE_SCALE).exp(),
+            advocacy: 1.0 - (-self.advocacy * d / ADVOCACY_SCALE).exp(),
+            breadth: if channels == 0 {
+                0.0
+            } else {
+                1.0 - 0.5f64.powi(channels as i32 - 1)
+            },
+        };
+        let w = &policy.component_weights;
+        let raw = 100.0
+            * (w.engagement * components.engagement
+                + w.consistency * components.consistency
+                + w.exchange * components.exchange
+                + w.advocacy * components.advocacy
+                + w.breadth * components.breadth);
+        let cap = policy.thresholds.participant - NO_ORGANIC_CAP_BELOW;
+        let capped = !self.organic && raw > cap;
+        Score {
+            value: if capped { cap } else { raw.clamp(0.0, 100.0) },
+            components,
+            capped,
+        }
+    }
+
+    /// The score and tier at `as_of` (not earlier than the latest activity),
+    /// without changing the state.
+    pub fn at_time(&self, policy: &Policy, as_of: Timestamp) -> (Score, Tier) {
+        let mut state = self.clone();
+        if state.at.is_some() {
+            state.advance_tier(policy, as_of.as_micros());
+        }
+        let score = state.evaluate(policy, as_of);
+        (score, next_tier(policy, state.tier, score.value))
+    }
+}
+
+/// Folds `activities` (any order) into a state, in the canonical order:
+/// by time, then by log position. Also returns, per other member, the last
+/// day of exchange, which the scores projection stores beside the state.
+pub fn fold<'a>(
+    activities: impl IntoIterator<Item = &'a Activity>,
+    policy: &Policy,
+) -> (ScoreState, HashMap<String, i64>) {
+    let mut sorted: Vec<&Activity> = activities.into_iter().collect();
+    sorted.sort_by_key(|a| (a.at, a.position));
+    let mut state = ScoreState::default();
+    let mut last_exchange: HashMap<String, i64> = HashMap::new();
+    for a in sorted {
+        let previous = a
+            .other_member
+            .as_ref()
+            .and_then(|o| last_exchange.get(o).copied());
+        if let Some(day) = state.add(a, policy, previous) {
+            let other = a
+                .other_member
+                .clone()
+                .expect("an exchange has another member");
+            last_exchange.insert(other, day);
+        }
+    }
+    (state, last_exchange)
+}
+
+/// One interaction's part in a score, for the explanation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub position: u64,
+    pub kind: InteractionKind,
+    pub channel: String,
+    pub at: Timestamp,
+    /// Its value after decay, as of the assessment.
+    pub decayed_value: f64,
+    /// Its share of the engagement component's points.
+    pub points: f64,
+}
+
+/// A member's score at one time, explained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    pub as_of: Timestamp,
+    pub score: Score,
+    pub tier: Tier,
+    /// The interactions that contributed most, largest first.
+    pub top: Vec<Contribution>,
+    /// Interactions counted (those at or before `as_of`).
+    pub counted: usize,
+}
+
+/// The advocate score of a member with these interactions, under `policy`,
+/// as of `as_of`: only interactions at or before `as_of` count. Explains
+/// itself with the `top_n` interactions that contributed most.
+pub fn assess(
+    activities: &[Activity],
+    policy: &Policy,
+    as_of: Timestamp,
+    top_n: usize,
+) -> Assessment {
+    let mut counted: Vec<&Activity> = activities.iter().filter(|a| a.at <= as_of).collect();
+    // The canonical order, so that every sum below is the same to the last
+    // bit whatever order the caller passed.
+    counted.sort_by_key(|a| (a.at, a.position));
+    let (state, _) = fold(counted.iter().copied(), policy);
+    let (score, tier) = if state.at.is_some() {
+        state.at_time(policy, as_of)
+    } else {
+        (Score::default(), Tier::Observer)
+    };
+    let total: f64 = counted
+        .iter()
+        .map(|a| a.value(policy) * decay(policy, a.at.as_micros(), as_of.as_micros()))
+        .sum();
+    let engagement_points =
+        100.0 * policy.component_weights.engagement * score.components.engagement;
+    let mut top: Vec<Contribution> = counted
+        .iter()
+        .map(|a| {
+            let decayed_value =
+                a.value(policy) * decay(policy, a.at.as_micros(), as_of.as_micros());
+            Contribution {
+                position: a.position,
+                kind: a.kind,
+                channel: a.channel.clone(),
+                at: a.at,
+                decayed_value,
+                points: if total > 0.0 {
+                    engagement_points * decayed_value / total
+                } else {
+                    0.0
+                },
+            }
+        })
+        .filter(|c| c.decayed_value > 0.0)
+        .collect();
+    top.sort_by(|a, b| {
+        b.decayed_value
+            .total_cmp(&a.decayed_value)
+            .then(b.position.cmp(&a.position))
+    });
+    top.truncate(top_n);
+    Assessment {
+        as_of,
+        score,
+        tier,
+        top,
+        counted: counted.len(),
+    }
+}
+
+/// Score now minus score [`MOMENTUM_DAYS`] ago: rising above zero, falling below.
+pub fn momentum(activities: &[Activity], policy: &Policy, as_of: Timestamp) -> f64 {
+    let then = as_of.plus_seconds(-MOMENTUM_DAYS * 86_400);
+    assess(activities, policy, as_of, 0).score.value
+        - assess(activities, policy, then, 0).score.value
+}
+
+#[cfg(test)]
+mod tests;
