@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rapport_proto::v1::admin_service_client::AdminServiceClient;
+use rapport_proto::v1::advocacy_service_client::AdvocacyServiceClient;
 use rapport_proto::v1::event_log_service_client::EventLogServiceClient;
 use rapport_proto::v1::interaction_service_client::InteractionServiceClient;
 use rapport_proto::v1::timeline_service_client::TimelineServiceClient;
@@ -133,6 +134,10 @@ impl TestApp {
 
     pub async fn timelines(&self) -> TimelineServiceClient<Channel> {
         TimelineServiceClient::new(self.channel().await)
+    }
+
+    pub async fn advocacy(&self) -> AdvocacyServiceClient<Channel> {
+        AdvocacyServiceClient::new(self.channel().await)
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {

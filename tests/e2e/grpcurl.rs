@@ -162,11 +162,14 @@ fn the_readme_parser_finds_multi_line_commands() {
             .command
             .contains("\"interaction_id\": \"discord-msg-1001\"")
     );
-    assert_eq!(
-        examples
-            .iter()
-            .filter(|e| e.expected_failure.is_some())
-            .count(),
-        2
-    );
+    let failures: Vec<&str> = examples
+        .iter()
+        .filter_map(|e| e.expected_failure.as_deref())
+        .collect();
+    assert_eq!(failures, ["InvalidArgument", "NotFound", "InvalidArgument"]);
+    let preview = examples
+        .iter()
+        .find(|e| e.command.ends_with("/PreviewScoringPolicy"))
+        .expect("the PreviewScoringPolicy example");
+    assert!(preview.command.contains("INTERACTION_KIND_SUPPORT_REQUEST"));
 }

@@ -5,6 +5,7 @@
 //! harness is in `app.rs`. Each test runs once per backend through
 //! `on_both_backends!`, so a PostgreSQL failure has its own name.
 
+mod advocacy;
 mod app;
 mod durability;
 mod event_log;

@@ -1,6 +1,7 @@
 //! The events of the log.
 
 use crate::interaction::{Identity, Interaction};
+use crate::policy::Policy;
 use crate::time::Timestamp;
 
 /// One entry of the global log.
@@ -34,6 +35,39 @@ pub enum EventBody {
         /// The member the target identity resolved to, for member targets.
         target_member_id: Option<String>,
     },
+    /// A member was marked as a regular member, staff or a bot. Staff and
+    /// bots are left out of advocate rankings.
+    MemberRoleSet { member_id: String, role: MemberRole },
+    /// The community's scoring policy changed; every score is recomputed
+    /// under it. On the community's stream ([`community_stream_id`]).
+    ScoringPolicySet { policy: Box<Policy> },
+}
+
+/// What a member is to the community. The discriminants are the wire numbers
+/// of `rapport.v1.MemberRole` and are stored: never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(i32)]
+pub enum MemberRole {
+    #[default]
+    Member = 1,
+    Staff = 2,
+    Bot = 3,
+}
+
+impl MemberRole {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Member),
+            2 => Some(Self::Staff),
+            3 => Some(Self::Bot),
+            _ => None,
+        }
+    }
+
+    /// Whether advocate rankings include the member.
+    pub fn is_ranked(self) -> bool {
+        self == MemberRole::Member
+    }
 }
 
 /// Event types, with the wire numbers of `rapport.v1.EventType` (also stored:
@@ -44,6 +78,8 @@ pub enum EventType {
     MemberRegistered = 1,
     IdentityLinked = 2,
     InteractionRecorded = 3,
+    MemberRoleSet = 4,
+    ScoringPolicySet = 5,
 }
 
 impl EventType {
@@ -52,6 +88,8 @@ impl EventType {
             1 => Some(Self::MemberRegistered),
             2 => Some(Self::IdentityLinked),
             3 => Some(Self::InteractionRecorded),
+            4 => Some(Self::MemberRoleSet),
+            5 => Some(Self::ScoringPolicySet),
             _ => None,
         }
     }
@@ -63,16 +101,21 @@ impl EventBody {
             EventBody::MemberRegistered { .. } => EventType::MemberRegistered,
             EventBody::IdentityLinked { .. } => EventType::IdentityLinked,
             EventBody::InteractionRecorded { .. } => EventType::InteractionRecorded,
+            EventBody::MemberRoleSet { .. } => EventType::MemberRoleSet,
+            EventBody::ScoringPolicySet { .. } => EventType::ScoringPolicySet,
         }
     }
 
     /// The member the event is about: the owner of any personal data in it,
-    /// whose key will encrypt that data.
+    /// whose key will encrypt that data. Empty for community-wide events
+    /// (a scoring policy), which hold no personal data.
     pub fn member_id(&self) -> &str {
         match self {
             EventBody::MemberRegistered { member_id }
             | EventBody::IdentityLinked { member_id, .. }
-            | EventBody::InteractionRecorded { member_id, .. } => member_id,
+            | EventBody::InteractionRecorded { member_id, .. }
+            | EventBody::MemberRoleSet { member_id, .. } => member_id,
+            EventBody::ScoringPolicySet { .. } => "",
         }
     }
 
@@ -88,4 +131,73 @@ impl EventBody {
 /// The stream of a member's events.
 pub fn member_stream_id(member_id: &str) -> String {
     format!("member-{member_id}")
+}
+
+/// The stream of a community's own events (its scoring policy).
+pub fn community_stream_id(community_id: &str) -> String {
+    format!("community-{community_id}")
+}
+
+/// A write that is not an interaction: an operator's decision, appended on
+/// its own (see [`Command::event`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    SetMemberRole {
+        community_id: String,
+        member_id: String,
+        role: MemberRole,
+    },
+    SetScoringPolicy {
+        community_id: String,
+        policy: Policy,
+    },
+}
+
+impl Command {
+    pub fn community_id(&self) -> &str {
+        match self {
+            Command::SetMemberRole { community_id, .. }
+            | Command::SetScoringPolicy { community_id, .. } => community_id,
+        }
+    }
+
+    /// The member that must exist in the community for the command to apply.
+    pub fn member_id(&self) -> Option<&str> {
+        match self {
+            Command::SetMemberRole { member_id, .. } => Some(member_id),
+            Command::SetScoringPolicy { .. } => None,
+        }
+    }
+
+    /// The stream the command's event goes to.
+    pub fn stream_id(&self) -> String {
+        match self {
+            Command::SetMemberRole { member_id, .. } => member_stream_id(member_id),
+            Command::SetScoringPolicy { community_id, .. } => community_stream_id(community_id),
+        }
+    }
+
+    /// The event the command appends, given the log's head and the stream's
+    /// current version (both read under the log's lock).
+    pub fn event(&self, head: u64, stream_version: u64, recorded_at: Timestamp) -> Event {
+        let body = match self {
+            Command::SetMemberRole {
+                member_id, role, ..
+            } => EventBody::MemberRoleSet {
+                member_id: member_id.clone(),
+                role: *role,
+            },
+            Command::SetScoringPolicy { policy, .. } => EventBody::ScoringPolicySet {
+                policy: Box::new(policy.clone()),
+            },
+        };
+        Event {
+            position: head + 1,
+            community_id: self.community_id().to_owned(),
+            stream_id: self.stream_id(),
+            stream_version: stream_version + 1,
+            recorded_at,
+            body,
+        }
+    }
 }

@@ -30,7 +30,7 @@ pub mod time;
 pub mod timeline;
 pub mod validate;
 
-pub use event::{Event, EventBody, EventType};
+pub use event::{Command, Event, EventBody, EventType, MemberRole};
 pub use interaction::{Identity, IdentityKey, Interaction, InteractionKind, Target};
 pub use time::Timestamp;
 pub use validate::{FieldViolation, InteractionInput, TargetInput};

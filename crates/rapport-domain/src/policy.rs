@@ -246,7 +246,7 @@ impl Policy {
         for (name, value) in ordered {
             if !finite_in(value, 0.0, 100.0) || value <= previous.1 {
                 bad(
-                    format!("{prefix}.thresholds.{name}"),
+                    format!("{prefix}.tier_thresholds.{name}"),
                     format!(
                         "must be above {} ({}) and at most 100, got {value}",
                         previous.0, previous.1
@@ -318,7 +318,7 @@ mod tests {
                 "policy.kind_weights[REVIEW]",
                 "policy.incentive_factor",
                 "policy.half_life_days",
-                "policy.thresholds.advocate",
+                "policy.tier_thresholds.advocate",
             ]
         );
     }

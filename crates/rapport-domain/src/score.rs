@@ -122,7 +122,8 @@ pub struct Score {
     /// 0 to 100.
     pub value: f64,
     pub components: Components,
-    /// Held below the participant threshold: no organic interaction yet.
+    /// No organic interaction yet: the score is held below the participant
+    /// threshold (it may be lower than that anyway).
     pub capped: bool,
 }
 
@@ -337,9 +338,9 @@ impl ScoreState {
                 + w.advocacy * components.advocacy
                 + w.breadth * components.breadth);
         let cap = policy.thresholds.participant - NO_ORGANIC_CAP_BELOW;
-        let capped = !self.organic && raw > cap;
+        let capped = !self.organic;
         Score {
-            value: if capped { cap } else { raw.clamp(0.0, 100.0) },
+            value: if capped { raw.min(cap) } else { raw }.clamp(0.0, 100.0),
             components,
             capped,
         }
@@ -474,6 +475,57 @@ pub fn momentum(activities: &[Activity], policy: &Policy, as_of: Timestamp) -> f
     let then = as_of.plus_seconds(-MOMENTUM_DAYS * 86_400);
     assess(activities, policy, as_of, 0).score.value
         - assess(activities, policy, then, 0).score.value
+}
+
+/// A leaderboard page token: where the next page starts and the time the
+/// ranking is exact for, so that every page ranks for the same moment.
+/// Bound to its request and checksummed like the timeline's
+/// [`crate::timeline::PageToken`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankToken {
+    pub as_of: Timestamp,
+    pub offset: u64,
+}
+
+const RANK_TOKEN_VERSION: u8 = 2;
+const RANK_TOKEN_LEN: usize = 1 + 8 + 8 + 8 + 8;
+
+impl RankToken {
+    pub fn encode(&self, request: &[u8; 8]) -> String {
+        use crate::timeline::{checksum, hex};
+        let mut bytes = Vec::with_capacity(RANK_TOKEN_LEN);
+        bytes.push(RANK_TOKEN_VERSION);
+        bytes.extend_from_slice(&self.as_of.as_micros().to_be_bytes());
+        bytes.extend_from_slice(&self.offset.to_be_bytes());
+        bytes.extend_from_slice(request);
+        let check = checksum(&bytes);
+        bytes.extend_from_slice(&check);
+        hex(&bytes)
+    }
+
+    pub fn decode(
+        token: &str,
+        request: &[u8; 8],
+    ) -> Result<RankToken, crate::timeline::PageTokenError> {
+        use crate::timeline::{PageTokenError, checksum, unhex};
+        let bytes = unhex(token).ok_or(PageTokenError::Malformed)?;
+        if bytes.len() != RANK_TOKEN_LEN || bytes[0] != RANK_TOKEN_VERSION {
+            return Err(PageTokenError::Malformed);
+        }
+        let (body, check) = bytes.split_at(RANK_TOKEN_LEN - 8);
+        if checksum(body) != check {
+            return Err(PageTokenError::Malformed);
+        }
+        if &body[17..25] != request {
+            return Err(PageTokenError::OtherRequest);
+        }
+        Ok(RankToken {
+            as_of: Timestamp::from_micros(i64::from_be_bytes(
+                body[1..9].try_into().expect("8 bytes"),
+            )),
+            offset: u64::from_be_bytes(body[9..17].try_into().expect("8 bytes")),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,16 @@ pub fn timeline_rows(event: &Event) -> Vec<TimelineRow> {
             }
             rows
         }
+        EventBody::MemberRoleSet { member_id, .. } => vec![row(
+            member_id,
+            Role::Subject,
+            event.recorded_at,
+            None,
+            None,
+            None,
+        )],
+        // Community-wide: in no member's timeline.
+        EventBody::ScoringPolicySet { .. } => Vec::new(),
     }
 }
 
@@ -275,18 +285,18 @@ pub fn request_digest<'a>(parts: impl IntoIterator<Item = &'a str>) -> [u8; 8] {
     hasher.finalize()[..8].try_into().expect("8 bytes")
 }
 
-fn checksum(bytes: &[u8]) -> [u8; 8] {
+pub(crate) fn checksum(bytes: &[u8]) -> [u8; 8] {
     let mut hasher = Sha256::new();
     hasher.update(b"rapport page token");
     hasher.update(bytes);
     hasher.finalize()[..8].try_into().expect("8 bytes")
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }

@@ -26,6 +26,7 @@
 mod db;
 pub mod generations;
 pub mod runner;
+pub mod scores;
 pub mod timeline;
 
 use std::collections::BTreeMap;
@@ -165,7 +166,8 @@ const WAIT_POLL: Duration = Duration::from_millis(20);
 impl Projections {
     /// Every read model Rapport keeps.
     pub fn new(store: Store) -> Projections {
-        let all: Vec<Arc<dyn Projection>> = vec![Arc::new(timeline::Timeline)];
+        let all: Vec<Arc<dyn Projection>> =
+            vec![Arc::new(timeline::Timeline), Arc::new(scores::Scores)];
         Projections::with(store, all)
     }
 

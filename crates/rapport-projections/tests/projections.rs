@@ -359,7 +359,8 @@ async fn wait_until_active(projections: &Projections, generation: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = projections.status().await.expect("status");
-        if status[0].active.as_ref().map(|a| a.generation) == Some(generation) {
+        let timeline = status.iter().find(|s| s.name == NAME).expect("timeline");
+        if timeline.active.as_ref().map(|a| a.generation) == Some(generation) {
             return;
         }
         assert!(Instant::now() < deadline, "never switched: {status:?}");
@@ -457,7 +458,12 @@ async fn two_replicas_apply_each_event_once(backend: Backend) {
 
     if let Backend::Postgres = backend {
         // Exactly one replica leads; when it stops, the other takes over.
-        let leaders = |s: &Vec<rapport_projections::ProjectionStatus>| s[0].leading_here;
+        let leaders = |s: &Vec<rapport_projections::ProjectionStatus>| {
+            s.iter()
+                .find(|p| p.name == NAME)
+                .expect("timeline")
+                .leading_here
+        };
         let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
         assert!(leaders(&sa) != leaders(&sb), "one leader: {sa:?} {sb:?}");
         let (leader, follower, running_follower) = if leaders(&sa) {
@@ -469,7 +475,7 @@ async fn two_replicas_apply_each_event_once(backend: Backend) {
         };
         append(&leader, 600..700).await;
         let g = caught_up(&follower).await;
-        assert!(follower.status().await.unwrap()[0].leading_here);
+        assert!(leaders(&follower.status().await.unwrap()));
         assert_eq!(actual(&follower, g).await, expected(&leader).await);
         running_follower.stop().await;
     } else {

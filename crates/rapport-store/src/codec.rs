@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 
 use prost::Message;
+use rapport_domain::policy::{ComponentWeights, Policy, Thresholds};
 use rapport_domain::{
-    EventBody, EventType, Identity, Interaction, InteractionKind, Target, Timestamp,
+    EventBody, EventType, Identity, Interaction, InteractionKind, MemberRole, Target, Timestamp,
 };
 
 use crate::StoreError;
@@ -53,6 +54,104 @@ struct StoredInteraction {
     sentiment: Option<f64>,
     #[prost(string, tag = "13")]
     campaign_id: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredRoleSet {
+    #[prost(int32, tag = "1")]
+    role: i32,
+}
+
+/// A scoring policy, every field explicit: a stored policy never depends on
+/// the defaults of the code reading it.
+#[derive(Clone, PartialEq, Message)]
+struct StoredPolicy {
+    /// Kind wire number → weight.
+    #[prost(btree_map = "int32, double", tag = "1")]
+    kind_weights: BTreeMap<i32, f64>,
+    #[prost(double, tag = "2")]
+    positive_mention_weight: f64,
+    #[prost(double, tag = "3")]
+    incentive_factor: f64,
+    #[prost(double, tag = "4")]
+    half_life_days: f64,
+    /// Engagement, consistency, exchange, advocacy, breadth.
+    #[prost(double, repeated, tag = "5")]
+    component_weights: Vec<f64>,
+    /// Participant, contributor, advocate, champion.
+    #[prost(double, repeated, tag = "6")]
+    thresholds: Vec<f64>,
+    #[prost(double, tag = "7")]
+    demotion_margin: f64,
+}
+
+impl StoredPolicy {
+    fn from_policy(p: &Policy) -> Self {
+        let w = &p.component_weights;
+        let t = &p.thresholds;
+        StoredPolicy {
+            kind_weights: p
+                .kind_weights
+                .iter()
+                .map(|(k, v)| (k.as_i32(), *v))
+                .collect(),
+            positive_mention_weight: p.positive_mention_weight,
+            incentive_factor: p.incentive_factor,
+            half_life_days: p.half_life_days,
+            component_weights: vec![
+                w.engagement,
+                w.consistency,
+                w.exchange,
+                w.advocacy,
+                w.breadth,
+            ],
+            thresholds: vec![t.participant, t.contributor, t.advocate, t.champion],
+            demotion_margin: p.demotion_margin,
+        }
+    }
+
+    fn into_policy(self) -> Option<Policy> {
+        let kind_weights = self
+            .kind_weights
+            .into_iter()
+            .map(|(k, v)| InteractionKind::from_i32(k).map(|k| (k, v)))
+            .collect::<Option<_>>()?;
+        let [engagement, consistency, exchange, advocacy, breadth] =
+            <[f64; 5]>::try_from(self.component_weights).ok()?;
+        let [participant, contributor, advocate, champion] =
+            <[f64; 4]>::try_from(self.thresholds).ok()?;
+        Some(Policy {
+            kind_weights,
+            positive_mention_weight: self.positive_mention_weight,
+            incentive_factor: self.incentive_factor,
+            half_life_days: self.half_life_days,
+            component_weights: ComponentWeights {
+                engagement,
+                consistency,
+                exchange,
+                advocacy,
+                breadth,
+            },
+            thresholds: Thresholds {
+                participant,
+                contributor,
+                advocate,
+                champion,
+            },
+            demotion_margin: self.demotion_margin,
+        })
+    }
+}
+
+pub(crate) fn encode_policy(policy: &Policy) -> Vec<u8> {
+    StoredPolicy::from_policy(policy).encode_to_vec()
+}
+
+pub(crate) fn decode_policy(bytes: &[u8]) -> Result<Policy, StoreError> {
+    StoredPolicy::decode(bytes)
+        .ok()
+        .and_then(StoredPolicy::into_policy)
+        .ok_or_else(|| StoreError::Corrupt("stored scoring policy".into()))
 }
 
 /// The personal part of any event; unused fields stay empty and cost nothing.
@@ -132,6 +231,12 @@ pub(crate) fn encode(body: &EventBody) -> (Vec<u8>, Option<Vec<u8>>) {
             };
             (payload.encode_to_vec(), Some(personal.encode_to_vec()))
         }
+        EventBody::MemberRoleSet { role, .. } => {
+            (StoredRoleSet { role: *role as i32 }.encode_to_vec(), None)
+        }
+        EventBody::ScoringPolicySet { policy } => {
+            (StoredPolicy::from_policy(policy).encode_to_vec(), None)
+        }
     }
 }
 
@@ -196,6 +301,19 @@ pub(crate) fn decode(
                     actor_display_name: personal.display_name,
                     attributes: personal.attributes,
                 }),
+            })
+        }
+        Some(EventType::MemberRoleSet) => {
+            let p = StoredRoleSet::decode(payload).map_err(|_| corrupt("payload"))?;
+            Ok(EventBody::MemberRoleSet {
+                member_id,
+                role: MemberRole::from_i32(p.role).ok_or_else(|| corrupt("role"))?,
+            })
+        }
+        Some(EventType::ScoringPolicySet) => {
+            let p = StoredPolicy::decode(payload).map_err(|_| corrupt("payload"))?;
+            Ok(EventBody::ScoringPolicySet {
+                policy: Box::new(p.into_policy().ok_or_else(|| corrupt("policy"))?),
             })
         }
         None => Err(StoreError::Corrupt(format!(
@@ -267,6 +385,22 @@ mod tests {
                 }),
             });
         }
+    }
+
+    #[test]
+    fn operator_events_round_trip() {
+        for role in [MemberRole::Member, MemberRole::Staff, MemberRole::Bot] {
+            round_trip(EventBody::MemberRoleSet {
+                member_id: "m1".into(),
+                role,
+            });
+        }
+        let mut policy = Policy::default();
+        policy.kind_weights.remove(&InteractionKind::Share);
+        policy.half_life_days = 30.5;
+        round_trip(EventBody::ScoringPolicySet {
+            policy: Box::new(policy),
+        });
     }
 
     #[test]

@@ -31,9 +31,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rapport_domain::ingest::{Conflict, Recorded};
-use rapport_domain::{Event, EventType, Interaction, Timestamp};
+use rapport_domain::{Command, Event, EventType, Interaction, Timestamp};
 
 pub use writer::{Writer, WriterConfig};
+
+/// The stored form of a scoring policy (as in the log), for read models
+/// that keep the current policy beside their rows.
+pub fn encode_policy(policy: &rapport_domain::policy::Policy) -> Vec<u8> {
+    codec::encode_policy(policy)
+}
+
+pub fn decode_policy(bytes: &[u8]) -> Result<rapport_domain::policy::Policy, StoreError> {
+    codec::decode_policy(bytes)
+}
 
 /// What went wrong in the store. Mapped to gRPC codes in one place, in the server.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +95,15 @@ impl StoreError {
 /// What a request of a batch became: its results, or the conflict that
 /// rejected it as a whole.
 pub type AppendOutcome = Result<Vec<Recorded>, Conflict>;
+
+/// What a command became.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    /// Committed as this event.
+    Appended(Event),
+    /// The member it names is not a member of its community: nothing written.
+    UnknownMember,
+}
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -215,6 +234,20 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.append_batch(requests, recorded_at).await,
             Store::Postgres(s) => s.append_batch(&requests, recorded_at).await,
+        }
+    }
+
+    /// Appends a command's event in a transaction of its own, serialized
+    /// with the batches like any append. Prefer [`Writer::command`], which
+    /// orders it with the batches of this process.
+    pub async fn append_command(
+        &self,
+        command: Command,
+        recorded_at: Timestamp,
+    ) -> Result<CommandOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.append_command(command, recorded_at).await,
+            Store::Postgres(s) => s.append_command(&command, recorded_at).await,
         }
     }
 

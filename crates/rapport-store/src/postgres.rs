@@ -9,7 +9,7 @@
 //! commit amortizes over whole batches.
 
 use rapport_domain::ingest::{self, Known, KnownMember, RecordedRef};
-use rapport_domain::{Interaction, Timestamp};
+use rapport_domain::{Command, Interaction, Timestamp};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 
@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::cache::{CacheUpdate, WriterCache};
 use crate::{
-    AppendOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db, sql, to_db,
+    AppendOutcome, CommandOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
+    sql, to_db,
 };
 
 /// The advisory lock key of the log: the bytes of "rapport\0" as a BIGINT.
@@ -87,6 +88,53 @@ impl PgStore {
             Err(e) => Err(e),
         };
         self.cache.lock().expect("writer cache").settle(committed)
+    }
+
+    pub(crate) async fn append_command(
+        &self,
+        command: &Command,
+        recorded_at: Timestamp,
+    ) -> Result<CommandOutcome, StoreError> {
+        let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+        if let Some(member_id) = command.member_id() {
+            let found: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM members WHERE member_id = $1 AND community_id = $2",
+            )
+            .bind(member_id)
+            .bind(command.community_id())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if found.is_none() {
+                return Ok(CommandOutcome::UnknownMember);
+            }
+        }
+        let (head, version): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(position), 0) FROM events),              (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1)",
+        )
+        .bind(command.stream_id())
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = command.event(from_db(head)?, from_db(version)?, recorded_at);
+        let (payload, personal) = codec::encode(&event.body);
+        sqlx::query(
+            "INSERT INTO events (position, community_id, stream_id, stream_version, event_type, \
+             member_id, recorded_at, payload, personal, channel) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
+        )
+        .bind(to_db(event.position))
+        .bind(&event.community_id)
+        .bind(&event.stream_id)
+        .bind(to_db(event.stream_version))
+        .bind(event.body.event_type() as i16)
+        .bind(event.body.member_id())
+        .bind(event.recorded_at.as_micros())
+        .bind(payload)
+        .bind(personal)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CommandOutcome::Appended(event))
     }
 
     pub(crate) async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {

@@ -15,14 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rapport_domain::ingest::{self, Known, KnownMember, Plan, RecordedRef};
-use rapport_domain::{Interaction, Timestamp};
+use rapport_domain::{Command, Interaction, Timestamp};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
 use crate::cache::{CacheUpdate, WriterCache};
 use crate::{
-    AppendOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db, sql, to_db,
+    AppendOutcome, CommandOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
+    sql, to_db,
 };
 
 /// Pragmas of every connection, reader or writer.
@@ -160,6 +161,20 @@ impl SqliteStore {
             let mut conn = writer.lock().expect("sqlite writer");
             let appended = append_blocking(&mut conn, &cache, &requests, recorded_at);
             cache.lock().expect("writer cache").settle(appended)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the sqlite writer panicked: {e}")))?
+    }
+
+    pub(crate) async fn append_command(
+        &self,
+        command: Command,
+        recorded_at: Timestamp,
+    ) -> Result<CommandOutcome, StoreError> {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().expect("sqlite writer");
+            command_blocking(&mut conn, &command, recorded_at)
         })
         .await
         .map_err(|e| StoreError::Corrupt(format!("the sqlite writer panicked: {e}")))?
@@ -353,13 +368,48 @@ fn append_blocking(
     Ok(CacheUpdate::from_plan(head, known, plan))
 }
 
-fn write_plan(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+/// A command's event in its own `BEGIN IMMEDIATE` transaction. The writer
+/// cache notices the moved head at the next batch and starts over.
+fn command_blocking(
+    conn: &mut rusqlite::Connection,
+    command: &Command,
+    recorded_at: Timestamp,
+) -> Result<CommandOutcome, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(member_id) = command.member_id() {
+        let found = tx
+            .query_row(
+                "SELECT 1 FROM members WHERE member_id = ?1 AND community_id = ?2",
+                params![member_id, command.community_id()],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if found.is_none() {
+            return Ok(CommandOutcome::UnknownMember);
+        }
+    }
+    let (head, version): (i64, i64) = tx.query_row(
+        "SELECT (SELECT COALESCE(MAX(position), 0) FROM events), \
+         (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?1)",
+        [command.stream_id()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let event = command.event(from_db(head)?, from_db(version)?, recorded_at);
+    insert_events(&tx, std::slice::from_ref(&event))?;
+    tx.commit()?;
+    Ok(CommandOutcome::Appended(event))
+}
+
+fn insert_events(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[rapport_domain::Event],
+) -> Result<(), StoreError> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO events (position, community_id, stream_id, stream_version, event_type, \
          member_id, recorded_at, payload, personal, channel) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
-    for event in &plan.events {
+    for event in events {
         let (payload, personal) = codec::encode(&event.body);
         insert.execute(params![
             to_db(event.position),
@@ -374,6 +424,11 @@ fn write_plan(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreEr
             event.body.channel(),
         ])?;
     }
+    Ok(())
+}
+
+fn write_plan(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+    insert_events(tx, &plan.events)?;
     // Members before identities: identities reference them.
     let mut register =
         tx.prepare_cached("INSERT INTO members (member_id, community_id) VALUES (?1, ?2)")?;

@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
-use rapport_domain::Interaction;
+use rapport_domain::{Command, Interaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::{AppendOutcome, Store, StoreError};
+use crate::{AppendOutcome, CommandOutcome, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -43,11 +43,21 @@ struct Job {
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
+/// What the queue holds: interactions to batch, or a command, which commits
+/// on its own after everything queued before it.
+enum Queued {
+    Append(Job),
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Result<CommandOutcome, StoreError>>,
+    },
+}
+
 /// A handle to the group-commit task. Cheap to clone; the task flushes its
 /// queue and stops when the last handle is dropped.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
     /// The highest position this writer has committed, so that projectors
     /// (and later subscribers) in this process wake at once instead of
     /// waiting for their next poll.
@@ -78,10 +88,21 @@ impl Writer {
     ) -> Result<AppendOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job {
+            .send(Queued::Append(Job {
                 interactions,
                 reply,
-            })
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends a command's event, after every request queued before it.
+    /// Resolves after the commit.
+    pub async fn command(&self, command: Command) -> Result<CommandOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Queued::Command { command, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -91,13 +112,30 @@ impl Writer {
 async fn run(
     store: Store,
     config: WriterConfig,
-    mut queue: mpsc::Receiver<Job>,
+    mut queue: mpsc::Receiver<Queued>,
     committed: watch::Sender<u64>,
 ) {
     let max_batch = config.max_batch.max(rapport_domain::validate::MAX_BATCH);
+    // A command taken off the queue while gathering a batch: it runs after
+    // that batch commits, keeping queue order.
+    let mut pending: Option<Queued> = None;
     // `recv` returns None only once every sender is gone *and* the queue is
     // empty, so everything accepted is committed before the task ends.
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = match pending.take() {
+            Some(queued) => queued,
+            None => match queue.recv().await {
+                Some(queued) => queued,
+                None => break,
+            },
+        };
+        let first = match first {
+            Queued::Append(job) => job,
+            Queued::Command { command, reply } => {
+                run_command(&store, command, reply, &committed).await;
+                continue;
+            }
+        };
         let mut size = first.interactions.len();
         let mut jobs = vec![first];
         let deadline = tokio::time::Instant::now() + config.linger;
@@ -110,7 +148,14 @@ async fn run(
                     .ok()
                     .flatten(),
             };
-            let Some(job) = next else { break };
+            let job = match next {
+                Some(Queued::Append(job)) => job,
+                Some(command) => {
+                    pending = Some(command);
+                    break;
+                }
+                None => break,
+            };
             if size + job.interactions.len() > max_batch {
                 // Too big for this batch: it opens the next one.
                 commit(&store, std::mem::take(&mut jobs), size, &committed).await;
@@ -122,6 +167,31 @@ async fn run(
         commit(&store, jobs, size, &committed).await;
     }
     debug!("group-commit writer stopped");
+}
+
+async fn run_command(
+    store: &Store,
+    command: Command,
+    reply: oneshot::Sender<Result<CommandOutcome, StoreError>>,
+    committed: &watch::Sender<u64>,
+) {
+    let outcome = store.append_command(command, crate::wall_clock()).await;
+    match &outcome {
+        Ok(CommandOutcome::Appended(event)) => {
+            advance(committed, event.position);
+        }
+        Ok(CommandOutcome::UnknownMember) => {}
+        Err(error) => warn!(error = %error, "command failed, nothing written"),
+    }
+    let _ = reply.send(outcome);
+}
+
+fn advance(committed: &watch::Sender<u64>, highest: u64) {
+    committed.send_if_modified(|head| {
+        let moved = highest > *head;
+        *head = (*head).max(highest);
+        moved
+    });
 }
 
 async fn commit(store: &Store, jobs: Vec<Job>, size: usize, committed: &watch::Sender<u64>) {
@@ -145,11 +215,7 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize, committed: &watch::S
                 .map(|r| r.position)
                 .max();
             if let Some(highest) = highest {
-                committed.send_if_modified(|head| {
-                    let moved = highest > *head;
-                    *head = (*head).max(highest);
-                    moved
-                });
+                advance(committed, highest);
             }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that went away still had its write committed; a

@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use rapport_domain::policy::Policy;
 use rapport_domain::{
-    EventBody, EventType, Identity, Interaction, InteractionKind, Target, Timestamp,
+    Command, EventBody, EventType, Identity, Interaction, InteractionKind, MemberRole, Target,
+    Timestamp,
 };
-use rapport_store::{EventQuery, Store, StoreOptions, Writer, WriterConfig};
+use rapport_store::{CommandOutcome, EventQuery, Store, StoreOptions, Writer, WriterConfig};
 use rapport_testkit::TestDatabase;
 
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +78,7 @@ on_both_backends!(
     recorded_events_read_back_whole_and_filtered,
     a_conflicting_request_writes_nothing,
     streams_continue_across_writers_and_restarts,
+    commands_append_in_order_and_check_the_member,
 );
 
 async fn positions_are_gap_free_in_commit_order_under_concurrent_replicas(backend: Backend) {
@@ -458,5 +461,101 @@ async fn streams_continue_across_writers_and_restarts(backend: Backend) {
         versions,
         [1, 2, 3, 4, 5],
         "one member, one stream, no version reused"
+    );
+}
+
+async fn commands_append_in_order_and_check_the_member(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "commands").await else {
+        return;
+    };
+    let (writer, task) = Writer::spawn(store.clone(), WriterConfig::default());
+    let first = writer
+        .append(vec![interaction("acme", "i1", "ana")])
+        .await
+        .unwrap()
+        .unwrap();
+    let ana = first[0].member_id.clone();
+
+    // A role on ana's stream, after her registration, link and interaction.
+    let set_role = Command::SetMemberRole {
+        community_id: "acme".into(),
+        member_id: ana.clone(),
+        role: MemberRole::Staff,
+    };
+    let CommandOutcome::Appended(role_event) = writer.command(set_role).await.unwrap() else {
+        panic!("ana is a member of acme");
+    };
+    assert_eq!(role_event.position, 4);
+    assert_eq!(role_event.stream_version, 4);
+    assert_eq!(
+        *writer.committed().borrow(),
+        4,
+        "commands wake the followers too"
+    );
+
+    // A member of another community, or nobody: nothing written.
+    for (community, member) in [("other", ana.as_str()), ("acme", "no-such-member")] {
+        let outcome = writer
+            .command(Command::SetMemberRole {
+                community_id: community.into(),
+                member_id: member.into(),
+                role: MemberRole::Bot,
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, CommandOutcome::UnknownMember);
+    }
+
+    // The policy goes to the community's stream; batches continue after it
+    // and ana's stream continues after her role.
+    let policy = Policy {
+        half_life_days: 60.0,
+        ..Policy::default()
+    };
+    let outcome = writer
+        .command(Command::SetScoringPolicy {
+            community_id: "acme".into(),
+            policy: policy.clone(),
+        })
+        .await
+        .unwrap();
+    let CommandOutcome::Appended(policy_event) = outcome else {
+        panic!("a policy needs no member");
+    };
+    assert_eq!((policy_event.position, policy_event.stream_version), (5, 1));
+    let next = writer
+        .append(vec![interaction("acme", "i2", "ana")])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next[0].position, 6);
+
+    drop(writer);
+    task.await.unwrap();
+    let all = store
+        .read_events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        all[3].body,
+        EventBody::MemberRoleSet {
+            member_id: ana.clone(),
+            role: MemberRole::Staff
+        }
+    );
+    assert_eq!(
+        all[4].body,
+        EventBody::ScoringPolicySet {
+            policy: Box::new(policy)
+        }
+    );
+    assert_eq!(
+        (all[5].stream_id.as_str(), all[5].stream_version),
+        (all[0].stream_id.as_str(), 5)
     );
 }

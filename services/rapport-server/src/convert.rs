@@ -99,6 +99,17 @@ pub fn event_out(e: domain::Event) -> pb::Event {
             interaction: Some(interaction_out(*interaction)),
             target_member_id: target_member_id.unwrap_or_default(),
         }),
+        domain::EventBody::MemberRoleSet { member_id, role } => {
+            Payload::MemberRoleSet(pb::MemberRoleSet {
+                member_id,
+                role: role as i32,
+            })
+        }
+        domain::EventBody::ScoringPolicySet { policy } => {
+            Payload::ScoringPolicySet(pb::ScoringPolicySet {
+                policy: Some(policy_out(&policy)),
+            })
+        }
     };
     pb::Event {
         position: e.position,
@@ -155,6 +166,117 @@ pub fn timeline_entry_out(
             out.sentiment = i.sentiment;
             out.campaign_id = i.campaign_id;
         }
+        domain::EventBody::MemberRoleSet { role, .. } => out.member_role = role as i32,
+        // In no timeline (see `rapport_domain::timeline`).
+        domain::EventBody::ScoringPolicySet { .. } => {}
     }
     out
+}
+
+pub fn policy_out(p: &domain::policy::Policy) -> pb::ScoringPolicy {
+    let w = &p.component_weights;
+    let t = &p.thresholds;
+    pb::ScoringPolicy {
+        kind_weights: p
+            .kind_weights
+            .iter()
+            .map(|(kind, weight)| pb::KindWeight {
+                kind: kind.as_i32(),
+                weight: *weight,
+            })
+            .collect(),
+        positive_mention_weight: p.positive_mention_weight,
+        incentive_factor: p.incentive_factor,
+        half_life_days: p.half_life_days,
+        component_weights: Some(pb::ComponentWeights {
+            engagement: w.engagement,
+            consistency: w.consistency,
+            exchange: w.exchange,
+            advocacy: w.advocacy,
+            breadth: w.breadth,
+        }),
+        tier_thresholds: Some(pb::TierThresholds {
+            participant: t.participant,
+            contributor: t.contributor,
+            advocate: t.advocate,
+            champion: t.champion,
+        }),
+        demotion_margin: p.demotion_margin,
+    }
+}
+
+/// A policy from a request: every violation at once, with paths under
+/// `prefix` (the shape first, then the domain's rules).
+pub fn policy_in(
+    p: Option<pb::ScoringPolicy>,
+    prefix: &str,
+) -> Result<domain::policy::Policy, Vec<domain::FieldViolation>> {
+    let violation = |field: String, description: &str| domain::FieldViolation {
+        field,
+        description: description.to_owned(),
+    };
+    let Some(p) = p else {
+        return Err(vec![violation(prefix.to_owned(), "is required")]);
+    };
+    let mut out = Vec::new();
+    let mut kind_weights = std::collections::BTreeMap::new();
+    for (i, kw) in p.kind_weights.iter().enumerate() {
+        match domain::InteractionKind::from_i32(kw.kind) {
+            None => out.push(violation(
+                format!("{prefix}.kind_weights[{i}].kind"),
+                "must be a known interaction kind",
+            )),
+            Some(kind) => {
+                if kind_weights.insert(kind, kw.weight).is_some() {
+                    out.push(violation(
+                        format!("{prefix}.kind_weights[{i}].kind"),
+                        "appears twice",
+                    ));
+                }
+            }
+        }
+    }
+    if p.component_weights.is_none() {
+        out.push(violation(
+            format!("{prefix}.component_weights"),
+            "is required",
+        ));
+    }
+    if p.tier_thresholds.is_none() {
+        out.push(violation(
+            format!("{prefix}.tier_thresholds"),
+            "is required",
+        ));
+    }
+    if !out.is_empty() {
+        return Err(out);
+    }
+    let w = p.component_weights.unwrap_or_default();
+    let t = p.tier_thresholds.unwrap_or_default();
+    let policy = domain::policy::Policy {
+        kind_weights,
+        positive_mention_weight: p.positive_mention_weight,
+        incentive_factor: p.incentive_factor,
+        half_life_days: p.half_life_days,
+        component_weights: domain::policy::ComponentWeights {
+            engagement: w.engagement,
+            consistency: w.consistency,
+            exchange: w.exchange,
+            advocacy: w.advocacy,
+            breadth: w.breadth,
+        },
+        thresholds: domain::policy::Thresholds {
+            participant: t.participant,
+            contributor: t.contributor,
+            advocate: t.advocate,
+            champion: t.champion,
+        },
+        demotion_margin: p.demotion_margin,
+    };
+    let violations = policy.violations(prefix);
+    if violations.is_empty() {
+        Ok(policy)
+    } else {
+        Err(violations)
+    }
 }

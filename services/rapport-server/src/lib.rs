@@ -7,7 +7,7 @@
 //!   and tests call it the same way with port 0.
 //! - [`config`]: flags and environment variables.
 //! - `api`: the gRPC services (`InteractionService`, `EventLogService`,
-//!   `TimelineService`, `AdminService`).
+//!   `TimelineService`, `AdvocacyService`, `AdminService`).
 //! - [`error`]: every client-visible error and its gRPC status, in one place.
 //! - `convert`: wire types to domain types and back.
 //! - [`telemetry`]: logging setup.
@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use rapport_projections::{Projections, RunnerOptions};
 use rapport_proto::v1::admin_service_server::AdminServiceServer;
+use rapport_proto::v1::advocacy_service_server::AdvocacyServiceServer;
 use rapport_proto::v1::event_log_service_server::EventLogServiceServer;
 use rapport_proto::v1::interaction_service_server::InteractionServiceServer;
 use rapport_proto::v1::timeline_service_server::TimelineServiceServer;
@@ -42,7 +43,7 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
-use api::{Admin, AppState, EventLog, Interactions, Ready, Timelines};
+use api::{Admin, Advocacy, AppState, EventLog, Interactions, Ready, Timelines};
 
 /// Largest `RecordInteractions` request: 1,000 interactions of a few KiB each.
 pub const MAX_INGEST_REQUEST_BYTES: usize = 8 * 1024 * 1024;
@@ -50,10 +51,11 @@ pub const MAX_INGEST_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_QUERY_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The gRPC services whose health follows the database.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     <InteractionServiceServer<Interactions> as tonic::server::NamedService>::NAME,
     <EventLogServiceServer<EventLog> as tonic::server::NamedService>::NAME,
     <TimelineServiceServer<Timelines> as tonic::server::NamedService>::NAME,
+    <AdvocacyServiceServer<Advocacy> as tonic::server::NamedService>::NAME,
     <AdminServiceServer<Admin> as tonic::server::NamedService>::NAME,
 ];
 
@@ -111,6 +113,10 @@ pub async fn run(
         state: state.clone(),
     })
     .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
+    let advocacy = AdvocacyServiceServer::new(Advocacy {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
     let admin = AdminServiceServer::new(Admin {
         state: state.clone(),
     })
@@ -141,6 +147,7 @@ pub async fn run(
         .add_service(interactions)
         .add_service(event_log)
         .add_service(timelines)
+        .add_service(advocacy)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_accepting.wait_for(|stop| *stop).await;

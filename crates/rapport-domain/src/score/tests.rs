@@ -196,6 +196,26 @@ fn momentum_is_positive_while_joining_and_negative_while_leaving() {
     assert!(momentum(&helper, &policy, at(AS_OF + 90 * DAY)) < 0.0);
 }
 
+#[test]
+fn rank_tokens_round_trip_and_refuse_tampering() {
+    let token = RankToken {
+        as_of: at(AS_OF),
+        offset: 150,
+    };
+    let request = [7u8; 8];
+    let text = token.encode(&request);
+    assert_eq!(RankToken::decode(&text, &request), Ok(token));
+    assert!(
+        RankToken::decode(&text, &[8u8; 8]).is_err(),
+        "another request"
+    );
+    let mut bytes = text.into_bytes();
+    bytes[20] = if bytes[20] == b'0' { b'1' } else { b'0' };
+    let tampered = String::from_utf8(bytes).unwrap();
+    assert!(RankToken::decode(&tampered, &request).is_err());
+    assert!(RankToken::decode("zz", &request).is_err());
+}
+
 fn arb_activities() -> impl Strategy<Value = Vec<Activity>> {
     let one = (
         0i64..400,

@@ -2,8 +2,10 @@
 //! the read models, encode. No business rule lives here.
 
 mod admin;
+mod advocacy;
 mod event_log;
 mod interaction;
+mod request;
 mod timeline;
 
 use std::sync::{Arc, OnceLock};
@@ -14,6 +16,7 @@ use rapport_store::{Store, Writer};
 use tokio::time::Instant;
 
 pub use admin::Admin;
+pub use advocacy::Advocacy;
 pub use event_log::EventLog;
 pub use interaction::Interactions;
 pub use timeline::Timelines;

@@ -1,11 +1,12 @@
+use rapport_domain::InteractionKind;
 use rapport_domain::timeline::{Cursor, PageToken, request_digest};
-use rapport_domain::validate::{is_channel_slug, is_community_id};
-use rapport_domain::{FieldViolation, Identity, InteractionKind, Timestamp};
+use rapport_domain::validate::is_channel_slug;
 use rapport_projections::timeline::{NAME, TimelineQuery};
 use rapport_proto::v1 as pb;
 use rapport_proto::v1::timeline_service_server::TimelineService;
 use tonic::{Request, Response, Status};
 
+use super::request::{Violations, resolve};
 use super::{AppState, Ready, wait_deadline};
 use crate::convert::{timeline_entry_out, timestamp};
 use crate::error::ApiError;
@@ -233,46 +234,6 @@ async fn page(
     Ok((entries, next))
 }
 
-/// A member as a request names it.
-enum MemberRef {
-    Id(String),
-    Identity(Identity),
-}
-
-/// The member's id, or NOT_FOUND unless it is a member of `community_id`:
-/// a member of another community is not found either, so nothing leaks
-/// across communities.
-async fn resolve(
-    ready: &Ready,
-    community_id: &str,
-    member: Option<MemberRef>,
-    field: &str,
-) -> Result<String, ApiError> {
-    let not_found = |what: String| ApiError::NotFound {
-        what: format!("{what} in community {community_id:?}"),
-        reason: "MEMBER_NOT_FOUND",
-    };
-    match member.expect("validated") {
-        MemberRef::Id(id) => {
-            if ready.store.member_exists(community_id, &id).await? {
-                Ok(id)
-            } else {
-                Err(not_found(format!("{field} {id:?}")))
-            }
-        }
-        MemberRef::Identity(identity) => ready
-            .store
-            .find_member(community_id, &identity)
-            .await?
-            .ok_or_else(|| {
-                not_found(format!(
-                    "member with identity {:?} on {:?}",
-                    identity.handle, identity.channel
-                ))
-            }),
-    }
-}
-
 /// The cursor of a page token made for this request.
 fn page_token(token: &str, digest: &[u8; 8]) -> Result<Option<Cursor>, ApiError> {
     if token.is_empty() {
@@ -281,94 +242,4 @@ fn page_token(token: &str, digest: &[u8; 8]) -> Result<Option<Cursor>, ApiError>
     PageToken::decode(token, digest)
         .map(|t| Some(t.cursor))
         .map_err(|e| ApiError::field("page_token", e.to_string()))
-}
-
-/// Collects every field violation of a request before failing it.
-#[derive(Default)]
-struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        });
-    }
-
-    fn community(&mut self, community_id: &str) {
-        if community_id.is_empty() {
-            self.add("community_id", "is required");
-        } else if !is_community_id(community_id) {
-            self.add("community_id", "must be 1-64 characters of [A-Za-z0-9._:-]");
-        }
-    }
-
-    /// A member given by id or by identity: exactly one of the two.
-    fn member(
-        &mut self,
-        id_field: &str,
-        id: String,
-        identity_field: &str,
-        identity: Option<pb::Identity>,
-    ) -> Option<MemberRef> {
-        match (id.is_empty(), identity) {
-            (true, None) => {
-                self.add(id_field, format!("is required (or give {identity_field})"));
-                None
-            }
-            (false, Some(_)) => {
-                self.add(
-                    identity_field,
-                    format!("give {id_field} or {identity_field}, not both"),
-                );
-                None
-            }
-            (false, None) => Some(MemberRef::Id(id)),
-            (true, Some(identity)) => {
-                let before = self.0.len();
-                if !is_channel_slug(&identity.channel) {
-                    self.add(
-                        format!("{identity_field}.channel"),
-                        "must be a lowercase channel slug",
-                    );
-                }
-                if identity.handle.trim().is_empty() {
-                    self.add(format!("{identity_field}.handle"), "is required");
-                }
-                (self.0.len() == before).then_some(MemberRef::Identity(Identity {
-                    channel: identity.channel,
-                    handle: identity.handle,
-                }))
-            }
-        }
-    }
-
-    /// AIP-158: 0 is the default, negative is an error, large is lowered.
-    fn page_size(&mut self, page_size: i32, default: u32) -> u32 {
-        match u32::try_from(page_size) {
-            Ok(0) => default,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-            Err(_) => {
-                self.add("page_size", "must not be negative");
-                default
-            }
-        }
-    }
-
-    fn time(&mut self, field: &str, t: Option<prost_types::Timestamp>) -> Option<Timestamp> {
-        let t = t?;
-        let parsed = Timestamp::from_parts(t.seconds, t.nanos);
-        if parsed.is_none() {
-            self.add(field, "is not a valid timestamp");
-        }
-        parsed
-    }
-
-    fn check(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidArgument(self.0))
-        }
-    }
 }

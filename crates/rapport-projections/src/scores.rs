@@ -1,0 +1,1112 @@
+//! The scores read model: each member's advocate score kept current, so a
+//! ranking is exact for "now" without replaying anyone's history.
+//!
+//! Per generation `g`:
+//!
+//! - `score_activity_g{g}`: every interaction as the score sees it
+//!   ([`Activity`]: no personal data), keyed in the model's canonical order
+//!   (member, time, position). The input of replays: `as_of` reads,
+//!   explanations, momentum, a late backfill, a policy change, a preview.
+//! - `score_states_g{g}`: per member, and per member and channel, the folded
+//!   [`ScoreState`] (a few sums and at most 26 weeks and 180 days of
+//!   marks), its `bound` and its tier. `bound` is the score at the state's
+//!   latest interaction. Without new interactions a score never rises (a
+//!   property the model's tests check), so `bound` is an upper bound of the
+//!   score at any later time: a ranking reads states by decreasing bound,
+//!   evaluates each one exactly for "now", and stops as soon as the next
+//!   bound cannot beat what it has ([`Projections::rank`]).
+//! - `score_pairs_g{g}`: the last day each member exchanged with each other
+//!   member, which the fold needs to count distinct members in a window.
+//! - `score_roles_g{g}`, `score_policies_g{g}`: staff and bots; the
+//!   community's current policy.
+//!
+//! A state only grows in time order. An interaction older than a member's
+//! latest (a backfill) re-folds that member from their activity rows, and a
+//! new policy re-folds the whole community: the same fold, so the result is
+//! what a replay from position 0 gives.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use prost::Message;
+use rapport_domain::policy::{Policy, Tier};
+use rapport_domain::score::{Activity, ScoreState, fold};
+use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
+use rapport_store::{decode_policy, encode_policy, from_db, to_db};
+use sqlx::QueryBuilder;
+
+use crate::db::{Tx, on_pool, on_tx};
+use crate::{Projection, ProjectionError, Projections};
+
+pub const NAME: &str = "scores";
+
+/// The channel key of a member's all-channels state.
+pub const ALL_CHANNELS: &str = "";
+
+/// Rows per multi-row statement: far below both databases' parameter limits.
+const CHUNK: usize = 500;
+
+/// Members re-folded per query when a policy changes.
+const REFOLD_CHUNK: usize = 500;
+
+pub struct Scores;
+
+impl Projection for Scores {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn version(&self) -> u64 {
+        1
+    }
+
+    fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
+        let (blob, real, without_rowid) = if postgres {
+            ("BYTEA", "DOUBLE PRECISION", "")
+        } else {
+            ("BLOB", "REAL", " WITHOUT ROWID")
+        };
+        vec![
+            format!(
+                "CREATE TABLE score_activity_g{g} (
+                    community_id    TEXT     NOT NULL,
+                    member_id       TEXT     NOT NULL,
+                    at              BIGINT   NOT NULL,
+                    position        BIGINT   NOT NULL,
+                    kind            SMALLINT NOT NULL,
+                    channel         TEXT     NOT NULL,
+                    incentivized    SMALLINT NOT NULL,
+                    positive        SMALLINT NOT NULL,
+                    other_member_id TEXT,
+                    PRIMARY KEY (community_id, member_id, at, position)
+                ){without_rowid}"
+            ),
+            format!(
+                "CREATE TABLE score_states_g{g} (
+                    community_id TEXT     NOT NULL,
+                    channel      TEXT     NOT NULL,
+                    member_id    TEXT     NOT NULL,
+                    state        {blob}   NOT NULL,
+                    at           BIGINT   NOT NULL,
+                    bound        {real}   NOT NULL,
+                    tier         SMALLINT NOT NULL,
+                    PRIMARY KEY (community_id, channel, member_id)
+                ){without_rowid}"
+            ),
+            format!(
+                "CREATE INDEX score_rank_g{g} ON score_states_g{g} \
+                 (community_id, channel, bound DESC, member_id)"
+            ),
+            format!(
+                "CREATE TABLE score_pairs_g{g} (
+                    community_id    TEXT   NOT NULL,
+                    member_id       TEXT   NOT NULL,
+                    channel         TEXT   NOT NULL,
+                    other_member_id TEXT   NOT NULL,
+                    last_day        BIGINT NOT NULL,
+                    PRIMARY KEY (community_id, member_id, channel, other_member_id)
+                ){without_rowid}"
+            ),
+            format!(
+                "CREATE TABLE score_roles_g{g} (
+                    community_id TEXT     NOT NULL,
+                    member_id    TEXT     NOT NULL,
+                    role         SMALLINT NOT NULL,
+                    PRIMARY KEY (community_id, member_id)
+                ){without_rowid}"
+            ),
+            format!(
+                "CREATE TABLE score_policies_g{g} (
+                    community_id TEXT   PRIMARY KEY,
+                    policy       {blob} NOT NULL,
+                    position     BIGINT NOT NULL
+                )"
+            ),
+        ]
+    }
+
+    fn finish_bulk(&self, _g: u64, _postgres: bool) -> Vec<String> {
+        // States are folded as events arrive, in bulk too: nothing to derive.
+        Vec::new()
+    }
+
+    fn drop_tables(&self, g: u64) -> Vec<String> {
+        ["activity", "states", "pairs", "roles", "policies"]
+            .iter()
+            .map(|t| format!("DROP TABLE IF EXISTS score_{t}_g{g}"))
+            .collect()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        mut tx: Tx<'a>,
+        g: u64,
+        events: &'a [Event],
+        _bulk: bool,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move { apply_batch(&mut tx, g, events).await }.boxed()
+    }
+}
+
+/// One row of `score_activity`.
+#[derive(Debug, Clone)]
+struct ActivityRow {
+    community_id: String,
+    member_id: String,
+    activity: Activity,
+}
+
+/// (community, channel key, member): one state.
+type StateKey = (String, String, String);
+
+/// A state as stored.
+#[derive(Debug, Clone)]
+pub struct StoredScore {
+    pub member_id: String,
+    pub state: ScoreState,
+    /// The score at the state's latest interaction.
+    pub bound: f64,
+}
+
+fn activity_of(event: &Event) -> Option<ActivityRow> {
+    let EventBody::InteractionRecorded {
+        member_id,
+        interaction,
+        target_member_id,
+    } = &event.body
+    else {
+        return None;
+    };
+    Some(ActivityRow {
+        community_id: event.community_id.clone(),
+        member_id: member_id.clone(),
+        activity: Activity {
+            position: event.position,
+            at: Activity::effective_time(interaction.occurred_at, event.recorded_at),
+            kind: interaction.kind,
+            channel: interaction.channel.clone(),
+            incentivized: interaction.incentivized,
+            positive: interaction.sentiment.is_some_and(|s| s > 0.0),
+            other_member: target_member_id.clone().filter(|t| t != member_id),
+        },
+    })
+}
+
+async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sqlx::Error> {
+    let mut activities = Vec::new();
+    let mut roles: BTreeMap<(String, String), MemberRole> = BTreeMap::new();
+    let mut policies: BTreeMap<String, (Policy, u64)> = BTreeMap::new();
+    for event in events {
+        match &event.body {
+            EventBody::InteractionRecorded { .. } => activities.extend(activity_of(event)),
+            EventBody::MemberRoleSet { member_id, role } => {
+                roles.insert((event.community_id.clone(), member_id.clone()), *role);
+            }
+            EventBody::ScoringPolicySet { policy } => {
+                policies.insert(
+                    event.community_id.clone(),
+                    ((**policy).clone(), event.position),
+                );
+            }
+            EventBody::MemberRegistered { .. } | EventBody::IdentityLinked { .. } => {}
+        }
+    }
+    insert_activities(tx, g, &activities).await?;
+    upsert_roles(tx, g, &roles).await?;
+    for (community, (policy, position)) in &policies {
+        upsert_policy(tx, g, community, policy, *position).await?;
+    }
+
+    // A community with a new policy: every member re-folded from the
+    // activity rows (which now include this batch's).
+    for (community, (policy, _)) in &policies {
+        refold_community(tx, g, community, policy).await?;
+    }
+
+    // Every other touched state: folded forward, or re-folded on a backfill.
+    let mut touched: BTreeMap<StateKey, Vec<&Activity>> = BTreeMap::new();
+    for row in activities
+        .iter()
+        .filter(|r| !policies.contains_key(&r.community_id))
+    {
+        for channel in [ALL_CHANNELS, row.activity.channel.as_str()] {
+            touched
+                .entry((
+                    row.community_id.clone(),
+                    channel.to_owned(),
+                    row.member_id.clone(),
+                ))
+                .or_default()
+                .push(&row.activity);
+        }
+    }
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let communities: BTreeSet<&str> = touched.keys().map(|k| k.0.as_str()).collect();
+    let mut community_policy = HashMap::new();
+    for community in communities {
+        community_policy.insert(community.to_owned(), load_policy(tx, g, community).await?);
+    }
+    let keys: Vec<StateKey> = touched.keys().cloned().collect();
+    let mut states = load_states(tx, g, &keys).await?;
+    let pair_keys: BTreeSet<(StateKey, String)> = touched
+        .iter()
+        .flat_map(|(key, list)| {
+            list.iter()
+                .filter_map(|a| a.other_member.clone())
+                .map(move |o| (key.clone(), o))
+        })
+        .collect();
+    let mut pairs = load_pairs(tx, g, &pair_keys).await?;
+
+    let mut new_states = Vec::with_capacity(touched.len());
+    let mut new_pairs = Vec::new();
+    for (key, list) in touched {
+        let policy = &community_policy[&key.0];
+        let mut state = states.remove(&key).unwrap_or_default();
+        let in_order = {
+            let mut probe = state.at;
+            list.iter().all(|a| {
+                let ok = probe.is_none_or(|latest| a.at.as_micros() >= latest);
+                probe = Some(a.at.as_micros());
+                ok
+            })
+        };
+        if in_order {
+            for a in list {
+                let pair = a.other_member.as_ref().map(|o| (key.clone(), o.clone()));
+                let previous = pair.as_ref().and_then(|p| pairs.get(p).copied());
+                if let Some(day) = state.add(a, policy, previous) {
+                    let pair = pair.expect("an exchange has another member");
+                    pairs.insert(pair.clone(), day);
+                    new_pairs.push((pair, day));
+                }
+            }
+        } else {
+            let channel = (key.1 != ALL_CHANNELS).then_some(key.1.as_str());
+            let all = load_activities(tx, g, &key.0, &key.2, channel, None).await?;
+            let (folded, last) = fold(&all, policy);
+            delete_pairs(tx, g, &key).await?;
+            new_pairs.extend(last.into_iter().map(|(o, d)| ((key.clone(), o), d)));
+            state = folded;
+        }
+        new_states.push((key, state, policy.clone()));
+    }
+    upsert_pairs(tx, g, &new_pairs).await?;
+    upsert_states(tx, g, &new_states).await
+}
+
+/// Folds every member of `community` again under `policy`.
+async fn refold_community(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    policy: &Policy,
+) -> Result<(), sqlx::Error> {
+    let members: Vec<String> = on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT member_id FROM score_activity_g{g} WHERE community_id = $1 \
+             ORDER BY member_id"
+        )))
+        .bind(community)
+        .fetch_all(&mut **c)
+        .await?
+    });
+    on_tx!(tx, c => {
+        for table in ["states", "pairs"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM score_{table}_g{g} WHERE community_id = $1"
+            )))
+            .bind(community)
+            .execute(&mut **c)
+            .await?;
+        }
+    });
+    for chunk in members.chunks(REFOLD_CHUNK) {
+        let rows = load_activity_rows(tx, g, community, chunk).await?;
+        let mut states = Vec::new();
+        let mut pairs = Vec::new();
+        for (member, activities) in rows {
+            for (channel, state, last) in fold_member(&activities, policy) {
+                let key = (community.to_owned(), channel, member.clone());
+                pairs.extend(last.into_iter().map(|(o, d)| ((key.clone(), o), d)));
+                states.push((key, state, policy.clone()));
+            }
+        }
+        upsert_pairs(tx, g, &pairs).await?;
+        upsert_states(tx, g, &states).await?;
+    }
+    Ok(())
+}
+
+/// A member's states: all channels, then each channel on its own.
+pub fn fold_member(
+    activities: &[Activity],
+    policy: &Policy,
+) -> Vec<(String, ScoreState, HashMap<String, i64>)> {
+    let mut by_channel: BTreeMap<&str, Vec<&Activity>> = BTreeMap::new();
+    for a in activities {
+        by_channel.entry(a.channel.as_str()).or_default().push(a);
+    }
+    let (all, last) = fold(activities, policy);
+    let mut out = vec![(ALL_CHANNELS.to_owned(), all, last)];
+    for (channel, list) in by_channel {
+        let (state, last) = fold(list, policy);
+        out.push((channel.to_owned(), state, last));
+    }
+    out
+}
+
+async fn insert_activities(
+    tx: &mut Tx<'_>,
+    g: u64,
+    rows: &[ActivityRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "INSERT INTO score_activity_g{g} (community_id, member_id, at, position, kind, \
+                 channel, incentivized, positive, other_member_id) "
+            ));
+            qb.push_values(chunk, |mut b, r| {
+                let a = &r.activity;
+                b.push_bind(r.community_id.clone())
+                    .push_bind(r.member_id.clone())
+                    .push_bind(a.at.as_micros())
+                    .push_bind(to_db(a.position))
+                    .push_bind(a.kind.as_i32() as i16)
+                    .push_bind(a.channel.clone())
+                    .push_bind(i16::from(a.incentivized))
+                    .push_bind(i16::from(a.positive))
+                    .push_bind(a.other_member.clone());
+            });
+            qb.build().execute(&mut **c).await?;
+        });
+    }
+    Ok(())
+}
+
+async fn upsert_roles(
+    tx: &mut Tx<'_>,
+    g: u64,
+    roles: &BTreeMap<(String, String), MemberRole>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<_> = roles.iter().collect();
+    for chunk in rows.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "INSERT INTO score_roles_g{g} (community_id, member_id, role) "
+            ));
+            qb.push_values(chunk, |mut b, ((community, member), role)| {
+                b.push_bind(community.clone())
+                    .push_bind(member.clone())
+                    .push_bind(**role as i16);
+            });
+            qb.push(" ON CONFLICT (community_id, member_id) DO UPDATE SET role = excluded.role");
+            qb.build().execute(&mut **c).await?;
+        });
+    }
+    Ok(())
+}
+
+async fn upsert_policy(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    policy: &Policy,
+    position: u64,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO score_policies_g{g} (community_id, policy, position) VALUES ($1, $2, $3) \
+         ON CONFLICT (community_id) DO UPDATE SET policy = excluded.policy, \
+         position = excluded.position"
+    );
+    on_tx!(tx, c => {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(community)
+            .bind(encode_policy(policy))
+            .bind(to_db(position))
+            .execute(&mut **c)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn load_policy(tx: &mut Tx<'_>, g: u64, community: &str) -> Result<Policy, sqlx::Error> {
+    let sql = format!("SELECT policy FROM score_policies_g{g} WHERE community_id = $1");
+    let bytes: Option<Vec<u8>> = on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(community)
+            .fetch_optional(&mut **c)
+            .await?
+    });
+    match bytes {
+        None => Ok(Policy::default()),
+        Some(bytes) => decode_policy(&bytes).map_err(|e| sqlx::Error::Decode(Box::new(e))),
+    }
+}
+
+async fn load_states(
+    tx: &mut Tx<'_>,
+    g: u64,
+    keys: &[StateKey],
+) -> Result<HashMap<StateKey, ScoreState>, sqlx::Error> {
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(CHUNK) {
+        let rows: Vec<(String, String, String, Vec<u8>)> = on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT community_id, channel, member_id, state FROM score_states_g{g} \
+                 WHERE (community_id, channel, member_id) IN ("
+            ));
+            let mut list = qb.separated(", ");
+            for (community, channel, member) in chunk {
+                list.push("(");
+                list.push_bind_unseparated(community.clone());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(channel.clone());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(member.clone());
+                list.push_unseparated(")");
+            }
+            qb.push(")");
+            qb.build_query_as().fetch_all(&mut **c).await?
+        });
+        for (community, channel, member, bytes) in rows {
+            out.insert((community, channel, member), decode_state(&bytes)?);
+        }
+    }
+    Ok(out)
+}
+
+async fn load_pairs(
+    tx: &mut Tx<'_>,
+    g: u64,
+    keys: &BTreeSet<(StateKey, String)>,
+) -> Result<HashMap<(StateKey, String), i64>, sqlx::Error> {
+    let keys: Vec<_> = keys.iter().collect();
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(CHUNK) {
+        let rows: Vec<(String, String, String, String, i64)> = on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT community_id, channel, member_id, other_member_id, last_day \
+                 FROM score_pairs_g{g} \
+                 WHERE (community_id, member_id, channel, other_member_id) IN ("
+            ));
+            let mut list = qb.separated(", ");
+            for ((community, channel, member), other) in chunk {
+                list.push("(");
+                list.push_bind_unseparated(community.clone());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(member.clone());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(channel.clone());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(other.clone());
+                list.push_unseparated(")");
+            }
+            qb.push(")");
+            qb.build_query_as().fetch_all(&mut **c).await?
+        });
+        for (community, channel, member, other, day) in rows {
+            out.insert(((community, channel, member), other), day);
+        }
+    }
+    Ok(out)
+}
+
+async fn delete_pairs(tx: &mut Tx<'_>, g: u64, key: &StateKey) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM score_pairs_g{g} WHERE community_id = $1 AND channel = $2 AND member_id = $3"
+    );
+    on_tx!(tx, c => {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&key.0)
+            .bind(&key.1)
+            .bind(&key.2)
+            .execute(&mut **c)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn upsert_pairs(
+    tx: &mut Tx<'_>,
+    g: u64,
+    pairs: &[((StateKey, String), i64)],
+) -> Result<(), sqlx::Error> {
+    // One statement may not touch a row twice (PostgreSQL refuses): keep
+    // the last day per pair.
+    let unique: BTreeMap<&(StateKey, String), i64> = pairs.iter().map(|(k, d)| (k, *d)).collect();
+    let rows: Vec<_> = unique.into_iter().collect();
+    for chunk in rows.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "INSERT INTO score_pairs_g{g} (community_id, member_id, channel, other_member_id, \
+                 last_day) "
+            ));
+            qb.push_values(chunk, |mut b, (((community, channel, member), other), day)| {
+                b.push_bind(community.clone())
+                    .push_bind(member.clone())
+                    .push_bind(channel.clone())
+                    .push_bind(other.clone())
+                    .push_bind(*day);
+            });
+            qb.push(
+                " ON CONFLICT (community_id, member_id, channel, other_member_id) \
+                 DO UPDATE SET last_day = excluded.last_day",
+            );
+            qb.build().execute(&mut **c).await?;
+        });
+    }
+    Ok(())
+}
+
+async fn upsert_states(
+    tx: &mut Tx<'_>,
+    g: u64,
+    states: &[(StateKey, ScoreState, Policy)],
+) -> Result<(), sqlx::Error> {
+    for chunk in states.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "INSERT INTO score_states_g{g} (community_id, channel, member_id, state, at, \
+                 bound, tier) "
+            ));
+            qb.push_values(chunk, |mut b, ((community, channel, member), state, policy)| {
+                let at = state.at.unwrap_or(0);
+                let bound = state.evaluate(policy, Timestamp::from_micros(at)).value;
+                b.push_bind(community.clone())
+                    .push_bind(channel.clone())
+                    .push_bind(member.clone())
+                    .push_bind(encode_state(state))
+                    .push_bind(at)
+                    .push_bind(bound)
+                    .push_bind(state.tier.as_i32() as i16);
+            });
+            qb.push(
+                " ON CONFLICT (community_id, channel, member_id) DO UPDATE SET \
+                 state = excluded.state, at = excluded.at, bound = excluded.bound, \
+                 tier = excluded.tier",
+            );
+            qb.build().execute(&mut **c).await?;
+        });
+    }
+    Ok(())
+}
+
+/// A `score_states` row as the dump reads it.
+type StateTuple = (String, String, String, Vec<u8>, i64, f64, i16);
+
+type ActivityTuple = (String, i64, i64, i16, String, i16, i16, Option<String>);
+
+fn activity_from(row: ActivityTuple) -> Result<(String, Activity), sqlx::Error> {
+    let (member, at, position, kind, channel, incentivized, positive, other) = row;
+    let kind = InteractionKind::from_i32(i32::from(kind))
+        .ok_or_else(|| sqlx::Error::Decode(format!("interaction kind {kind}").into()))?;
+    let position = from_db(position).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok((
+        member,
+        Activity {
+            position,
+            at: Timestamp::from_micros(at),
+            kind,
+            channel,
+            incentivized: incentivized != 0,
+            positive: positive != 0,
+            other_member: other,
+        },
+    ))
+}
+
+const ACTIVITY_COLUMNS: &str =
+    "member_id, at, position, kind, channel, incentivized, positive, other_member_id";
+
+/// One member's activities in canonical order, optionally on one channel
+/// and up to a time.
+async fn load_activities(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    member: &str,
+    channel: Option<&str>,
+    until: Option<Timestamp>,
+) -> Result<Vec<Activity>, sqlx::Error> {
+    let rows: Vec<ActivityTuple> = on_tx!(tx, c => {
+        activities_query(g, community, member, channel, until)
+            .build_query_as()
+            .fetch_all(&mut **c)
+            .await?
+    });
+    rows.into_iter()
+        .map(|r| activity_from(r).map(|(_, a)| a))
+        .collect()
+}
+
+fn activities_query<DB: sqlx::Database>(
+    g: u64,
+    community: &str,
+    member: &str,
+    channel: Option<&str>,
+    until: Option<Timestamp>,
+) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} WHERE community_id = "
+    ));
+    qb.push_bind(community.to_owned());
+    qb.push(" AND member_id = ");
+    qb.push_bind(member.to_owned());
+    if let Some(channel) = channel {
+        qb.push(" AND channel = ");
+        qb.push_bind(channel.to_owned());
+    }
+    if let Some(until) = until {
+        qb.push(" AND at <= ");
+        qb.push_bind(until.as_micros());
+    }
+    qb.push(" ORDER BY at, position");
+    qb
+}
+
+/// The activities of several members of a community, grouped by member.
+async fn load_activity_rows(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    members: &[String],
+) -> Result<BTreeMap<String, Vec<Activity>>, sqlx::Error> {
+    let rows: Vec<ActivityTuple> = on_tx!(tx, c => {
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} WHERE community_id = "
+        ));
+        qb.push_bind(community.to_owned());
+        qb.push(" AND member_id IN (");
+        let mut list = qb.separated(", ");
+        for m in members {
+            list.push_bind(m.clone());
+        }
+        qb.push(") ORDER BY member_id, at, position");
+        qb.build_query_as().fetch_all(&mut **c).await?
+    });
+    let mut out: BTreeMap<String, Vec<Activity>> = BTreeMap::new();
+    for row in rows {
+        let (member, activity) = activity_from(row)?;
+        out.entry(member).or_default().push(activity);
+    }
+    Ok(out)
+}
+
+/// The stored form of a [`ScoreState`] (protobuf: compact, and fields can
+/// be added; a change of meaning bumps the projection's version instead).
+#[derive(Clone, PartialEq, Message)]
+struct StoredState {
+    #[prost(double, tag = "1")]
+    engagement: f64,
+    #[prost(double, tag = "2")]
+    advocacy: f64,
+    #[prost(int64, optional, tag = "3")]
+    at: Option<i64>,
+    #[prost(btree_map = "int64, uint32", tag = "4")]
+    weeks: BTreeMap<i64, u32>,
+    #[prost(btree_map = "int64, uint32", tag = "5")]
+    exchange_days: BTreeMap<i64, u32>,
+    #[prost(btree_map = "string, int64", tag = "6")]
+    channels: BTreeMap<String, i64>,
+    #[prost(bool, tag = "7")]
+    organic: bool,
+    #[prost(int32, tag = "8")]
+    tier: i32,
+    #[prost(int64, tag = "9")]
+    tier_day: i64,
+}
+
+fn encode_state(s: &ScoreState) -> Vec<u8> {
+    StoredState {
+        engagement: s.engagement,
+        advocacy: s.advocacy,
+        at: s.at,
+        weeks: s.weeks.iter().map(|(w, m)| (*w, u32::from(*m))).collect(),
+        exchange_days: s.exchange_days.clone(),
+        channels: s.channels.clone(),
+        organic: s.organic,
+        tier: s.tier.as_i32(),
+        tier_day: s.tier_day,
+    }
+    .encode_to_vec()
+}
+
+fn decode_state(bytes: &[u8]) -> Result<ScoreState, sqlx::Error> {
+    let corrupt = |what: &str| sqlx::Error::Decode(format!("stored score state: {what}").into());
+    let s = StoredState::decode(bytes).map_err(|_| corrupt("not protobuf"))?;
+    Ok(ScoreState {
+        engagement: s.engagement,
+        advocacy: s.advocacy,
+        at: s.at,
+        weeks: s
+            .weeks
+            .into_iter()
+            .map(|(w, m)| u8::try_from(m).map(|m| (w, m)))
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("week mark"))?,
+        exchange_days: s.exchange_days,
+        channels: s.channels,
+        organic: s.organic,
+        tier: Tier::from_i32(s.tier).ok_or_else(|| corrupt("tier"))?,
+        tier_day: s.tier_day,
+    })
+}
+
+/// A ranked member, exact for the ranking's time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub member_id: String,
+    pub score: f64,
+    pub tier: Tier,
+    /// The member's latest interaction counted.
+    pub last_active_at: Timestamp,
+}
+
+/// Which members a ranking considers.
+#[derive(Debug, Clone)]
+pub struct RankQuery {
+    pub community_id: String,
+    /// [`ALL_CHANNELS`] or one channel.
+    pub channel: String,
+    pub min_tier: Tier,
+    /// The time the ranking is exact for.
+    pub as_of: Timestamp,
+}
+
+/// States read per round of [`Projections::rank`].
+const RANK_PAGE: i64 = 256;
+
+/// Reads of the active scores generation.
+impl Projections {
+    /// The policy of `community_id` and the position of the event that set
+    /// it; `None` while the default applies.
+    pub async fn scoring_policy(
+        &self,
+        g: u64,
+        community_id: &str,
+    ) -> Result<Option<(Policy, u64)>, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let sql =
+            format!("SELECT policy, position FROM score_policies_g{g} WHERE community_id = $1");
+        let row: Option<(Vec<u8>, i64)> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .fetch_optional(p)
+                .await?
+        });
+        row.map(|(bytes, position)| Ok((decode_policy(&bytes)?, from_db(position)?)))
+            .transpose()
+    }
+
+    pub async fn member_role(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+    ) -> Result<MemberRole, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let sql =
+            format!("SELECT role FROM score_roles_g{g} WHERE community_id = $1 AND member_id = $2");
+        let role: Option<i16> = on_pool!(&pool, p => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .bind(member_id)
+                .fetch_optional(p)
+                .await?
+        });
+        match role {
+            None => Ok(MemberRole::Member),
+            Some(r) => MemberRole::from_i32(i32::from(r))
+                .ok_or_else(|| ProjectionError::Corrupt(format!("member role {r}"))),
+        }
+    }
+
+    /// A member's activities on one channel or all, up to `until`, in
+    /// canonical order: the input of a replay.
+    pub async fn score_activities(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        channel: Option<&str>,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<Activity>, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let rows: Vec<ActivityTuple> = on_pool!(&pool, p => {
+            activities_query(g, community_id, member_id, channel, until)
+                .build_query_as()
+                .fetch_all(p)
+                .await?
+        });
+        rows.into_iter()
+            .map(|r| {
+                activity_from(r)
+                    .map(|(_, a)| a)
+                    .map_err(ProjectionError::from)
+            })
+            .collect()
+    }
+
+    /// A member's folded state on one channel or all (`ALL_CHANNELS`).
+    pub async fn score_state(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        channel: &str,
+    ) -> Result<Option<ScoreState>, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let sql = format!(
+            "SELECT state FROM score_states_g{g} \
+             WHERE community_id = $1 AND channel = $2 AND member_id = $3"
+        );
+        let bytes: Option<Vec<u8>> = on_pool!(&pool, p => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .bind(channel)
+                .bind(member_id)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(bytes.map(|b| decode_state(&b)).transpose()?)
+    }
+
+    /// Ranked members (staff and bots left out), highest score first, ties
+    /// by member id: the first `limit` after skipping `offset`, exact for
+    /// `query.as_of`.
+    ///
+    /// Reads states by decreasing bound, evaluates each for `as_of`, and
+    /// stops once the members it holds at or above the next bound fill the
+    /// page: nobody unread can score higher (see the module doc).
+    pub async fn rank(
+        &self,
+        g: u64,
+        query: &RankQuery,
+        policy: &Policy,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Ranked>, ProjectionError> {
+        let want = offset + limit;
+        // A tier at or above `min_tier` needs a score within the margin of
+        // its start, and the score is at most the bound.
+        let min_bound = (policy.thresholds.start(query.min_tier) - policy.demotion_margin).max(0.0);
+        let mut found: Vec<Ranked> = Vec::new();
+        let mut after: Option<(f64, String)> = None;
+        loop {
+            let page = self
+                .states_by_bound(g, query, min_bound, after.as_ref(), RANK_PAGE)
+                .await?;
+            let exhausted = (page.len() as i64) < RANK_PAGE;
+            for stored in &page {
+                let (score, tier) = stored.state.at_time(policy, query.as_of);
+                if tier >= query.min_tier {
+                    found.push(Ranked {
+                        member_id: stored.member_id.clone(),
+                        score: score.value,
+                        tier,
+                        last_active_at: Timestamp::from_micros(stored.state.at.unwrap_or(0)),
+                    });
+                }
+            }
+            let next_bound = page.last().map(|s| s.bound);
+            if let Some(last) = page.last() {
+                after = Some((last.bound, last.member_id.clone()));
+            }
+            // Strictly above: an unread member scoring exactly the bound could
+            // still tie and sort first by member id.
+            let settled =
+                next_bound.is_some_and(|b| found.iter().filter(|r| r.score > b).count() >= want);
+            if exhausted || settled {
+                break;
+            }
+        }
+        found.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.member_id.cmp(&b.member_id))
+        });
+        Ok(found.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// Every ranked member's state (staff and bots left out) with a bound of
+    /// at least `min_bound`: for orderings the bound cannot guide.
+    pub async fn ranked_states(
+        &self,
+        g: u64,
+        query: &RankQuery,
+        min_bound: f64,
+    ) -> Result<Vec<StoredScore>, ProjectionError> {
+        self.states_by_bound(g, query, min_bound, None, i64::MAX)
+            .await
+    }
+
+    async fn states_by_bound(
+        &self,
+        g: u64,
+        query: &RankQuery,
+        min_bound: f64,
+        after: Option<&(f64, String)>,
+        limit: i64,
+    ) -> Result<Vec<StoredScore>, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let rows: Vec<(String, Vec<u8>, f64)> = on_pool!(&pool, p => {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT s.member_id, s.state, s.bound FROM score_states_g{g} s \
+                 WHERE s.community_id = "
+            ));
+            qb.push_bind(query.community_id.clone());
+            qb.push(" AND s.channel = ");
+            qb.push_bind(query.channel.clone());
+            qb.push(" AND s.bound >= ");
+            qb.push_bind(min_bound);
+            if let Some((bound, member)) = after {
+                qb.push(" AND (s.bound < ");
+                qb.push_bind(*bound);
+                qb.push(" OR (s.bound = ");
+                qb.push_bind(*bound);
+                qb.push(" AND s.member_id > ");
+                qb.push_bind(member.clone());
+                qb.push("))");
+            }
+            qb.push(format!(
+                " AND NOT EXISTS (SELECT 1 FROM score_roles_g{g} r \
+                 WHERE r.community_id = s.community_id AND r.member_id = s.member_id \
+                 AND r.role <> {})",
+                MemberRole::Member as i16
+            ));
+            qb.push(" ORDER BY s.bound DESC, s.member_id LIMIT ");
+            qb.push_bind(limit);
+            qb.build_query_as().fetch_all(p).await?
+        });
+        rows.into_iter()
+            .map(|(member_id, bytes, bound)| {
+                Ok(StoredScore {
+                    member_id,
+                    state: decode_state(&bytes)?,
+                    bound,
+                })
+            })
+            .collect()
+    }
+
+    /// Every member of a community with their activities, grouped by member
+    /// and in canonical order, `chunk` members at a time: for previews.
+    pub async fn for_each_member_activities(
+        &self,
+        g: u64,
+        community_id: &str,
+        mut each: impl FnMut(&str, &[Activity]),
+    ) -> Result<(), ProjectionError> {
+        let pool = self.store().projections_pool();
+        let mut after = String::new();
+        loop {
+            let sql = format!(
+                "SELECT DISTINCT member_id FROM score_activity_g{g} \
+                 WHERE community_id = $1 AND member_id > $2 ORDER BY member_id LIMIT {REFOLD_CHUNK}"
+            );
+            let members: Vec<String> = on_pool!(&pool, p => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(community_id)
+                    .bind(&after)
+                    .fetch_all(p)
+                    .await?
+            });
+            let Some(last) = members.last().cloned() else {
+                return Ok(());
+            };
+            let rows: Vec<ActivityTuple> = on_pool!(&pool, p => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} WHERE community_id = "
+                ));
+                qb.push_bind(community_id.to_owned());
+                qb.push(" AND member_id >= ");
+                qb.push_bind(members[0].clone());
+                qb.push(" AND member_id <= ");
+                qb.push_bind(last.clone());
+                qb.push(" ORDER BY member_id, at, position");
+                qb.build_query_as().fetch_all(p).await?
+            });
+            let mut current: Option<String> = None;
+            let mut list = Vec::new();
+            for row in rows {
+                let (member, activity) = activity_from(row)?;
+                if current.as_deref() != Some(member.as_str()) {
+                    if let Some(m) = current.take() {
+                        each(&m, &list);
+                    }
+                    list.clear();
+                    current = Some(member);
+                }
+                list.push(activity);
+            }
+            if let Some(m) = current {
+                each(&m, &list);
+            }
+            after = last;
+        }
+    }
+
+    /// The staff and bots of a community.
+    pub async fn unranked_members(
+        &self,
+        g: u64,
+        community_id: &str,
+    ) -> Result<BTreeSet<String>, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let sql = format!(
+            "SELECT member_id FROM score_roles_g{g} WHERE community_id = $1 AND role <> {}",
+            MemberRole::Member as i16
+        );
+        let rows: Vec<String> = on_pool!(&pool, p => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Sorted rows of every scores table of generation `g`, for equality tests.
+    pub async fn scores_dump(&self, g: u64) -> Result<Vec<String>, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let mut out = Vec::new();
+        let states: Vec<StateTuple> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT community_id, channel, member_id, state, at, bound, tier \
+                 FROM score_states_g{g} ORDER BY community_id, channel, member_id"
+            )))
+            .fetch_all(p)
+            .await?
+        });
+        out.extend(states.into_iter().map(|r| format!("state {r:?}")));
+        let pairs: Vec<(String, String, String, String, i64)> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT community_id, member_id, channel, other_member_id, last_day \
+                 FROM score_pairs_g{g} ORDER BY community_id, member_id, channel, other_member_id"
+            )))
+            .fetch_all(p)
+            .await?
+        });
+        out.extend(pairs.into_iter().map(|r| format!("pair {r:?}")));
+        let activity: Vec<ActivityTuple> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} \
+                 ORDER BY community_id, member_id, at, position"
+            )))
+            .fetch_all(p)
+            .await?
+        });
+        out.extend(activity.into_iter().map(|r| format!("activity {r:?}")));
+        Ok(out)
+    }
+}

@@ -1,0 +1,384 @@
+//! The scores read model on both backends: what it holds equals a replay of
+//! the log through the pure model, after live batches, backfills, policy
+//! changes and rebuilds; rankings are exact and leave staff out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rapport_domain::policy::{Policy, Tier};
+use rapport_domain::score::{Activity, assess};
+use rapport_domain::{
+    Command, Event, EventBody, Identity, Interaction, InteractionKind, MemberRole, Target,
+    Timestamp,
+};
+use rapport_projections::scores::{ALL_CHANNELS, NAME, RankQuery};
+use rapport_projections::{Projections, RunnerOptions};
+use rapport_store::{CommandOutcome, EventQuery, Store, StoreOptions};
+use rapport_testkit::TestDatabase;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn fresh(backend: Backend, test: &str) -> Option<(TestDatabase, Store)> {
+    let db = match backend {
+        Backend::Sqlite => TestDatabase::sqlite(),
+        Backend::Postgres => TestDatabase::postgres(test).await?,
+    };
+    let store = Store::connect(&StoreOptions::new(&db.url))
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    Some((db, store))
+}
+
+const DAY: i64 = 86_400_000_000;
+/// 2025-10-09: every interaction here happened before the tests run.
+const T0: i64 = 1_760_000_000_000_000;
+
+/// Interaction `i` of a community of twelve members over ~200 days: mostly
+/// in time order, every fifth one a backfill from earlier, some
+/// incentivized, some aimed at other members, on three channels.
+fn interaction(i: usize) -> Interaction {
+    let handle = |n: usize| format!("member{}", n % 12);
+    let day = if i.is_multiple_of(5) {
+        (i * 37 % 150) as i64
+    } else {
+        (i / 2) as i64
+    };
+    let kinds = [
+        InteractionKind::Reply,
+        InteractionKind::Reaction,
+        InteractionKind::Answer,
+        InteractionKind::Review,
+        InteractionKind::Mention,
+        InteractionKind::Post,
+    ];
+    Interaction {
+        community_id: "acme".into(),
+        interaction_id: format!("i{i}"),
+        channel: ["forum", "discord", "github"][i % 3].into(),
+        kind: kinds[i * 7 % kinds.len()],
+        source_type: String::new(),
+        actor: Identity {
+            channel: "forum".into(),
+            handle: handle(i * 5 + i / 12),
+        },
+        occurred_at: Timestamp::from_micros(T0 + day * DAY + (i as i64) * 1_000_000),
+        target: Some(if i.is_multiple_of(4) {
+            Target::Brand
+        } else {
+            Target::Member(Identity {
+                channel: "forum".into(),
+                handle: handle(i * 5 + 1),
+            })
+        }),
+        incentivized: i.is_multiple_of(6),
+        sentiment: if i.is_multiple_of(2) { Some(0.6) } else { None },
+        campaign_id: String::new(),
+        url: String::new(),
+        excerpt: String::new(),
+        actor_display_name: String::new(),
+        attributes: BTreeMap::new(),
+    }
+}
+
+async fn append(store: &Store, range: std::ops::Range<usize>) {
+    for chunk in range.collect::<Vec<_>>().chunks(25) {
+        let batch = chunk.iter().map(|&i| vec![interaction(i)]).collect();
+        store
+            .append_batch(batch, rapport_store::wall_clock())
+            .await
+            .expect("append");
+    }
+}
+
+fn options() -> RunnerOptions {
+    RunnerOptions {
+        batch_size: 40,
+        bulk_batch_size: 70,
+        poll_interval: Duration::from_millis(10),
+        leader_check_interval: Duration::from_millis(200),
+        retire_grace: Duration::ZERO,
+        ..RunnerOptions::default()
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("projector task");
+        }
+    }
+}
+
+fn start(projections: &Projections) -> Running {
+    let (stop, shutdown) = watch::channel(false);
+    let (_commits_tx, commits) = watch::channel(0);
+    let tasks = projections.spawn(commits, options(), shutdown);
+    Running { stop, tasks }
+}
+
+async fn caught_up(projections: &Projections) -> u64 {
+    let head = projections.store().head().await.expect("head");
+    projections
+        .wait_for(NAME, head, Instant::now() + Duration::from_secs(30))
+        .await
+        .expect("the projection catches up")
+        .generation
+}
+
+async fn all_events(store: &Store) -> Vec<Event> {
+    store
+        .read_events(&EventQuery {
+            limit: 100_000,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("read")
+        .events
+}
+
+/// Each member's activities, derived from the log here, independently of
+/// the projection: what the model's input is by definition.
+fn activities_by_member(events: &[Event]) -> BTreeMap<String, Vec<Activity>> {
+    let mut out: BTreeMap<String, Vec<Activity>> = BTreeMap::new();
+    for e in events {
+        if let EventBody::InteractionRecorded {
+            member_id,
+            interaction,
+            target_member_id,
+        } = &e.body
+        {
+            out.entry(member_id.clone()).or_default().push(Activity {
+                position: e.position,
+                at: interaction.occurred_at.min(e.recorded_at),
+                kind: interaction.kind,
+                channel: interaction.channel.clone(),
+                incentivized: interaction.incentivized,
+                positive: interaction.sentiment.is_some_and(|s| s > 0.0),
+                other_member: target_member_id.clone().filter(|t| t != member_id),
+            });
+        }
+    }
+    out
+}
+
+/// Every member's stored state, on all channels and on each, evaluated at
+/// `as_of`, equals the replay of their activities from the log.
+async fn assert_states_replay(projections: &Projections, g: u64, policy: &Policy) {
+    let events = all_events(projections.store()).await;
+    let members = activities_by_member(&events);
+    assert!(members.len() >= 10, "the test community has its members");
+    let as_of = Timestamp::from_micros(T0 + 400 * DAY);
+    for (member, activities) in &members {
+        let mut channels: Vec<&str> = activities.iter().map(|a| a.channel.as_str()).collect();
+        channels.sort();
+        channels.dedup();
+        channels.insert(0, ALL_CHANNELS);
+        for channel in channels {
+            let input: Vec<Activity> = activities
+                .iter()
+                .filter(|a| channel == ALL_CHANNELS || a.channel == channel)
+                .cloned()
+                .collect();
+            let replay = assess(&input, policy, as_of, 0);
+            let state = projections
+                .score_state(g, "acme", member, channel)
+                .await
+                .expect("state")
+                .expect("every active member has a state");
+            let (score, tier) = state.at_time(policy, as_of);
+            assert_eq!(score, replay.score, "{member} on {channel:?}");
+            assert_eq!(tier, replay.tier, "{member} on {channel:?}");
+        }
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    scores_equal_a_replay_of_the_log,
+    a_policy_change_rescores_from_the_log,
+    a_rebuild_of_the_scores_is_identical,
+    rankings_are_exact_and_leave_staff_and_bots_out,
+);
+
+async fn scores_equal_a_replay_of_the_log(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "scores_replay").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections);
+    append(&store, 0..200).await;
+    let g = caught_up(&projections).await;
+    assert_states_replay(&projections, g, &Policy::default()).await;
+    // More, after the first batches: states fold forward from what they hold.
+    append(&store, 200..400).await;
+    let g = caught_up(&projections).await;
+    assert_states_replay(&projections, g, &Policy::default()).await;
+    running.stop().await;
+}
+
+async fn a_policy_change_rescores_from_the_log(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "scores_policy").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections);
+    append(&store, 0..200).await;
+    let mut policy = Policy {
+        half_life_days: 30.0,
+        ..Policy::default()
+    };
+    policy.kind_weights.insert(InteractionKind::Reaction, 2.0);
+    policy.thresholds.participant = 5.0;
+    policy.demotion_margin = 2.0;
+    let outcome = store
+        .append_command(
+            Command::SetScoringPolicy {
+                community_id: "acme".into(),
+                policy: policy.clone(),
+            },
+            rapport_store::wall_clock(),
+        )
+        .await
+        .expect("set policy");
+    let CommandOutcome::Appended(event) = outcome else {
+        panic!("a policy needs no member");
+    };
+    append(&store, 200..260).await;
+    let g = caught_up(&projections).await;
+    assert_eq!(
+        projections.scoring_policy(g, "acme").await.expect("policy"),
+        Some((policy.clone(), event.position))
+    );
+    assert_eq!(
+        projections
+            .scoring_policy(g, "other")
+            .await
+            .expect("policy"),
+        None
+    );
+    assert_states_replay(&projections, g, &policy).await;
+    running.stop().await;
+}
+
+async fn a_rebuild_of_the_scores_is_identical(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "scores_rebuild").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections);
+    append(&store, 0..300).await;
+    let live = caught_up(&projections).await;
+    let live_rows = projections.scores_dump(live).await.expect("dump");
+    let (rebuilt, started) = projections.rebuild(NAME).await.expect("rebuild");
+    assert!(started);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = projections.status().await.expect("status");
+        let scores = status.iter().find(|s| s.name == NAME).expect("scores");
+        if scores.active.as_ref().map(|a| a.generation) == Some(rebuilt) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never switched: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rebuilt_rows = projections.scores_dump(rebuilt).await.expect("dump");
+    assert_eq!(rebuilt_rows.len(), live_rows.len());
+    assert_eq!(rebuilt_rows, live_rows);
+    running.stop().await;
+}
+
+async fn rankings_are_exact_and_leave_staff_and_bots_out(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "scores_rank").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections);
+    append(&store, 0..300).await;
+    let policy = Policy::default();
+    let as_of = Timestamp::from_micros(T0 + 230 * DAY);
+    let events = all_events(&store).await;
+    let expected = |excluded: &[&str]| {
+        let mut all: Vec<(String, f64, Tier)> = activities_by_member(&events)
+            .into_iter()
+            .filter(|(m, _)| !excluded.contains(&m.as_str()))
+            .map(|(m, acts)| {
+                let a = assess(&acts, &policy, as_of, 0);
+                (m, a.score.value, a.tier)
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all
+    };
+    let query = RankQuery {
+        community_id: "acme".into(),
+        channel: ALL_CHANNELS.into(),
+        min_tier: Tier::Observer,
+        as_of,
+    };
+    let g = caught_up(&projections).await;
+    let ranked = |g, offset, limit| {
+        let (projections, query, policy) = (&projections, &query, &policy);
+        async move {
+            projections
+                .rank(g, query, policy, offset, limit)
+                .await
+                .expect("rank")
+                .into_iter()
+                .map(|r| (r.member_id, r.score, r.tier))
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = expected(&[]);
+    assert_eq!(ranked(g, 0, 100).await, all);
+    assert_eq!(ranked(g, 2, 3).await, all[2..5].to_vec());
+
+    // The top member becomes staff, the second a bot: both leave the ranking.
+    for (member, role) in [(&all[0].0, MemberRole::Staff), (&all[1].0, MemberRole::Bot)] {
+        store
+            .append_command(
+                Command::SetMemberRole {
+                    community_id: "acme".into(),
+                    member_id: member.clone(),
+                    role,
+                },
+                rapport_store::wall_clock(),
+            )
+            .await
+            .expect("set role");
+    }
+    let g = caught_up(&projections).await;
+    assert_eq!(
+        ranked(g, 0, 100).await,
+        expected(&[all[0].0.as_str(), all[1].0.as_str()])
+    );
+    assert_eq!(
+        projections.member_role(g, "acme", &all[1].0).await.unwrap(),
+        MemberRole::Bot
+    );
+    running.stop().await;
+}

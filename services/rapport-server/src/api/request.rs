@@ -1,0 +1,157 @@
+//! What every service does with a request before its real work: collect
+//! every field violation, name a member by id or by identity, resolve it in
+//! its community.
+
+use rapport_domain::validate::{is_channel_slug, is_community_id};
+use rapport_domain::{FieldViolation, Identity, Timestamp};
+use rapport_proto::v1 as pb;
+
+use super::Ready;
+use super::timeline::MAX_PAGE_SIZE;
+use crate::error::ApiError;
+
+/// A member as a request names it.
+pub(super) enum MemberRef {
+    Id(String),
+    Identity(Identity),
+}
+
+/// The member's id, or NOT_FOUND unless it is a member of `community_id`:
+/// a member of another community is not found either, so nothing leaks
+/// across communities.
+pub(super) async fn resolve(
+    ready: &Ready,
+    community_id: &str,
+    member: Option<MemberRef>,
+    field: &str,
+) -> Result<String, ApiError> {
+    let not_found = |what: String| ApiError::NotFound {
+        what: format!("{what} in community {community_id:?}"),
+        reason: "MEMBER_NOT_FOUND",
+    };
+    match member.expect("validated") {
+        MemberRef::Id(id) => {
+            if ready.store.member_exists(community_id, &id).await? {
+                Ok(id)
+            } else {
+                Err(not_found(format!("{field} {id:?}")))
+            }
+        }
+        MemberRef::Identity(identity) => ready
+            .store
+            .find_member(community_id, &identity)
+            .await?
+            .ok_or_else(|| {
+                not_found(format!(
+                    "member with identity {:?} on {:?}",
+                    identity.handle, identity.channel
+                ))
+            }),
+    }
+}
+
+/// Collects every field violation of a request before failing it.
+#[derive(Default)]
+pub(super) struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub(super) fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    pub(super) fn community(&mut self, community_id: &str) {
+        if community_id.is_empty() {
+            self.add("community_id", "is required");
+        } else if !is_community_id(community_id) {
+            self.add("community_id", "must be 1-64 characters of [A-Za-z0-9._:-]");
+        }
+    }
+
+    /// A member given by id or by identity: exactly one of the two.
+    pub(super) fn member(
+        &mut self,
+        id_field: &str,
+        id: String,
+        identity_field: &str,
+        identity: Option<pb::Identity>,
+    ) -> Option<MemberRef> {
+        match (id.is_empty(), identity) {
+            (true, None) => {
+                self.add(id_field, format!("is required (or give {identity_field})"));
+                None
+            }
+            (false, Some(_)) => {
+                self.add(
+                    identity_field,
+                    format!("give {id_field} or {identity_field}, not both"),
+                );
+                None
+            }
+            (false, None) => Some(MemberRef::Id(id)),
+            (true, Some(identity)) => {
+                let before = self.0.len();
+                if !is_channel_slug(&identity.channel) {
+                    self.add(
+                        format!("{identity_field}.channel"),
+                        "must be a lowercase channel slug",
+                    );
+                }
+                if identity.handle.trim().is_empty() {
+                    self.add(format!("{identity_field}.handle"), "is required");
+                }
+                (self.0.len() == before).then_some(MemberRef::Identity(Identity {
+                    channel: identity.channel,
+                    handle: identity.handle,
+                }))
+            }
+        }
+    }
+
+    /// AIP-158: 0 is the default, negative is an error, large is lowered.
+    pub(super) fn page_size(&mut self, page_size: i32, default: u32) -> u32 {
+        match u32::try_from(page_size) {
+            Ok(0) => default,
+            Ok(n) => n.min(MAX_PAGE_SIZE),
+            Err(_) => {
+                self.add("page_size", "must not be negative");
+                default
+            }
+        }
+    }
+
+    /// A count with a default for 0 and a cap; negative is an error.
+    pub(super) fn count(&mut self, field: &str, value: i32, default: u32, max: u32) -> u32 {
+        match u32::try_from(value) {
+            Ok(0) => default,
+            Ok(n) => n.min(max),
+            Err(_) => {
+                self.add(field, "must not be negative");
+                default
+            }
+        }
+    }
+
+    pub(super) fn time(
+        &mut self,
+        field: &str,
+        t: Option<prost_types::Timestamp>,
+    ) -> Option<Timestamp> {
+        let t = t?;
+        let parsed = Timestamp::from_parts(t.seconds, t.nanos);
+        if parsed.is_none() {
+            self.add(field, "is not a valid timestamp");
+        }
+        parsed
+    }
+
+    pub(super) fn check(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidArgument(self.0))
+        }
+    }
+}
