@@ -129,10 +129,30 @@ async fn a_timeline_shows_a_members_history_newest_first(backend: Backend) {
     let page = timeline(&app, timeline_request(&ana, last)).await;
     assert!(page.projection_position >= last);
     assert!(page.next_page_token.is_empty());
+    // Tier changes ("became participant") are merged in, right above the
+    // interaction that earned them; demotions since (a midnight, no event)
+    // may follow as time passed. Set them aside first.
+    let (tiers, entries): (Vec<_>, Vec<_>) =
+        page.entries.iter().partition(|e| e.tier_change.is_some());
+    let promotions: Vec<&pb::TimelineEntry> =
+        tiers.iter().copied().filter(|e| e.position != 0).collect();
+    assert!(!promotions.is_empty(), "ana's posts earned her a tier");
+    for promotion in promotions {
+        let i = page
+            .entries
+            .iter()
+            .position(|e| std::ptr::eq(e, promotion))
+            .unwrap();
+        let earned_by = &page.entries[i + 1];
+        assert_eq!(earned_by.position, promotion.position);
+        assert_eq!(earned_by.occurred_at, promotion.occurred_at);
+        assert_eq!(earned_by.actor_member_id, ana);
+        let change = promotion.tier_change.as_ref().unwrap();
+        assert!(change.to > change.from);
+    }
     // Lifecycle entries carry the time the log recorded them: today, after
     // these 2026-01-01 interactions, so they come first.
-    let summary: Vec<(i32, i32, String)> = page
-        .entries
+    let summary: Vec<(i32, i32, String)> = entries
         .iter()
         .skip(2)
         .map(|e| (e.r#type, e.role, e.interaction_id.clone()))
@@ -150,7 +170,7 @@ async fn a_timeline_shows_a_members_history_newest_first(backend: Backend) {
         ],
         "newest first: {summary:?}"
     );
-    let lifecycle: HashSet<i32> = page.entries[..2]
+    let lifecycle: HashSet<i32> = entries[..2]
         .iter()
         .inspect(|e| assert_eq!(e.role, R::Subject as i32))
         .map(|e| e.r#type)
@@ -159,9 +179,9 @@ async fn a_timeline_shows_a_members_history_newest_first(backend: Backend) {
         lifecycle,
         HashSet::from([E::MemberRegistered as i32, E::IdentityLinked as i32])
     );
-    assert_eq!(page.entries.len(), 6);
+    assert_eq!(entries.len(), 6);
     assert_eq!(
-        page.entries[0].identity.as_ref().map(|i| i.handle.as_str()),
+        entries[0].identity.as_ref().map(|i| i.handle.as_str()),
         Some("ana")
     );
 
@@ -241,7 +261,8 @@ async fn a_timeline_shows_a_members_history_newest_first(backend: Backend) {
     );
     assert_eq!(
         ids(timeline(&app, only(&[], &[], Some(at(10)), Some(at(30)))).await),
-        ["r1", "a1"],
+        // The tier change r1 earned happened in the range too.
+        ["", "r1", "a1"],
         "since is inclusive, until exclusive"
     );
 }

@@ -190,6 +190,19 @@ fn decay(policy: &Policy, from: i64, to: i64) -> f64 {
     0.5f64.powf(age_days / policy.half_life_days)
 }
 
+/// A member's tier changed: "became advocate".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierChange {
+    /// The interaction's time (a promotion) or the UTC midnight of the check
+    /// (a demotion).
+    pub at: Timestamp,
+    /// The log position of the interaction that caused it; 0 for a
+    /// demotion at midnight, which no event caused.
+    pub position: u64,
+    pub from: Tier,
+    pub to: Tier,
+}
+
 /// The tier after a score of `score` when the member held `held`: promotion
 /// at once, demotion only below the held tier's start minus the margin, and
 /// then to the highest tier the score keeps within the margin.
@@ -224,11 +237,23 @@ impl ScoreState {
         policy: &Policy,
         last_exchange_day: Option<i64>,
     ) -> Option<i64> {
+        self.add_recording(activity, policy, last_exchange_day, &mut Vec::new())
+    }
+
+    /// [`ScoreState::add`], appending the tier changes it causes (midnight
+    /// demotions since the previous activity, then a promotion) to `changes`.
+    pub fn add_recording(
+        &mut self,
+        activity: &Activity,
+        policy: &Policy,
+        last_exchange_day: Option<i64>,
+        changes: &mut Vec<TierChange>,
+    ) -> Option<i64> {
         debug_assert!(self.accepts(activity.at), "activities fold in time order");
         let t = activity.at.as_micros();
         match self.at {
             None => self.tier_day = day_of(t),
-            Some(_) => self.advance_tier(policy, t),
+            Some(_) => self.advance_tier(policy, t, changes),
         }
         if let Some(previous) = self.at {
             let d = decay(policy, previous, t);
@@ -274,13 +299,22 @@ impl ScoreState {
         self.channels.retain(|_, d| *d >= first_day);
 
         let score = self.evaluate(policy, activity.at);
-        self.tier = next_tier(policy, self.tier, score.value);
+        let tier = next_tier(policy, self.tier, score.value);
+        if tier != self.tier {
+            changes.push(TierChange {
+                at: activity.at,
+                position: activity.position,
+                from: self.tier,
+                to: tier,
+            });
+            self.tier = tier;
+        }
         remember
     }
 
     /// Runs the midnight demotion checks of every day after `tier_day` up to
     /// the one containing `until`.
-    fn advance_tier(&mut self, policy: &Policy, until: i64) {
+    fn advance_tier(&mut self, policy: &Policy, until: i64, changes: &mut Vec<TierChange>) {
         let last = day_of(until);
         while self.tier_day < last {
             self.tier_day += 1;
@@ -291,7 +325,16 @@ impl ScoreState {
             }
             let midnight = Timestamp::from_micros(self.tier_day * DAY_MICROS);
             let score = self.evaluate(policy, midnight);
-            self.tier = next_tier(policy, self.tier, score.value);
+            let tier = next_tier(policy, self.tier, score.value);
+            if tier != self.tier {
+                changes.push(TierChange {
+                    at: midnight,
+                    position: 0,
+                    from: self.tier,
+                    to: tier,
+                });
+                self.tier = tier;
+            }
         }
     }
 
@@ -347,14 +390,26 @@ impl ScoreState {
     }
 
     /// The score and tier at `as_of` (not earlier than the latest activity),
-    /// without changing the state.
+    /// without changing the state. The tier is the one after the last check
+    /// at or before `as_of` (an interaction or a midnight), so that the
+    /// tier history is the same whenever it is read.
     pub fn at_time(&self, policy: &Policy, as_of: Timestamp) -> (Score, Tier) {
         let mut state = self.clone();
         if state.at.is_some() {
-            state.advance_tier(policy, as_of.as_micros());
+            state.advance_tier(policy, as_of.as_micros(), &mut Vec::new());
         }
-        let score = state.evaluate(policy, as_of);
-        (score, next_tier(policy, state.tier, score.value))
+        (state.evaluate(policy, as_of), state.tier)
+    }
+
+    /// The demotions between the latest activity and `as_of`: the part of
+    /// the tier history that time alone writes.
+    pub fn changes_until(&self, policy: &Policy, as_of: Timestamp) -> Vec<TierChange> {
+        let mut changes = Vec::new();
+        if self.at.is_some() {
+            let mut state = self.clone();
+            state.advance_tier(policy, as_of.as_micros(), &mut changes);
+        }
+        changes
     }
 }
 
@@ -365,16 +420,26 @@ pub fn fold<'a>(
     activities: impl IntoIterator<Item = &'a Activity>,
     policy: &Policy,
 ) -> (ScoreState, HashMap<String, i64>) {
+    let (state, last_exchange, _) = fold_recording(activities, policy);
+    (state, last_exchange)
+}
+
+/// [`fold`], with the tier changes up to the latest activity, oldest first.
+pub fn fold_recording<'a>(
+    activities: impl IntoIterator<Item = &'a Activity>,
+    policy: &Policy,
+) -> (ScoreState, HashMap<String, i64>, Vec<TierChange>) {
     let mut sorted: Vec<&Activity> = activities.into_iter().collect();
     sorted.sort_by_key(|a| (a.at, a.position));
     let mut state = ScoreState::default();
     let mut last_exchange: HashMap<String, i64> = HashMap::new();
+    let mut changes = Vec::new();
     for a in sorted {
         let previous = a
             .other_member
             .as_ref()
             .and_then(|o| last_exchange.get(o).copied());
-        if let Some(day) = state.add(a, policy, previous) {
+        if let Some(day) = state.add_recording(a, policy, previous, &mut changes) {
             let other = a
                 .other_member
                 .clone()
@@ -382,7 +447,16 @@ pub fn fold<'a>(
             last_exchange.insert(other, day);
         }
     }
-    (state, last_exchange)
+    (state, last_exchange, changes)
+}
+
+/// A member's whole tier history up to `as_of`, oldest first: what the
+/// timeline shows as "became advocate".
+pub fn tier_history(activities: &[Activity], policy: &Policy, as_of: Timestamp) -> Vec<TierChange> {
+    let counted = activities.iter().filter(|a| a.at <= as_of);
+    let (state, _, mut changes) = fold_recording(counted, policy);
+    changes.extend(state.changes_until(policy, as_of));
+    changes
 }
 
 /// One interaction's part in a score, for the explanation.

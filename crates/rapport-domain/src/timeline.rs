@@ -29,6 +29,10 @@ pub enum Role {
     Target = 2,
     /// Something happened to the member's record (registered, identity linked).
     Subject = 3,
+    /// The member's advocate tier changed. Not a row of the timeline tables:
+    /// the scores projection keeps tier changes; a timeline page merges them
+    /// in, and its cursor needs this role to order them.
+    TierChange = 4,
 }
 
 impl Role {
@@ -37,6 +41,7 @@ impl Role {
             1 => Some(Role::Actor),
             2 => Some(Role::Target),
             3 => Some(Role::Subject),
+            4 => Some(Role::TierChange),
             _ => None,
         }
     }
@@ -201,7 +206,8 @@ pub fn connection_deltas(events: &[Event]) -> Vec<ConnectionDelta> {
 /// Where a page of a timeline starts: just after this entry, going back in
 /// time. Entries are ordered by (`occurred_at`, `position`, `role`), newest
 /// first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Ord compares the fields in that order: the timeline's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor {
     pub occurred_at: Timestamp,
     pub position: u64,

@@ -17,6 +17,11 @@
 //!   bound cannot beat what it has ([`Projections::rank`]).
 //! - `score_pairs_g{g}`: the last day each member exchanged with each other
 //!   member, which the fold needs to count distinct members in a window.
+//! - `score_tiers_g{g}`: each member's tier changes up to their latest
+//!   interaction (promotions at interactions, demotions at midnights), for
+//!   the timeline's "became advocate" entries; changes that time alone
+//!   makes after the latest interaction are computed from the state when
+//!   read.
 //! - `score_roles_g{g}`, `score_policies_g{g}`: staff and bots; the
 //!   community's current policy.
 //!
@@ -31,7 +36,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use prost::Message;
 use rapport_domain::policy::{Policy, Tier};
-use rapport_domain::score::{Activity, ScoreState, fold};
+use rapport_domain::score::{Activity, ScoreState, TierChange, fold_recording};
 use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
 use rapport_store::{decode_policy, encode_policy, from_db, to_db};
 use sqlx::QueryBuilder;
@@ -58,7 +63,7 @@ impl Projection for Scores {
     }
 
     fn version(&self) -> u64 {
-        1
+        2
     }
 
     fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
@@ -109,6 +114,17 @@ impl Projection for Scores {
                 ){without_rowid}"
             ),
             format!(
+                "CREATE TABLE score_tiers_g{g} (
+                    community_id TEXT     NOT NULL,
+                    member_id    TEXT     NOT NULL,
+                    at           BIGINT   NOT NULL,
+                    position     BIGINT   NOT NULL,
+                    from_tier    SMALLINT NOT NULL,
+                    to_tier      SMALLINT NOT NULL,
+                    PRIMARY KEY (community_id, member_id, at, position)
+                ){without_rowid}"
+            ),
+            format!(
                 "CREATE TABLE score_roles_g{g} (
                     community_id TEXT     NOT NULL,
                     member_id    TEXT     NOT NULL,
@@ -132,7 +148,7 @@ impl Projection for Scores {
     }
 
     fn drop_tables(&self, g: u64) -> Vec<String> {
-        ["activity", "states", "pairs", "roles", "policies"]
+        ["activity", "states", "pairs", "tiers", "roles", "policies"]
             .iter()
             .map(|t| format!("DROP TABLE IF EXISTS score_{t}_g{g}"))
             .collect()
@@ -263,7 +279,10 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
 
     let mut new_states = Vec::with_capacity(touched.len());
     let mut new_pairs = Vec::new();
+    let mut new_tiers: Vec<(String, String, TierChange)> = Vec::new();
     for (key, list) in touched {
+        // Tier history is kept for the all-channels state only.
+        let mut changes = Vec::new();
         let policy = &community_policy[&key.0];
         let mut state = states.remove(&key).unwrap_or_default();
         let in_order = {
@@ -278,7 +297,7 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
             for a in list {
                 let pair = a.other_member.as_ref().map(|o| (key.clone(), o.clone()));
                 let previous = pair.as_ref().and_then(|p| pairs.get(p).copied());
-                if let Some(day) = state.add(a, policy, previous) {
+                if let Some(day) = state.add_recording(a, policy, previous, &mut changes) {
                     let pair = pair.expect("an exchange has another member");
                     pairs.insert(pair.clone(), day);
                     new_pairs.push((pair, day));
@@ -287,14 +306,26 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
         } else {
             let channel = (key.1 != ALL_CHANNELS).then_some(key.1.as_str());
             let all = load_activities(tx, g, &key.0, &key.2, channel, None).await?;
-            let (folded, last) = fold(&all, policy);
+            let (folded, last, history) = fold_recording(&all, policy);
             delete_pairs(tx, g, &key).await?;
+            if key.1 == ALL_CHANNELS {
+                delete_member_tiers(tx, g, &key.0, &key.2).await?;
+            }
             new_pairs.extend(last.into_iter().map(|(o, d)| ((key.clone(), o), d)));
+            changes = history;
             state = folded;
+        }
+        if key.1 == ALL_CHANNELS {
+            new_tiers.extend(
+                changes
+                    .into_iter()
+                    .map(|c| (key.0.clone(), key.2.clone(), c)),
+            );
         }
         new_states.push((key, state, policy.clone()));
     }
     upsert_pairs(tx, g, &new_pairs).await?;
+    insert_tiers(tx, g, &new_tiers).await?;
     upsert_states(tx, g, &new_states).await
 }
 
@@ -315,7 +346,7 @@ async fn refold_community(
         .await?
     });
     on_tx!(tx, c => {
-        for table in ["states", "pairs"] {
+        for table in ["states", "pairs", "tiers"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM score_{table}_g{g} WHERE community_id = $1"
             )))
@@ -328,35 +359,87 @@ async fn refold_community(
         let rows = load_activity_rows(tx, g, community, chunk).await?;
         let mut states = Vec::new();
         let mut pairs = Vec::new();
+        let mut tiers = Vec::new();
         for (member, activities) in rows {
-            for (channel, state, last) in fold_member(&activities, policy) {
+            for (channel, state, last, history) in fold_member(&activities, policy) {
+                if channel == ALL_CHANNELS {
+                    tiers.extend(
+                        history
+                            .into_iter()
+                            .map(|c| (community.to_owned(), member.clone(), c)),
+                    );
+                }
                 let key = (community.to_owned(), channel, member.clone());
                 pairs.extend(last.into_iter().map(|(o, d)| ((key.clone(), o), d)));
                 states.push((key, state, policy.clone()));
             }
         }
         upsert_pairs(tx, g, &pairs).await?;
+        insert_tiers(tx, g, &tiers).await?;
         upsert_states(tx, g, &states).await?;
     }
     Ok(())
 }
 
 /// A member's states: all channels, then each channel on its own.
-pub fn fold_member(
-    activities: &[Activity],
-    policy: &Policy,
-) -> Vec<(String, ScoreState, HashMap<String, i64>)> {
+/// A member's states: all channels (with its tier history), then each
+/// channel on its own.
+type MemberFold = (String, ScoreState, HashMap<String, i64>, Vec<TierChange>);
+
+pub fn fold_member(activities: &[Activity], policy: &Policy) -> Vec<MemberFold> {
     let mut by_channel: BTreeMap<&str, Vec<&Activity>> = BTreeMap::new();
     for a in activities {
         by_channel.entry(a.channel.as_str()).or_default().push(a);
     }
-    let (all, last) = fold(activities, policy);
-    let mut out = vec![(ALL_CHANNELS.to_owned(), all, last)];
+    let (all, last, history) = fold_recording(activities, policy);
+    let mut out = vec![(ALL_CHANNELS.to_owned(), all, last, history)];
     for (channel, list) in by_channel {
-        let (state, last) = fold(list, policy);
-        out.push((channel.to_owned(), state, last));
+        let (state, last, _) = fold_recording(list, policy);
+        out.push((channel.to_owned(), state, last, Vec::new()));
     }
     out
+}
+
+async fn insert_tiers(
+    tx: &mut Tx<'_>,
+    g: u64,
+    changes: &[(String, String, TierChange)],
+) -> Result<(), sqlx::Error> {
+    for chunk in changes.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "INSERT INTO score_tiers_g{g} (community_id, member_id, at, position, from_tier, \
+                 to_tier) "
+            ));
+            qb.push_values(chunk, |mut b, (community, member, change)| {
+                b.push_bind(community.clone())
+                    .push_bind(member.clone())
+                    .push_bind(change.at.as_micros())
+                    .push_bind(to_db(change.position))
+                    .push_bind(change.from.as_i32() as i16)
+                    .push_bind(change.to.as_i32() as i16);
+            });
+            qb.build().execute(&mut **c).await?;
+        });
+    }
+    Ok(())
+}
+
+async fn delete_member_tiers(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    member: &str,
+) -> Result<(), sqlx::Error> {
+    let sql = format!("DELETE FROM score_tiers_g{g} WHERE community_id = $1 AND member_id = $2");
+    on_tx!(tx, c => {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(community)
+            .bind(member)
+            .execute(&mut **c)
+            .await?;
+    });
+    Ok(())
 }
 
 async fn insert_activities(
@@ -783,6 +866,15 @@ pub struct RankQuery {
     pub as_of: Timestamp,
 }
 
+/// Which tier changes a timeline page reads.
+#[derive(Debug, Clone, Default)]
+pub struct TierRange {
+    /// Only changes with a smaller `(at, position)`: the page cursor.
+    pub before: Option<(Timestamp, u64)>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
 /// States read per round of [`Projections::rank`].
 const RANK_PAGE: i64 = 256;
 
@@ -1056,6 +1148,60 @@ impl Projections {
         }
     }
 
+    /// A member's stored tier changes, newest first: those with a key
+    /// `(at, position)` below `before`, at or after `since`, before `until`.
+    pub async fn tier_changes(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        range: &TierRange,
+        limit: u32,
+    ) -> Result<Vec<TierChange>, ProjectionError> {
+        let pool = self.store().projections_pool();
+        let rows: Vec<(i64, i64, i16, i16)> = on_pool!(&pool, p => {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT at, position, from_tier, to_tier FROM score_tiers_g{g} \
+                 WHERE community_id = "
+            ));
+            qb.push_bind(community_id.to_owned());
+            qb.push(" AND member_id = ");
+            qb.push_bind(member_id.to_owned());
+            if let Some((at, position)) = range.before {
+                qb.push(" AND (at, position) < (");
+                qb.push_bind(at.as_micros());
+                qb.push(", ");
+                qb.push_bind(to_db(position));
+                qb.push(")");
+            }
+            if let Some(since) = range.since {
+                qb.push(" AND at >= ");
+                qb.push_bind(since.as_micros());
+            }
+            if let Some(until) = range.until {
+                qb.push(" AND at < ");
+                qb.push_bind(until.as_micros());
+            }
+            qb.push(" ORDER BY at DESC, position DESC LIMIT ");
+            qb.push_bind(i64::from(limit));
+            qb.build_query_as().fetch_all(p).await?
+        });
+        rows.into_iter()
+            .map(|(at, position, from, to)| {
+                let tier = |t: i16| {
+                    Tier::from_i32(i32::from(t))
+                        .ok_or_else(|| ProjectionError::Corrupt(format!("tier {t}")))
+                };
+                Ok(TierChange {
+                    at: Timestamp::from_micros(at),
+                    position: from_db(position)?,
+                    from: tier(from)?,
+                    to: tier(to)?,
+                })
+            })
+            .collect()
+    }
+
     /// The staff and bots of a community.
     pub async fn unranked_members(
         &self,
@@ -1098,6 +1244,15 @@ impl Projections {
             .await?
         });
         out.extend(pairs.into_iter().map(|r| format!("pair {r:?}")));
+        let tiers: Vec<(String, String, i64, i64, i16, i16)> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT community_id, member_id, at, position, from_tier, to_tier \
+                 FROM score_tiers_g{g} ORDER BY community_id, member_id, at, position"
+            )))
+            .fetch_all(p)
+            .await?
+        });
+        out.extend(tiers.into_iter().map(|r| format!("tier {r:?}")));
         let activity: Vec<ActivityTuple> = on_pool!(&pool, p => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} \

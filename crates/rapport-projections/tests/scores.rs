@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rapport_domain::policy::{Policy, Tier};
-use rapport_domain::score::{Activity, assess};
+use rapport_domain::score::{Activity, assess, tier_history};
 use rapport_domain::{
     Command, Event, EventBody, Identity, Interaction, InteractionKind, MemberRole, Target,
     Timestamp,
 };
-use rapport_projections::scores::{ALL_CHANNELS, NAME, RankQuery};
+use rapport_projections::scores::{ALL_CHANNELS, NAME, RankQuery, TierRange};
 use rapport_projections::{Projections, RunnerOptions};
 use rapport_store::{CommandOutcome, EventQuery, Store, StoreOptions};
 use rapport_testkit::TestDatabase;
@@ -201,6 +201,16 @@ async fn assert_states_replay(projections: &Projections, g: u64, policy: &Policy
             let (score, tier) = state.at_time(policy, as_of);
             assert_eq!(score, replay.score, "{member} on {channel:?}");
             assert_eq!(tier, replay.tier, "{member} on {channel:?}");
+            if channel == ALL_CHANNELS {
+                // The stored history, then what time alone adds since.
+                let mut history = projections
+                    .tier_changes(g, "acme", member, &TierRange::default(), 100_000)
+                    .await
+                    .expect("tier changes");
+                history.reverse();
+                history.extend(state.changes_until(policy, as_of));
+                assert_eq!(history, tier_history(&input, policy, as_of), "{member}");
+            }
         }
     }
 }

@@ -129,7 +129,7 @@ pub fn timeline_entry_out(
     let role = match entry.role {
         Role::Actor => pb::TimelineRole::Actor,
         Role::Target => pb::TimelineRole::Target,
-        Role::Subject => pb::TimelineRole::Subject,
+        Role::Subject | Role::TierChange => pb::TimelineRole::Subject,
     };
     let event = entry.event;
     let mut out = pb::TimelineEntry {
@@ -278,5 +278,19 @@ pub fn policy_in(
         Ok(policy)
     } else {
         Err(violations)
+    }
+}
+
+/// A tier change as a timeline entry.
+pub fn tier_change_out(change: rapport_domain::score::TierChange) -> pb::TimelineEntry {
+    pb::TimelineEntry {
+        position: change.position,
+        role: pb::TimelineRole::Subject as i32,
+        occurred_at: Some(timestamp(change.at)),
+        tier_change: Some(pb::TierChange {
+            from: change.from.as_i32(),
+            to: change.to.as_i32(),
+        }),
+        ..pb::TimelineEntry::default()
     }
 }

@@ -176,6 +176,34 @@ fn demotion_waits_for_the_margin_and_promotion_does_not() {
 }
 
 #[test]
+fn a_silent_champion_steps_down_at_midnights() {
+    let policy = Policy::default();
+    let helper = examples::weekly_helper(AS_OF);
+    let history = tier_history(&helper, &policy, at(AS_OF + 400 * DAY));
+    let promotions: Vec<Tier> = history
+        .iter()
+        .filter(|c| c.to > c.from)
+        .map(|c| c.to)
+        .collect();
+    assert_eq!(
+        promotions,
+        [
+            Tier::Participant,
+            Tier::Contributor,
+            Tier::Advocate,
+            Tier::Champion
+        ]
+    );
+    let demotions: Vec<&TierChange> = history.iter().filter(|c| c.to < c.from).collect();
+    assert!(!demotions.is_empty());
+    for d in demotions {
+        assert_eq!(d.position, 0);
+        assert_eq!(d.at.as_micros() % (DAY * 1_000_000), 0, "at a midnight");
+        assert!(d.at > at(AS_OF));
+    }
+}
+
+#[test]
 fn a_silent_champion_steps_down_day_by_day_not_at_once() {
     let policy = Policy::default();
     let helper = examples::weekly_helper(AS_OF);
@@ -323,6 +351,24 @@ proptest! {
         if activities.iter().all(|x| x.incentivized) {
             prop_assert_eq!(a.tier, Tier::Observer);
         }
+    }
+
+    #[test]
+    fn the_tier_history_is_a_chain_ending_at_the_tier(activities in arb_activities(), days in 0i64..300) {
+        let policy = Policy::default();
+        let as_of = at(AS_OF + days * DAY);
+        let history = tier_history(&activities, &policy, as_of);
+        let mut tier = Tier::Observer;
+        for change in &history {
+            prop_assert_eq!(change.from, tier);
+            prop_assert_ne!(change.to, change.from);
+            if change.to > change.from {
+                // Promotions are immediate: at the interaction that earned them.
+                prop_assert!(activities.iter().any(|a| a.position == change.position && a.at == change.at));
+            }
+            tier = change.to;
+        }
+        prop_assert_eq!(tier, assess(&activities, &policy, as_of, 0).tier);
     }
 
     #[test]

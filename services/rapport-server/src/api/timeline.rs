@@ -1,14 +1,17 @@
 use rapport_domain::InteractionKind;
+use rapport_domain::score::TierChange;
+use rapport_domain::timeline::Role;
 use rapport_domain::timeline::{Cursor, PageToken, request_digest};
 use rapport_domain::validate::is_channel_slug;
-use rapport_projections::timeline::{NAME, TimelineQuery};
+use rapport_projections::scores::{self, ALL_CHANNELS, TierRange};
+use rapport_projections::timeline::{NAME, TimelineEntry, TimelineQuery};
 use rapport_proto::v1 as pb;
 use rapport_proto::v1::timeline_service_server::TimelineService;
 use tonic::{Request, Response, Status};
 
 use super::request::{Violations, resolve};
 use super::{AppState, Ready, wait_deadline};
-use crate::convert::{timeline_entry_out, timestamp};
+use crate::convert::{tier_change_out, timeline_entry_out, timestamp};
 use crate::error::ApiError;
 
 /// Page size when the request says 0 (AIP-158).
@@ -79,6 +82,18 @@ impl TimelineService for Timelines {
             .await
             .map_err(ApiError::from)?;
         let g = active.generation;
+        // Tier changes come from the scores projection; a filtered timeline
+        // (channels, kinds) leaves them out, as it does lifecycle entries.
+        let tiers = if r.channels.is_empty() && kinds.is_empty() {
+            let scores = ready
+                .projections
+                .wait_for(scores::NAME, r.min_position, deadline)
+                .await
+                .map_err(ApiError::from)?;
+            Some(scores.generation)
+        } else {
+            None
+        };
         let query = TimelineQuery {
             community_id: r.community_id,
             member_id: member_id.clone(),
@@ -90,7 +105,7 @@ impl TimelineService for Timelines {
             after,
             limit: page_size,
         };
-        let (entries, next_page_token) = page(ready, g, query, &digest).await?;
+        let (entries, next_page_token) = page(ready, g, query, &digest, tiers).await?;
         Ok(Response::new(pb::GetTimelineResponse {
             entries,
             next_page_token,
@@ -149,7 +164,7 @@ impl TimelineService for Timelines {
             limit: page_size,
             ..TimelineQuery::default()
         };
-        let (entries, next_page_token) = page(ready, g, query, &digest).await?;
+        let (entries, next_page_token) = page(ready, g, query, &digest, None).await?;
         Ok(Response::new(pb::GetRelationshipResponse {
             entries,
             next_page_token,
@@ -211,18 +226,32 @@ impl TimelineService for Timelines {
 
 /// Reads one page (one entry more than asked, to know whether another page
 /// follows) and its token.
+/// One page of timeline entries, newest first. With `tiers` (the scores
+/// generation), the member's tier changes are merged in by the same key.
 async fn page(
     ready: &Ready,
     g: u64,
     mut query: TimelineQuery,
     digest: &[u8; 8],
+    tiers: Option<u64>,
 ) -> Result<(Vec<pb::TimelineEntry>, String), ApiError> {
     let size = query.limit as usize;
     query.limit += 1;
-    let mut entries = ready.projections.timeline_page(g, &query).await?;
-    let next = if entries.len() > size {
-        entries.truncate(size);
-        let last = entries.last().expect("a full page");
+    let mut items: Vec<Item> = ready
+        .projections
+        .timeline_page(g, &query)
+        .await?
+        .into_iter()
+        .map(Item::Entry)
+        .collect();
+    if let Some(scores_g) = tiers {
+        items.extend(tier_items(ready, scores_g, &query).await?);
+        items.sort_by_key(|item| std::cmp::Reverse(item.cursor()));
+        items.truncate(size + 1);
+    }
+    let next = if items.len() > size {
+        items.truncate(size);
+        let last = items.last().expect("a full page");
         PageToken {
             cursor: last.cursor(),
         }
@@ -230,8 +259,73 @@ async fn page(
     } else {
         String::new()
     };
-    let entries = entries.into_iter().map(timeline_entry_out).collect();
+    let entries = items
+        .into_iter()
+        .map(|item| match item {
+            Item::Entry(entry) => timeline_entry_out(entry),
+            Item::Tier(change) => tier_change_out(change),
+        })
+        .collect();
     Ok((entries, next))
+}
+
+/// A timeline entry from the log, or a tier change from the scores.
+enum Item {
+    Entry(TimelineEntry),
+    Tier(TierChange),
+}
+
+impl Item {
+    fn cursor(&self) -> Cursor {
+        match self {
+            Item::Entry(entry) => entry.cursor(),
+            Item::Tier(change) => Cursor {
+                occurred_at: change.at,
+                position: change.position,
+                role: Role::TierChange,
+            },
+        }
+    }
+}
+
+/// The member's tier changes a page may show: the stored ones (up to the
+/// latest interaction) and the demotions time has made since, up to now.
+async fn tier_items(ready: &Ready, g: u64, query: &TimelineQuery) -> Result<Vec<Item>, ApiError> {
+    let (community, member) = (&query.community_id, &query.member_id);
+    let policy = ready
+        .projections
+        .scoring_policy(g, community)
+        .await?
+        .map(|(policy, _)| policy)
+        .unwrap_or_default();
+    let trailing = match ready
+        .projections
+        .score_state(g, community, member, ALL_CHANNELS)
+        .await?
+    {
+        Some(state) => state.changes_until(&policy, rapport_store::wall_clock()),
+        None => Vec::new(),
+    };
+    let range = TierRange {
+        before: query.after.map(|c| (c.occurred_at, c.position)),
+        since: query.since,
+        until: query.until,
+    };
+    let in_range = |c: &TierChange| {
+        range.before.is_none_or(|b| (c.at, c.position) < b)
+            && range.since.is_none_or(|s| c.at >= s)
+            && range.until.is_none_or(|u| c.at < u)
+    };
+    let stored = ready
+        .projections
+        .tier_changes(g, community, member, &range, query.limit)
+        .await?;
+    Ok(trailing
+        .into_iter()
+        .filter(in_range)
+        .chain(stored)
+        .map(Item::Tier)
+        .collect())
 }
 
 /// The cursor of a page token made for this request.
