@@ -3,7 +3,9 @@
 //! description in prose, with worked examples that a test checks.
 //!
 //! The score is built as a *fold*: [`ScoreState`] takes the member's
-//! interactions in time order and can then be evaluated at any later time.
+//! interactions in log order (an interaction recorded late, with an older
+//! time, counts as already decayed) and can then be evaluated at any time
+//! after the latest of them.
 //! [`assess`] is the whole function (filter by as-of, sort, fold, evaluate);
 //! the scores projection keeps one folded state per member and evaluates it
 //! at read time, so rankings are exact for "now" without replaying anyone's
@@ -16,9 +18,9 @@
 //! - windows: calendar weeks (Monday 00:00 UTC) and UTC days, so a window
 //!   only ever loses old activity as time passes and a score with no new
 //!   interactions never rises;
-//! - tiers: evaluated at each interaction (promotion is immediate) and at
-//!   each UTC midnight (demotion, with a margin), so the tier at any time is
-//!   a replay, not a guess.
+//! - tiers: evaluated as each interaction counts (promotion is immediate)
+//!   and at each UTC midnight (demotion, with a margin), so the tier at any
+//!   time is a replay, not a guess.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -174,9 +176,12 @@ pub struct ScoreState {
     pub tier: Tier,
     /// The last UTC day whose midnight demotion check is done.
     pub tier_day: i64,
+    /// Interactions folded in.
+    pub interactions: u64,
 }
 
-fn day_of(micros: i64) -> i64 {
+/// The UTC day of a time, in days since the epoch.
+pub fn day_of(micros: i64) -> i64 {
     micros.div_euclid(DAY_MICROS)
 }
 
@@ -220,17 +225,12 @@ pub fn next_tier(policy: &Policy, held: Tier, score: f64) -> Tier {
 }
 
 impl ScoreState {
-    /// Whether `at` can be folded in after what is already there. A state
-    /// only grows in time order; an earlier interaction (a late backfill)
-    /// means folding the member again from the start.
-    pub fn accepts(&self, at: Timestamp) -> bool {
-        self.at.is_none_or(|latest| at.as_micros() >= latest)
-    }
-
-    /// Folds in one activity, which must not be earlier than the latest
-    /// ([`ScoreState::accepts`]). `last_exchange_day` is the day this member
-    /// last exchanged with `activity.other_member` (the caller remembers it
-    /// per pair); the return value is the day to remember from now on.
+    /// Folds in one activity, in log order: an activity older than the
+    /// latest (recorded late) counts as already decayed and marks its week
+    /// and day if a window can still see them. `last_exchange_day` is the
+    /// day this member last exchanged with `activity.other_member` (the
+    /// caller remembers it per pair); the return value is the day to
+    /// remember from now on.
     pub fn add(
         &mut self,
         activity: &Activity,
@@ -249,60 +249,79 @@ impl ScoreState {
         last_exchange_day: Option<i64>,
         changes: &mut Vec<TierChange>,
     ) -> Option<i64> {
-        debug_assert!(self.accepts(activity.at), "activities fold in time order");
         let t = activity.at.as_micros();
-        match self.at {
-            None => self.tier_day = day_of(t),
-            Some(_) => self.advance_tier(policy, t, changes),
-        }
-        if let Some(previous) = self.at {
-            let d = decay(policy, previous, t);
-            self.engagement *= d;
-            self.advocacy *= d;
-        }
-        self.at = Some(t);
-        self.engagement += activity.value(policy);
+        self.interactions += 1;
+        let latest = match self.at {
+            // The newest so far: time moves on to it (midnight checks, decay).
+            Some(latest) if t > latest => {
+                self.advance_tier(policy, t, changes);
+                let d = decay(policy, latest, t);
+                self.engagement *= d;
+                self.advocacy *= d;
+                self.at = Some(t);
+                t
+            }
+            Some(latest) => latest,
+            None => {
+                self.tier_day = day_of(t);
+                self.at = Some(t);
+                t
+            }
+        };
+        // An older interaction (recorded late) counts as already decayed.
+        let d = decay(policy, t, latest);
+        self.engagement += activity.value(policy) * d;
         if activity.is_advocacy() {
-            self.advocacy += activity.incentive(policy);
+            self.advocacy += activity.incentive(policy) * d;
         }
 
         let day = day_of(t);
+        let first_week = week_of(latest) - (CONSISTENCY_WEEKS - 1);
+        let first_day = day_of(latest) - (WINDOW_DAYS - 1);
         let mut remember = None;
+        // Marks older than every window from `latest` on are never seen.
         if activity.organic() {
             self.organic = true;
-            let mark = if activity.kind == InteractionKind::Reaction {
-                1
-            } else {
-                2
-            };
-            let week = self.weeks.entry(week_of(t)).or_insert(0);
-            *week = (*week).max(mark);
-            self.channels.insert(activity.channel.clone(), day);
-            if activity.is_exchange() && last_exchange_day != Some(day) {
-                if let Some(previous) = last_exchange_day
-                    && let Some(n) = self.exchange_days.get_mut(&previous)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.exchange_days.remove(&previous);
+            if week_of(t) >= first_week {
+                let mark = if activity.kind == InteractionKind::Reaction {
+                    1
+                } else {
+                    2
+                };
+                let week = self.weeks.entry(week_of(t)).or_insert(0);
+                *week = (*week).max(mark);
+            }
+            if day >= first_day {
+                let channel = self.channels.entry(activity.channel.clone()).or_insert(day);
+                *channel = (*channel).max(day);
+                if activity.is_exchange() && last_exchange_day.is_none_or(|last| last < day) {
+                    if let Some(previous) = last_exchange_day
+                        && let Some(n) = self.exchange_days.get_mut(&previous)
+                    {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.exchange_days.remove(&previous);
+                        }
                     }
+                    *self.exchange_days.entry(day).or_insert(0) += 1;
+                    remember = Some(day);
                 }
-                *self.exchange_days.entry(day).or_insert(0) += 1;
-                remember = Some(day);
             }
         }
-        // Forget what no window at or after `t` can see.
-        let first_week = week_of(t) - (CONSISTENCY_WEEKS - 1);
-        self.weeks.retain(|w, _| *w >= first_week);
-        let first_day = day - (WINDOW_DAYS - 1);
-        self.exchange_days.retain(|d, _| *d >= first_day);
-        self.channels.retain(|_, d| *d >= first_day);
+        if t == latest {
+            // Forget what no window at or after `latest` can see.
+            self.weeks.retain(|w, _| *w >= first_week);
+            self.exchange_days.retain(|d, _| *d >= first_day);
+            self.channels.retain(|_, d| *d >= first_day);
+        }
 
-        let score = self.evaluate(policy, activity.at);
+        // Promotion is immediate: checked as soon as the interaction counts,
+        // at the latest time the state has reached.
+        let score = self.evaluate(policy, Timestamp::from_micros(latest));
         let tier = next_tier(policy, self.tier, score.value);
         if tier != self.tier {
             changes.push(TierChange {
-                at: activity.at,
+                at: Timestamp::from_micros(latest),
                 position: activity.position,
                 from: self.tier,
                 to: tier,
@@ -413,8 +432,8 @@ impl ScoreState {
     }
 }
 
-/// Folds `activities` (any order) into a state, in the canonical order:
-/// by time, then by log position. Also returns, per other member, the last
+/// Folds `activities` (any order) into a state, in the canonical order: log
+/// position, the order the projection folds them in as they are recorded. Also returns, per other member, the last
 /// day of exchange, which the scores projection stores beside the state.
 pub fn fold<'a>(
     activities: impl IntoIterator<Item = &'a Activity>,
@@ -429,25 +448,63 @@ pub fn fold_recording<'a>(
     activities: impl IntoIterator<Item = &'a Activity>,
     policy: &Policy,
 ) -> (ScoreState, HashMap<String, i64>, Vec<TierChange>) {
+    let folded = fold_all(activities, policy);
+    (folded.state, folded.last_exchange, folded.changes)
+}
+
+/// Everything a fold of a member's activities gives.
+#[derive(Debug, Clone, Default)]
+pub struct Folded {
+    pub state: ScoreState,
+    /// Per other member, the last day of exchange.
+    pub last_exchange: HashMap<String, i64>,
+    /// Tier changes up to the latest activity, oldest first.
+    pub changes: Vec<TierChange>,
+    /// The state as it stood at the end of each day the latest time left
+    /// (see [`ScoreState::crosses_day`]), keeping only those momentum can
+    /// still ask for ([`momentum_snapshots_to_keep`]).
+    pub snapshots: BTreeMap<i64, ScoreState>,
+}
+
+/// The snapshots momentum may still need once the latest time is in
+/// `latest_day`: the newest one not after `latest_day - MOMENTUM_DAYS`, and
+/// every later one.
+pub fn momentum_snapshots_to_keep(snapshots: &BTreeMap<i64, ScoreState>, latest_day: i64) -> i64 {
+    snapshots
+        .range(..=latest_day - MOMENTUM_DAYS)
+        .next_back()
+        .map_or(i64::MIN, |(day, _)| *day)
+}
+
+/// The fold of [`fold`], with its tier changes and momentum snapshots.
+pub fn fold_all<'a>(activities: impl IntoIterator<Item = &'a Activity>, policy: &Policy) -> Folded {
     let mut sorted: Vec<&Activity> = activities.into_iter().collect();
-    sorted.sort_by_key(|a| (a.at, a.position));
-    let mut state = ScoreState::default();
-    let mut last_exchange: HashMap<String, i64> = HashMap::new();
-    let mut changes = Vec::new();
+    sorted.sort_by_key(|a| a.position);
+    let mut out = Folded::default();
     for a in sorted {
+        if let Some(day) = out.state.crosses_day(a) {
+            out.snapshots.insert(day, out.state.clone());
+        }
         let previous = a
             .other_member
             .as_ref()
-            .and_then(|o| last_exchange.get(o).copied());
-        if let Some(day) = state.add_recording(a, policy, previous, &mut changes) {
+            .and_then(|o| out.last_exchange.get(o).copied());
+        if let Some(day) = out
+            .state
+            .add_recording(a, policy, previous, &mut out.changes)
+        {
             let other = a
                 .other_member
                 .clone()
                 .expect("an exchange has another member");
-            last_exchange.insert(other, day);
+            out.last_exchange.insert(other, day);
         }
     }
-    (state, last_exchange, changes)
+    if let Some(latest) = out.state.at {
+        let keep_from = momentum_snapshots_to_keep(&out.snapshots, day_of(latest));
+        out.snapshots.retain(|day, _| *day >= keep_from);
+    }
+    out
 }
 
 /// A member's whole tier history up to `as_of`, oldest first: what the
@@ -494,9 +551,9 @@ pub fn assess(
     top_n: usize,
 ) -> Assessment {
     let mut counted: Vec<&Activity> = activities.iter().filter(|a| a.at <= as_of).collect();
-    // The canonical order, so that every sum below is the same to the last
-    // bit whatever order the caller passed.
-    counted.sort_by_key(|a| (a.at, a.position));
+    // The canonical order (log position), so that every sum below is the
+    // same to the last bit whatever order the caller passed.
+    counted.sort_by_key(|a| a.position);
     let (state, _) = fold(counted.iter().copied(), policy);
     let (score, tier) = if state.at.is_some() {
         state.at_time(policy, as_of)
@@ -544,11 +601,56 @@ pub fn assess(
     }
 }
 
-/// Score now minus score [`MOMENTUM_DAYS`] ago: rising above zero, falling below.
+/// The moment momentum compares with: the end of the UTC day
+/// [`MOMENTUM_DAYS`] days before `as_of`'s day.
+pub fn momentum_base(as_of: Timestamp) -> Timestamp {
+    Timestamp::from_micros((day_of(as_of.as_micros()) - MOMENTUM_DAYS + 1) * DAY_MICROS - 1)
+}
+
+/// Score at `as_of` minus the score the member had at [`momentum_base`], as
+/// it stood then: the state just before the first interaction later than
+/// that day was folded in. Rising above zero, falling below.
+///
+/// "As it stood then", not a replay of everything that happened by then:
+/// an interaction of that day recorded only later does not change what the
+/// member's score was 30 days ago. This is what a manager saw, and what the
+/// scores projection can keep (one snapshot per member and day crossed).
 pub fn momentum(activities: &[Activity], policy: &Policy, as_of: Timestamp) -> f64 {
-    let then = as_of.plus_seconds(-MOMENTUM_DAYS * 86_400);
-    assess(activities, policy, as_of, 0).score.value
-        - assess(activities, policy, then, 0).score.value
+    let base = momentum_base(as_of);
+    let mut counted: Vec<&Activity> = activities.iter().filter(|a| a.at <= as_of).collect();
+    counted.sort_by_key(|a| a.position);
+    let last_day = day_of(base.as_micros());
+    let mut state = ScoreState::default();
+    let mut then: Option<ScoreState> = None;
+    let mut last_exchange: HashMap<&str, i64> = HashMap::new();
+    for a in &counted {
+        if then.is_none()
+            && day_of(a.at.as_micros()) > last_day
+            && state.at.is_none_or(|m| a.at.as_micros() > m)
+        {
+            then = Some(state.clone());
+        }
+        let previous = a
+            .other_member
+            .as_deref()
+            .and_then(|o| last_exchange.get(o).copied());
+        if let Some(day) = state.add(a, policy, previous) {
+            last_exchange.insert(a.other_member.as_deref().expect("an exchange"), day);
+        }
+    }
+    let then = then.unwrap_or_else(|| state.clone());
+    state.evaluate(policy, as_of).value - then.evaluate(policy, base).value
+}
+
+impl ScoreState {
+    /// Whether folding `activity` moves the state's latest time into a later
+    /// UTC day: the moment the scores projection keeps a snapshot of the
+    /// state as it stood (see [`momentum`]).
+    pub fn crosses_day(&self, activity: &Activity) -> Option<i64> {
+        let latest = self.at?;
+        let t = activity.at.as_micros();
+        (t > latest && day_of(t) > day_of(latest)).then_some(day_of(latest))
+    }
 }
 
 /// A leaderboard page token: where the next page starts and the time the

@@ -70,6 +70,23 @@ pub trait Projection: Send + Sync + 'static {
         events: &'a [Event],
         bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+
+    /// Upkeep of the active generation that depends on the time (`now`),
+    /// not on the log: run by the leader while the projector is idle, every
+    /// [`RunnerOptions::maintain_interval`], one chunk per transaction
+    /// (fenced like a batch). `after` is where the previous chunk stopped
+    /// (`None`: start); return where this one stopped, or `None` when done.
+    /// It must not change what reads answer, only how fast they answer it.
+    /// Default: nothing to do.
+    fn maintain<'a>(
+        &'a self,
+        _tx: Tx<'a>,
+        _generation: u64,
+        _now: rapport_domain::Timestamp,
+        _after: Option<String>,
+    ) -> BoxFuture<'a, Result<Option<String>, sqlx::Error>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -44,6 +44,8 @@ pub struct RunnerOptions {
     pub leader_check_interval: Duration,
     /// How long a replaced generation's tables stay for reads in flight.
     pub retire_grace: Duration,
+    /// How often the leader runs [`crate::Projection::maintain`] while idle.
+    pub maintain_interval: Duration,
     /// Test hook: fail this many batches after applying their rows and
     /// before moving the checkpoint, as a crash there would.
     pub fail_before_checkpoint: Arc<AtomicU32>,
@@ -58,6 +60,7 @@ impl Default for RunnerOptions {
             poll_interval: Duration::from_millis(50),
             leader_check_interval: Duration::from_secs(1),
             retire_grace: Duration::from_secs(30),
+            maintain_interval: Duration::from_secs(600),
             fail_before_checkpoint: Arc::default(),
         }
     }
@@ -156,6 +159,10 @@ impl Runner {
     ) -> Result<(), ProjectionError> {
         let mut next_check = Instant::now() + self.options.leader_check_interval;
         let mut next_report = Instant::now() + Duration::from_secs(10);
+        // Upkeep: due at once after taking the lead, then every interval;
+        // `Some(cursor)` while a round is under way.
+        let mut next_upkeep = Instant::now();
+        let mut upkeep: Option<(rapport_domain::Timestamp, Option<String>)> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -170,7 +177,17 @@ impl Runner {
             if report {
                 next_report = Instant::now() + Duration::from_secs(10);
             }
-            let progressed = self.step(report).await?;
+            let mut progressed = self.step(report).await?;
+            if !progressed && (upkeep.is_some() || Instant::now() >= next_upkeep) {
+                let (now, after) = upkeep
+                    .take()
+                    .unwrap_or_else(|| (rapport_store::wall_clock(), None));
+                match self.maintain(now, after).await? {
+                    Some(next) => upkeep = Some((now, Some(next))),
+                    None => next_upkeep = Instant::now() + self.options.maintain_interval,
+                }
+                progressed = upkeep.is_some();
+            }
             if !progressed {
                 tokio::select! {
                     _ = async {
@@ -368,6 +385,41 @@ impl Runner {
                 })
                 .await
         })
+    }
+
+    /// One chunk of the active generation's upkeep, in a transaction that
+    /// first checks the generation is still active at the checkpoint it
+    /// was loaded at. Returns where to continue, `None` when done.
+    async fn maintain(
+        &self,
+        now: rapport_domain::Timestamp,
+        after: Option<String>,
+    ) -> Result<Option<String>, ProjectionError> {
+        let pool = self.store.projections_pool();
+        let name = self.projection.name();
+        let gens = generations::load(&pool, name).await?;
+        let Some(active) = gens
+            .iter()
+            .find(|g| g.state == State::Active && g.version == self.projection.version())
+        else {
+            return Ok(None);
+        };
+        let mut tx = WriteTx::begin(&pool).await?;
+        match generations::lock(tx.tx(), name, active.generation).await? {
+            Some((State::Active, position)) if position == active.position => {}
+            _ => {
+                return Err(ProjectionError::Fenced {
+                    name,
+                    generation: active.generation,
+                });
+            }
+        }
+        let next = self
+            .projection
+            .maintain(tx.tx(), active.generation, now, after)
+            .await?;
+        tx.commit().await?;
+        Ok(next)
     }
 
     /// Applies `events`, which follow `from`, to `generation` and moves its

@@ -22,13 +22,18 @@
 //!   the timeline's "became advocate" entries; changes that time alone
 //!   makes after the latest interaction are computed from the state when
 //!   read.
+//! - `score_snapshots_g{g}`: a member's all-channels state as it stood at
+//!   the end of each day their latest time left, for momentum (the score
+//!   now minus the score 30 days ago as it stood then); maintenance keeps
+//!   only the ones momentum can still ask for.
 //! - `score_roles_g{g}`, `score_policies_g{g}`: staff and bots; the
 //!   community's current policy.
 //!
-//! A state only grows in time order. An interaction older than a member's
-//! latest (a backfill) re-folds that member from their activity rows, and a
-//! new policy re-folds the whole community: the same fold, so the result is
-//! what a replay from position 0 gives.
+//! States fold interactions in log order, as the model defines (an
+//! interaction recorded late counts as already decayed), so each batch only
+//! folds its own interactions into the states it touches. A new policy
+//! re-folds the whole community from the activity rows: the same fold, so
+//! the result is what a replay from position 0 gives.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,7 +41,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use prost::Message;
 use rapport_domain::policy::{Policy, Tier};
-use rapport_domain::score::{Activity, ScoreState, TierChange, fold_recording};
+use rapport_domain::score::{
+    Activity, Contribution, ScoreState, TierChange, day_of, fold_all, momentum_base,
+    momentum_snapshots_to_keep,
+};
 use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
 use rapport_store::{decode_policy, encode_policy, from_db, to_db};
 use sqlx::QueryBuilder;
@@ -63,7 +71,7 @@ impl Projection for Scores {
     }
 
     fn version(&self) -> u64 {
-        2
+        3
     }
 
     fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
@@ -125,6 +133,15 @@ impl Projection for Scores {
                 ){without_rowid}"
             ),
             format!(
+                "CREATE TABLE score_snapshots_g{g} (
+                    community_id TEXT   NOT NULL,
+                    member_id    TEXT   NOT NULL,
+                    day          BIGINT NOT NULL,
+                    state        {blob} NOT NULL,
+                    PRIMARY KEY (community_id, member_id, day)
+                ){without_rowid}"
+            ),
+            format!(
                 "CREATE TABLE score_roles_g{g} (
                     community_id TEXT     NOT NULL,
                     member_id    TEXT     NOT NULL,
@@ -148,10 +165,18 @@ impl Projection for Scores {
     }
 
     fn drop_tables(&self, g: u64) -> Vec<String> {
-        ["activity", "states", "pairs", "tiers", "roles", "policies"]
-            .iter()
-            .map(|t| format!("DROP TABLE IF EXISTS score_{t}_g{g}"))
-            .collect()
+        [
+            "activity",
+            "states",
+            "pairs",
+            "tiers",
+            "snapshots",
+            "roles",
+            "policies",
+        ]
+        .iter()
+        .map(|t| format!("DROP TABLE IF EXISTS score_{t}_g{g}"))
+        .collect()
     }
 
     fn apply<'a>(
@@ -163,6 +188,137 @@ impl Projection for Scores {
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move { apply_batch(&mut tx, g, events).await }.boxed()
     }
+
+    /// Tightens the bounds: a bound is the score at the latest interaction,
+    /// and a member who went quiet scores less every day, so rankings would
+    /// read more and more states to be sure of their page. Each state's
+    /// bound becomes its score a day before `now` (still an upper bound for
+    /// every later time; the day is the most a leaderboard page token may
+    /// lag behind, see [`BOUND_SLACK_SECONDS`]).
+    fn maintain<'a>(
+        &'a self,
+        mut tx: Tx<'a>,
+        g: u64,
+        now: Timestamp,
+        after: Option<String>,
+    ) -> BoxFuture<'a, Result<Option<String>, sqlx::Error>> {
+        async move { tighten_bounds(&mut tx, g, now, after).await }.boxed()
+    }
+}
+
+/// Deletes the snapshots momentum can no longer ask for (see
+/// `rapport_domain::score::momentum_snapshots_to_keep`).
+async fn prune_snapshots(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    member: &str,
+    latest_day: i64,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM score_snapshots_g{g} WHERE community_id = $1 AND member_id = $2 AND day < \
+         (SELECT MAX(day) FROM score_snapshots_g{g} \
+          WHERE community_id = $1 AND member_id = $2 AND day <= $3)"
+    );
+    on_tx!(tx, c => {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(community)
+            .bind(member)
+            .bind(latest_day - rapport_domain::score::MOMENTUM_DAYS)
+            .execute(&mut **c)
+            .await?;
+    });
+    Ok(())
+}
+
+/// How far before "now" maintenance evaluates the bounds: rankings are only
+/// exact for times after that (a leaderboard page token older than this is
+/// refused as expired).
+pub const BOUND_SLACK_SECONDS: i64 = 86_400;
+
+/// States per maintenance transaction.
+const MAINTAIN_CHUNK: i64 = 2_000;
+
+/// A bound is lowered only when it drops by more than this: fewer writes
+/// for changes that make no difference to a ranking's reads.
+const BOUND_EPSILON: f64 = 0.05;
+
+async fn tighten_bounds(
+    tx: &mut Tx<'_>,
+    g: u64,
+    now: Timestamp,
+    after: Option<String>,
+) -> Result<Option<String>, sqlx::Error> {
+    // The cursor is the key of the last state seen, NUL-separated.
+    let after: Option<Vec<String>> = after.map(|a| a.split('\0').map(str::to_owned).collect());
+    let rows: Vec<(String, String, String, Vec<u8>, f64)> = on_tx!(tx, c => {
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT community_id, channel, member_id, state, bound FROM score_states_g{g}"
+        ));
+        if let Some(key) = &after {
+            qb.push(" WHERE (community_id, channel, member_id) > (");
+            qb.push_bind(key[0].clone());
+            qb.push(", ");
+            qb.push_bind(key.get(1).cloned().unwrap_or_default());
+            qb.push(", ");
+            qb.push_bind(key.get(2).cloned().unwrap_or_default());
+            qb.push(")");
+        }
+        qb.push(" ORDER BY community_id, channel, member_id LIMIT ");
+        qb.push_bind(MAINTAIN_CHUNK);
+        qb.build_query_as().fetch_all(&mut **c).await?
+    });
+    let at = now.plus_seconds(-BOUND_SLACK_SECONDS);
+    let mut policies: HashMap<String, Policy> = HashMap::new();
+    let mut lowered: Vec<(&str, &str, &str, f64)> = Vec::new();
+    for (community, channel, member, bytes, bound) in &rows {
+        if !policies.contains_key(community) {
+            let policy = load_policy(tx, g, community).await?;
+            policies.insert(community.clone(), policy);
+        }
+        let state = decode_state(bytes)?;
+        if channel == ALL_CHANNELS
+            && let Some(latest) = state.at
+        {
+            prune_snapshots(tx, g, community, member, day_of(latest)).await?;
+        }
+        let score = state.evaluate(&policies[community], at).value;
+        if score < bound - BOUND_EPSILON {
+            lowered.push((community, channel, member, score));
+        }
+    }
+    for chunk in lowered.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "UPDATE score_states_g{g} SET bound = v.bound FROM ("
+            ));
+            qb.push_values(chunk, |mut b, (community, channel, member, bound)| {
+                b.push_bind(community.to_string())
+                    .push_bind(channel.to_string())
+                    .push_bind(member.to_string())
+                    .push_bind(*bound);
+            });
+            qb.push(
+                ") AS v (community_id, channel, member_id, bound) \
+                 WHERE score_states_g",
+            );
+            qb.push(g.to_string());
+            qb.push(
+                ".community_id = v.community_id AND score_states_g",
+            );
+            qb.push(g.to_string());
+            qb.push(".channel = v.channel AND score_states_g");
+            qb.push(g.to_string());
+            qb.push(".member_id = v.member_id");
+            qb.build().execute(&mut **c).await?;
+        });
+    }
+    Ok(match rows.last() {
+        Some((community, channel, member, _, _)) if rows.len() as i64 == MAINTAIN_CHUNK => {
+            Some(format!("{community}\0{channel}\0{member}"))
+        }
+        _ => None,
+    })
 }
 
 /// One row of `score_activity`.
@@ -280,40 +436,25 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
     let mut new_states = Vec::with_capacity(touched.len());
     let mut new_pairs = Vec::new();
     let mut new_tiers: Vec<(String, String, TierChange)> = Vec::new();
+    let mut new_snapshots: Vec<(String, String, i64, Vec<u8>)> = Vec::new();
     for (key, list) in touched {
         // Tier history is kept for the all-channels state only.
         let mut changes = Vec::new();
         let policy = &community_policy[&key.0];
         let mut state = states.remove(&key).unwrap_or_default();
-        let in_order = {
-            let mut probe = state.at;
-            list.iter().all(|a| {
-                let ok = probe.is_none_or(|latest| a.at.as_micros() >= latest);
-                probe = Some(a.at.as_micros());
-                ok
-            })
-        };
-        if in_order {
-            for a in list {
-                let pair = a.other_member.as_ref().map(|o| (key.clone(), o.clone()));
-                let previous = pair.as_ref().and_then(|p| pairs.get(p).copied());
-                if let Some(day) = state.add_recording(a, policy, previous, &mut changes) {
-                    let pair = pair.expect("an exchange has another member");
-                    pairs.insert(pair.clone(), day);
-                    new_pairs.push((pair, day));
-                }
+        for a in list {
+            if key.1 == ALL_CHANNELS
+                && let Some(day) = state.crosses_day(a)
+            {
+                new_snapshots.push((key.0.clone(), key.2.clone(), day, encode_state(&state)));
             }
-        } else {
-            let channel = (key.1 != ALL_CHANNELS).then_some(key.1.as_str());
-            let all = load_activities(tx, g, &key.0, &key.2, channel, None).await?;
-            let (folded, last, history) = fold_recording(&all, policy);
-            delete_pairs(tx, g, &key).await?;
-            if key.1 == ALL_CHANNELS {
-                delete_member_tiers(tx, g, &key.0, &key.2).await?;
+            let pair = a.other_member.as_ref().map(|o| (key.clone(), o.clone()));
+            let previous = pair.as_ref().and_then(|p| pairs.get(p).copied());
+            if let Some(day) = state.add_recording(a, policy, previous, &mut changes) {
+                let pair = pair.expect("an exchange has another member");
+                pairs.insert(pair.clone(), day);
+                new_pairs.push((pair, day));
             }
-            new_pairs.extend(last.into_iter().map(|(o, d)| ((key.clone(), o), d)));
-            changes = history;
-            state = folded;
         }
         if key.1 == ALL_CHANNELS {
             new_tiers.extend(
@@ -326,7 +467,30 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
     }
     upsert_pairs(tx, g, &new_pairs).await?;
     insert_tiers(tx, g, &new_tiers).await?;
+    insert_snapshots(tx, g, &new_snapshots).await?;
     upsert_states(tx, g, &new_states).await
+}
+
+async fn insert_snapshots(
+    tx: &mut Tx<'_>,
+    g: u64,
+    snapshots: &[(String, String, i64, Vec<u8>)],
+) -> Result<(), sqlx::Error> {
+    for chunk in snapshots.chunks(CHUNK) {
+        on_tx!(tx, c => {
+            let mut qb = QueryBuilder::new(format!(
+                "INSERT INTO score_snapshots_g{g} (community_id, member_id, day, state) "
+            ));
+            qb.push_values(chunk, |mut b, (community, member, day, state)| {
+                b.push_bind(community.clone())
+                    .push_bind(member.clone())
+                    .push_bind(*day)
+                    .push_bind(state.clone());
+            });
+            qb.build().execute(&mut **c).await?;
+        });
+    }
+    Ok(())
 }
 
 /// Folds every member of `community` again under `policy`.
@@ -346,7 +510,7 @@ async fn refold_community(
         .await?
     });
     on_tx!(tx, c => {
-        for table in ["states", "pairs", "tiers"] {
+        for table in ["states", "pairs", "tiers", "snapshots"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM score_{table}_g{g} WHERE community_id = $1"
             )))
@@ -360,42 +524,60 @@ async fn refold_community(
         let mut states = Vec::new();
         let mut pairs = Vec::new();
         let mut tiers = Vec::new();
+        let mut snapshots = Vec::new();
         for (member, activities) in rows {
-            for (channel, state, last, history) in fold_member(&activities, policy) {
+            for (channel, folded) in fold_member(&activities, policy) {
                 if channel == ALL_CHANNELS {
                     tiers.extend(
-                        history
+                        folded
+                            .changes
                             .into_iter()
                             .map(|c| (community.to_owned(), member.clone(), c)),
                     );
+                    snapshots.extend(folded.snapshots.iter().map(|(day, state)| {
+                        (
+                            community.to_owned(),
+                            member.clone(),
+                            *day,
+                            encode_state(state),
+                        )
+                    }));
                 }
                 let key = (community.to_owned(), channel, member.clone());
-                pairs.extend(last.into_iter().map(|(o, d)| ((key.clone(), o), d)));
-                states.push((key, state, policy.clone()));
+                pairs.extend(
+                    folded
+                        .last_exchange
+                        .into_iter()
+                        .map(|(o, d)| ((key.clone(), o), d)),
+                );
+                states.push((key, folded.state, policy.clone()));
             }
         }
         upsert_pairs(tx, g, &pairs).await?;
         insert_tiers(tx, g, &tiers).await?;
+        insert_snapshots(tx, g, &snapshots).await?;
         upsert_states(tx, g, &states).await?;
     }
     Ok(())
 }
 
 /// A member's states: all channels, then each channel on its own.
-/// A member's states: all channels (with its tier history), then each
-/// channel on its own.
-type MemberFold = (String, ScoreState, HashMap<String, i64>, Vec<TierChange>);
-
-pub fn fold_member(activities: &[Activity], policy: &Policy) -> Vec<MemberFold> {
+/// A member's folds: all channels (with its tier history and momentum
+/// snapshots), then each channel on its own.
+pub fn fold_member(
+    activities: &[Activity],
+    policy: &Policy,
+) -> Vec<(String, rapport_domain::score::Folded)> {
     let mut by_channel: BTreeMap<&str, Vec<&Activity>> = BTreeMap::new();
     for a in activities {
         by_channel.entry(a.channel.as_str()).or_default().push(a);
     }
-    let (all, last, history) = fold_recording(activities, policy);
-    let mut out = vec![(ALL_CHANNELS.to_owned(), all, last, history)];
+    let mut out = vec![(ALL_CHANNELS.to_owned(), fold_all(activities, policy))];
     for (channel, list) in by_channel {
-        let (state, last, _) = fold_recording(list, policy);
-        out.push((channel.to_owned(), state, last, Vec::new()));
+        let mut folded = fold_all(list, policy);
+        folded.changes.clear();
+        folded.snapshots.clear();
+        out.push((channel.to_owned(), folded));
     }
     out
 }
@@ -422,23 +604,6 @@ async fn insert_tiers(
             qb.build().execute(&mut **c).await?;
         });
     }
-    Ok(())
-}
-
-async fn delete_member_tiers(
-    tx: &mut Tx<'_>,
-    g: u64,
-    community: &str,
-    member: &str,
-) -> Result<(), sqlx::Error> {
-    let sql = format!("DELETE FROM score_tiers_g{g} WHERE community_id = $1 AND member_id = $2");
-    on_tx!(tx, c => {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(community)
-            .bind(member)
-            .execute(&mut **c)
-            .await?;
-    });
     Ok(())
 }
 
@@ -599,21 +764,6 @@ async fn load_pairs(
     Ok(out)
 }
 
-async fn delete_pairs(tx: &mut Tx<'_>, g: u64, key: &StateKey) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "DELETE FROM score_pairs_g{g} WHERE community_id = $1 AND channel = $2 AND member_id = $3"
-    );
-    on_tx!(tx, c => {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&key.0)
-            .bind(&key.1)
-            .bind(&key.2)
-            .execute(&mut **c)
-            .await?;
-    });
-    Ok(())
-}
-
 async fn upsert_pairs(
     tx: &mut Tx<'_>,
     g: u64,
@@ -679,8 +829,9 @@ async fn upsert_states(
     Ok(())
 }
 
-/// A `score_states` row as the dump reads it.
-type StateTuple = (String, String, String, Vec<u8>, i64, f64, i16);
+/// A `score_states` row as the dump reads it: without the bound, a cache
+/// that maintenance tightens as time passes.
+type StateTuple = (String, String, String, Vec<u8>, i64, i16);
 
 type ActivityTuple = (String, i64, i64, i16, String, i16, i16, Option<String>);
 
@@ -705,27 +856,6 @@ fn activity_from(row: ActivityTuple) -> Result<(String, Activity), sqlx::Error> 
 
 const ACTIVITY_COLUMNS: &str =
     "member_id, at, position, kind, channel, incentivized, positive, other_member_id";
-
-/// One member's activities in canonical order, optionally on one channel
-/// and up to a time.
-async fn load_activities(
-    tx: &mut Tx<'_>,
-    g: u64,
-    community: &str,
-    member: &str,
-    channel: Option<&str>,
-    until: Option<Timestamp>,
-) -> Result<Vec<Activity>, sqlx::Error> {
-    let rows: Vec<ActivityTuple> = on_tx!(tx, c => {
-        activities_query(g, community, member, channel, until)
-            .build_query_as()
-            .fetch_all(&mut **c)
-            .await?
-    });
-    rows.into_iter()
-        .map(|r| activity_from(r).map(|(_, a)| a))
-        .collect()
-}
 
 fn activities_query<DB: sqlx::Database>(
     g: u64,
@@ -807,6 +937,8 @@ struct StoredState {
     tier: i32,
     #[prost(int64, tag = "9")]
     tier_day: i64,
+    #[prost(uint64, tag = "10")]
+    interactions: u64,
 }
 
 fn encode_state(s: &ScoreState) -> Vec<u8> {
@@ -820,6 +952,7 @@ fn encode_state(s: &ScoreState) -> Vec<u8> {
         organic: s.organic,
         tier: s.tier.as_i32(),
         tier_day: s.tier_day,
+        interactions: s.interactions,
     }
     .encode_to_vec()
 }
@@ -842,6 +975,7 @@ fn decode_state(bytes: &[u8]) -> Result<ScoreState, sqlx::Error> {
         organic: s.organic,
         tier: Tier::from_i32(s.tier).ok_or_else(|| corrupt("tier"))?,
         tier_day: s.tier_day,
+        interactions: s.interactions,
     })
 }
 
@@ -853,6 +987,8 @@ pub struct Ranked {
     pub tier: Tier,
     /// The member's latest interaction counted.
     pub last_active_at: Timestamp,
+    /// The folded state the score came from.
+    pub state: ScoreState,
 }
 
 /// Which members a ranking considers.
@@ -874,6 +1010,9 @@ pub struct TierRange {
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
 }
+
+/// Activities read per round of [`Projections::top_contributions`].
+const TOP_SCAN_PAGE: i64 = 256;
 
 /// States read per round of [`Projections::rank`].
 const RANK_PAGE: i64 = 256;
@@ -1007,6 +1146,7 @@ impl Projections {
                         score: score.value,
                         tier,
                         last_active_at: Timestamp::from_micros(stored.state.at.unwrap_or(0)),
+                        state: stored.state.clone(),
                     });
                 }
             }
@@ -1202,6 +1342,209 @@ impl Projections {
             .collect()
     }
 
+    /// A member's momentum at `as_of` (not before their latest interaction)
+    /// from their all-channels state and the snapshot it stood at 30 days
+    /// before: the same as `rapport_domain::score::momentum`, without a
+    /// replay.
+    pub async fn momentum_now(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        state: &ScoreState,
+        policy: &Policy,
+        as_of: Timestamp,
+    ) -> Result<f64, ProjectionError> {
+        let base = momentum_base(as_of);
+        let base_day = day_of(base.as_micros());
+        let then = if state.at.is_none_or(|latest| day_of(latest) <= base_day) {
+            state.clone()
+        } else {
+            let pool = self.store().projections_pool();
+            let sql = format!(
+                "SELECT state FROM score_snapshots_g{g} WHERE community_id = $1 \
+                 AND member_id = $2 AND day <= $3 ORDER BY day DESC LIMIT 1"
+            );
+            let bytes: Option<Vec<u8>> = on_pool!(&pool, p => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(community_id)
+                    .bind(member_id)
+                    .bind(base_day)
+                    .fetch_optional(p)
+                    .await?
+            });
+            bytes
+                .map(|b| decode_state(&b))
+                .transpose()?
+                .unwrap_or_default()
+        };
+        Ok(state.evaluate(policy, as_of).value - then.evaluate(policy, base).value)
+    }
+
+    /// [`Projections::momentum_now`] for many members of one community at
+    /// once, from their all-channels states: one query for the snapshots.
+    pub async fn momentum_many(
+        &self,
+        g: u64,
+        community_id: &str,
+        members: &[(&str, &ScoreState)],
+        policy: &Policy,
+        as_of: Timestamp,
+    ) -> Result<Vec<f64>, ProjectionError> {
+        let base = momentum_base(as_of);
+        let base_day = day_of(base.as_micros());
+        let needed: Vec<&str> = members
+            .iter()
+            .filter(|(_, state)| state.at.is_some_and(|latest| day_of(latest) > base_day))
+            .map(|(member, _)| *member)
+            .collect();
+        let pool = self.store().projections_pool();
+        let mut snapshots: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
+        for chunk in needed.chunks(CHUNK) {
+            let rows: Vec<(String, i64, Vec<u8>)> = on_pool!(&pool, p => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT member_id, day, state FROM score_snapshots_g{g} WHERE community_id = "
+                ));
+                qb.push_bind(community_id.to_owned());
+                qb.push(" AND day <= ");
+                qb.push_bind(base_day);
+                qb.push(" AND member_id IN (");
+                let mut list = qb.separated(", ");
+                for m in chunk {
+                    list.push_bind(m.to_string());
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(p).await?
+            });
+            for (member, day, state) in rows {
+                match snapshots.get(&member) {
+                    Some((newest, _)) if *newest >= day => {}
+                    _ => {
+                        snapshots.insert(member, (day, state));
+                    }
+                }
+            }
+        }
+        members
+            .iter()
+            .map(|(member, state)| {
+                let then = if state.at.is_none_or(|latest| day_of(latest) <= base_day) {
+                    (*state).clone()
+                } else {
+                    snapshots
+                        .get(*member)
+                        .map(|(_, bytes)| decode_state(bytes))
+                        .transpose()?
+                        .unwrap_or_default()
+                };
+                let now = as_of.max(Timestamp::from_micros(state.at.unwrap_or(i64::MIN)));
+                Ok(state.evaluate(policy, now).value - then.evaluate(policy, base).value)
+            })
+            .collect()
+    }
+
+    /// The `n` interactions that contribute most to the engagement of a
+    /// member whose state is `state`, at `as_of` (not before the latest):
+    /// read newest first, stopping once no older interaction could beat
+    /// the n-th (a value is at most the policy's largest weight, decayed).
+    /// The same choice as `rapport_domain::score::assess`, without reading
+    /// the whole history.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn top_contributions(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        channel: Option<&str>,
+        state: &ScoreState,
+        policy: &Policy,
+        as_of: Timestamp,
+        n: usize,
+    ) -> Result<Vec<Contribution>, ProjectionError> {
+        if n == 0 || state.at.is_none() {
+            return Ok(Vec::new());
+        }
+        let max_value = policy
+            .kind_weights
+            .values()
+            .copied()
+            .chain([policy.positive_mention_weight])
+            .fold(0.0, f64::max);
+        let decay = |at: Timestamp| {
+            let age_days = (as_of.as_micros() - at.as_micros()).max(0) as f64 / 86_400e6;
+            0.5f64.powf(age_days / policy.half_life_days)
+        };
+        let pool = self.store().projections_pool();
+        let mut top: Vec<Contribution> = Vec::new();
+        let mut before: Option<(i64, i64)> = None;
+        loop {
+            let rows: Vec<ActivityTuple> = on_pool!(&pool, p => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} WHERE community_id = "
+                ));
+                qb.push_bind(community_id.to_owned());
+                qb.push(" AND member_id = ");
+                qb.push_bind(member_id.to_owned());
+                if let Some(channel) = channel {
+                    qb.push(" AND channel = ");
+                    qb.push_bind(channel.to_owned());
+                }
+                if let Some((at, position)) = before {
+                    qb.push(" AND (at, position) < (");
+                    qb.push_bind(at);
+                    qb.push(", ");
+                    qb.push_bind(position);
+                    qb.push(")");
+                }
+                qb.push(" ORDER BY at DESC, position DESC LIMIT ");
+                qb.push_bind(TOP_SCAN_PAGE);
+                qb.build_query_as().fetch_all(p).await?
+            });
+            let full = rows.len() as i64 == TOP_SCAN_PAGE;
+            let mut oldest = None;
+            for row in rows {
+                let (_, a) = activity_from(row)?;
+                oldest = Some(a.at);
+                before = Some((a.at.as_micros(), to_db(a.position)));
+                let decayed_value = a.value(policy) * decay(a.at);
+                if decayed_value <= 0.0 {
+                    continue;
+                }
+                top.push(Contribution {
+                    position: a.position,
+                    kind: a.kind,
+                    channel: a.channel,
+                    at: a.at,
+                    decayed_value,
+                    points: 0.0,
+                });
+            }
+            top.sort_by(|a, b| {
+                b.decayed_value
+                    .total_cmp(&a.decayed_value)
+                    .then(b.position.cmp(&a.position))
+            });
+            top.truncate(n);
+            let beaten =
+                |at: Timestamp| top.len() == n && max_value * decay(at) < top[n - 1].decayed_value;
+            if !full || oldest.is_some_and(beaten) {
+                break;
+            }
+        }
+        // Each one's share of the engagement points.
+        let total = state.engagement * decay(Timestamp::from_micros(state.at.unwrap_or(0)));
+        let score = state.evaluate(policy, as_of);
+        let points = 100.0 * policy.component_weights.engagement * score.components.engagement;
+        for c in &mut top {
+            c.points = if total > 0.0 {
+                points * c.decayed_value / total
+            } else {
+                0.0
+            };
+        }
+        Ok(top)
+    }
+
     /// The staff and bots of a community.
     pub async fn unranked_members(
         &self,
@@ -1228,7 +1571,7 @@ impl Projections {
         let mut out = Vec::new();
         let states: Vec<StateTuple> = on_pool!(&pool, p => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT community_id, channel, member_id, state, at, bound, tier \
+                "SELECT community_id, channel, member_id, state, at, tier \
                  FROM score_states_g{g} ORDER BY community_id, channel, member_id"
             )))
             .fetch_all(p)
@@ -1253,6 +1596,34 @@ impl Projections {
             .await?
         });
         out.extend(tiers.into_iter().map(|r| format!("tier {r:?}")));
+        let snapshots: Vec<(String, String, i64, Vec<u8>)> = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT community_id, member_id, day, state FROM score_snapshots_g{g} \
+                 ORDER BY community_id, member_id, day"
+            )))
+            .fetch_all(p)
+            .await?
+        });
+        // Only the snapshots momentum can still ask for: maintenance prunes
+        // the others when it gets to them, at a time no log decides.
+        let mut by_member: BTreeMap<(String, String), BTreeMap<i64, ScoreState>> = BTreeMap::new();
+        for (community, member, day, bytes) in snapshots {
+            by_member
+                .entry((community, member))
+                .or_default()
+                .insert(day, decode_state(&bytes)?);
+        }
+        for ((community, member), days) in by_member {
+            let latest = self
+                .score_state(g, &community, &member, ALL_CHANNELS)
+                .await?
+                .and_then(|s| s.at)
+                .map_or(i64::MAX, day_of);
+            let keep_from = momentum_snapshots_to_keep(&days, latest);
+            for (day, state) in days.range(keep_from..) {
+                out.push(format!("snapshot {community} {member} {day} {state:?}"));
+            }
+        }
         let activity: Vec<ActivityTuple> = on_pool!(&pool, p => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} \

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rapport_domain::policy::{Policy, Tier};
-use rapport_domain::score::{Activity, assess, tier_history};
+use rapport_domain::score::{Activity, assess, momentum, tier_history};
 use rapport_domain::{
     Command, Event, EventBody, Identity, Interaction, InteractionKind, MemberRole, Target,
     Timestamp,
@@ -104,6 +104,8 @@ fn options() -> RunnerOptions {
         poll_interval: Duration::from_millis(10),
         leader_check_interval: Duration::from_millis(200),
         retire_grace: Duration::ZERO,
+        // Bounds tightened all the time: rankings must stay exact.
+        maintain_interval: Duration::from_millis(10),
         ..RunnerOptions::default()
     }
 }
@@ -210,6 +212,28 @@ async fn assert_states_replay(projections: &Projections, g: u64, policy: &Policy
                 history.reverse();
                 history.extend(state.changes_until(policy, as_of));
                 assert_eq!(history, tier_history(&input, policy, as_of), "{member}");
+                // Momentum from the snapshot, the explanation from a
+                // bounded scan: both as a replay gives them.
+                // Long after the last interaction, and soon after it (the base
+                // day then falls inside the history: a snapshot answers).
+                for as_of in [as_of, Timestamp::from_micros(T0 + 215 * DAY)] {
+                    assert!(state.at.is_some_and(|latest| latest <= as_of.as_micros()));
+                    let fast = projections
+                        .momentum_now(g, "acme", member, &state, policy, as_of)
+                        .await
+                        .expect("momentum");
+                    assert_eq!(fast, momentum(&input, policy, as_of), "{member} momentum");
+                }
+                let top = projections
+                    .top_contributions(g, "acme", member, None, &state, policy, as_of, 5)
+                    .await
+                    .expect("top");
+                let replayed = assess(&input, policy, as_of, 5).top;
+                assert_eq!(
+                    top.iter().map(|c| c.position).collect::<Vec<_>>(),
+                    replayed.iter().map(|c| c.position).collect::<Vec<_>>(),
+                    "{member} top contributions"
+                );
             }
         }
     }
@@ -330,7 +354,9 @@ async fn rankings_are_exact_and_leave_staff_and_bots_out(backend: Backend) {
     let running = start(&projections);
     append(&store, 0..300).await;
     let policy = Policy::default();
-    let as_of = Timestamp::from_micros(T0 + 230 * DAY);
+    // Rankings are exact for "now" (maintenance keeps bounds valid from a
+    // day before the time it runs).
+    let as_of = rapport_store::wall_clock();
     let events = all_events(&store).await;
     let expected = |excluded: &[&str]| {
         let mut all: Vec<(String, f64, Tier)> = activities_by_member(&events)
@@ -366,6 +392,24 @@ async fn rankings_are_exact_and_leave_staff_and_bots_out(backend: Backend) {
     let all = expected(&[]);
     assert_eq!(ranked(g, 0, 100).await, all);
     assert_eq!(ranked(g, 2, 3).await, all[2..5].to_vec());
+    // A tier filter reads only states whose bound allows the tier: bounds
+    // must never be below the score.
+    for min_tier in [Tier::Participant, Tier::Contributor] {
+        let filtered: Vec<_> = all.iter().filter(|r| r.2 >= min_tier).cloned().collect();
+        assert!(!filtered.is_empty() || min_tier == Tier::Contributor);
+        let query = RankQuery {
+            min_tier,
+            ..query.clone()
+        };
+        let got: Vec<_> = projections
+            .rank(g, &query, &policy, 0, 100)
+            .await
+            .expect("rank")
+            .into_iter()
+            .map(|r| (r.member_id, r.score, r.tier))
+            .collect();
+        assert_eq!(got, filtered, "at least {min_tier:?}");
+    }
 
     // The top member becomes staff, the second a bot: both leave the ranking.
     for (member, role) in [(&all[0].0, MemberRole::Staff), (&all[1].0, MemberRole::Bot)] {

@@ -18,15 +18,18 @@ const HEAVY_EVERY: u64 = 1_000;
 /// entries: a giveaway's one-click crowd.
 const BURST_EVERY: u64 = 100_000;
 const BURST_LEN: u64 = 5_000;
-/// 2024-01-01T00:00:00Z: the community's history spans two years from here.
-const START: i64 = 1_704_067_200;
-const SPAN_SECONDS: i64 = 2 * 365 * 86_400;
+/// The community's history spans two years, ending at [`Community::end`].
+pub const SPAN_SECONDS: i64 = 2 * 365 * 86_400;
 
 pub struct Community {
     pub total: u64,
     pub members: u64,
     /// Distinguishes runs, so a second populate never collides with the first.
     pub run: String,
+    /// Unix seconds of the last interaction: the run's start, so that the
+    /// history is recent as a live community's is (recent activity is what
+    /// scores, windows and momentum look at).
+    pub end: i64,
 }
 
 /// SplitMix64: a fixed, well-mixed hash of the index (reproducible runs,
@@ -57,8 +60,8 @@ impl Community {
     pub fn interaction(&self, n: u64) -> pb::Interaction {
         let h = mix(n);
         let in_burst = n % BURST_EVERY >= BURST_EVERY - BURST_LEN;
-        let occurred =
-            START + (n as i128 * SPAN_SECONDS as i128 / self.total.max(1) as i128) as i64;
+        let occurred = self.end - SPAN_SECONDS
+            + (n as i128 * SPAN_SECONDS as i128 / self.total.max(1) as i128) as i64;
         let forum = |handle: String| pb::Identity {
             channel: "forum".into(),
             handle,
@@ -150,6 +153,7 @@ mod tests {
             total: 200_000,
             members: 1_000,
             run: "t".into(),
+            end: 1_767_225_600,
         };
         let all: Vec<_> = (0..c.total).map(|n| c.interaction(n)).collect();
         let heavy = all

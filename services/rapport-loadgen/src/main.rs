@@ -19,6 +19,7 @@
 //! - `catch-up`: wait until the projections have applied the whole log;
 //! - `rebuild`: rebuild the timeline from position 0 and time it.
 
+mod advocacy;
 mod community;
 mod probes;
 
@@ -41,6 +42,14 @@ enum Mode {
     Lag,
     CatchUp,
     Rebuild,
+    /// `ListAdvocates` top 100 latency.
+    Advocates,
+    /// `GetAdvocateScore` latency, members drawn uniformly by rank.
+    Scores,
+    /// Time from `SetScoringPolicy` until the scores are recomputed.
+    Rescore,
+    /// Time of one `PreviewScoringPolicy`.
+    Preview,
 }
 
 #[derive(Debug, Parser)]
@@ -84,6 +93,9 @@ struct Args {
     /// Time between two lag probes.
     #[arg(long, default_value_t = 20)]
     interval_ms: u64,
+    /// The projection to rebuild.
+    #[arg(long, default_value = "timeline")]
+    projection: String,
 }
 
 #[tokio::main]
@@ -103,6 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 total: args.total,
                 members: args.members,
                 run: run_id.to_string(),
+                end: (run_id / 1000) as i64 - 3600,
             };
             return probes::populate(
                 &channels,
@@ -125,7 +138,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .await;
         }
         Mode::CatchUp => return probes::catch_up(channels[0].clone(), label).await,
-        Mode::Rebuild => return probes::rebuild(channels[0].clone(), label).await,
+        Mode::Rebuild => {
+            return probes::rebuild(channels[0].clone(), &args.projection, label).await;
+        }
+        Mode::Advocates => return advocacy::advocates(channels[0].clone(), duration, label).await,
+        Mode::Scores => {
+            return advocacy::scores(channels[0].clone(), duration, args.members, label).await;
+        }
+        Mode::Rescore => return advocacy::rescore(channels[0].clone(), label).await,
+        Mode::Preview => return advocacy::preview(channels[0].clone(), label).await,
     }
     // Each task's share of the rate: one call every `pace`.
     let pace = (args.rate > 0).then(|| {

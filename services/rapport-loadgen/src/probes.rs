@@ -77,7 +77,7 @@ fn heavy() -> pb::Identity {
     }
 }
 
-fn report(label: &str, histogram: &Histogram<u64>, count: u64) {
+pub fn report(label: &str, histogram: &Histogram<u64>, count: u64) {
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "{label}: {count} samples, p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
@@ -143,6 +143,7 @@ pub async fn lag(
             total: 1,
             members: 1,
             run: format!("{run}-lag"),
+            end: 0,
         }
         .interaction(n + 1);
         interaction.actor = Some(pb::Identity {
@@ -203,14 +204,14 @@ pub async fn catch_up(channel: Channel, label: &str) -> Result<(), Error> {
     }
 }
 
-/// Rebuilds the timeline from position 0 and times it until the new
+/// Rebuilds a projection from position 0 and times it until the new
 /// generation serves reads.
-pub async fn rebuild(channel: Channel, label: &str) -> Result<(), Error> {
+pub async fn rebuild(channel: Channel, projection: &str, label: &str) -> Result<(), Error> {
     let mut admin = AdminServiceClient::new(channel);
     let started = Instant::now();
     let generation = admin
         .rebuild_projection(pb::RebuildProjectionRequest {
-            name: "timeline".into(),
+            name: projection.into(),
         })
         .await?
         .into_inner()
@@ -221,7 +222,9 @@ pub async fn rebuild(channel: Channel, label: &str) -> Result<(), Error> {
             .await?
             .into_inner()
             .projections
-            .remove(0);
+            .into_iter()
+            .find(|p| p.name == projection)
+            .ok_or("no such projection")?;
         if status.active_generation == generation {
             let elapsed = started.elapsed().as_secs_f64();
             let rate = status.checkpoint_position as f64 / elapsed;

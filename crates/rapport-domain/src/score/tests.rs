@@ -311,15 +311,13 @@ proptest! {
 
     #[test]
     fn folding_one_by_one_equals_replaying(activities in arb_activities(), days in 0i64..100) {
-        // The projection's path: add each interaction as it arrives (in
-        // time order), remember exchanges per pair, evaluate later.
+        // The projection's path: add each interaction as it is recorded
+        // (log order, times out of order), remember exchanges per pair,
+        // evaluate later.
         let policy = Policy::default();
-        let mut sorted = activities.clone();
-        sorted.sort_by_key(|a| (a.at, a.position));
         let mut state = ScoreState::default();
         let mut pairs = HashMap::new();
-        for a in &sorted {
-            prop_assert!(state.accepts(a.at));
+        for a in &activities {
             let previous = a.other_member.as_ref().and_then(|o| pairs.get(o).copied());
             if let Some(day) = state.add(a, &policy, previous) {
                 pairs.insert(a.other_member.clone().unwrap(), day);
@@ -363,12 +361,44 @@ proptest! {
             prop_assert_eq!(change.from, tier);
             prop_assert_ne!(change.to, change.from);
             if change.to > change.from {
-                // Promotions are immediate: at the interaction that earned them.
-                prop_assert!(activities.iter().any(|a| a.position == change.position && a.at == change.at));
+                // Promotions are immediate: at the interaction that earned
+                // them, as soon as it counts.
+                let earned_by = activities.iter().find(|a| a.position == change.position);
+                prop_assert!(earned_by.is_some_and(|a| a.at <= change.at));
             }
             tier = change.to;
         }
         prop_assert_eq!(tier, assess(&activities, &policy, as_of, 0).tier);
+    }
+
+    #[test]
+    fn momentum_from_day_snapshots_equals_the_replay(activities in arb_activities(), days in 0i64..120) {
+        // The projection's path: a snapshot of the state each time its
+        // latest time crosses into a later day; momentum from the newest
+        // snapshot not after the base day.
+        let policy = Policy::default();
+        let mut state = ScoreState::default();
+        let mut pairs = HashMap::new();
+        let mut snapshots = std::collections::BTreeMap::new();
+        for a in &activities {
+            if let Some(day) = state.crosses_day(a) {
+                snapshots.insert(day, state.clone());
+            }
+            let previous = a.other_member.as_ref().and_then(|o| pairs.get(o).copied());
+            if let Some(day) = state.add(a, &policy, previous) {
+                pairs.insert(a.other_member.clone().unwrap(), day);
+            }
+        }
+        let as_of = at(AS_OF + days * DAY + 777);
+        let base = momentum_base(as_of);
+        let base_day = day_of(base.as_micros());
+        let then = if state.at.is_none_or(|m| day_of(m) <= base_day) {
+            state.clone()
+        } else {
+            snapshots.range(..=base_day).next_back().map(|(_, s)| s.clone()).unwrap_or_default()
+        };
+        let fast = state.evaluate(&policy, as_of).value - then.evaluate(&policy, base).value;
+        prop_assert_eq!(fast, momentum(&activities, &policy, as_of));
     }
 
     #[test]

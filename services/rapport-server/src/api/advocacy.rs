@@ -5,7 +5,7 @@ use rapport_domain::score::{self, RankToken, assess};
 use rapport_domain::timeline::request_digest;
 use rapport_domain::validate::is_channel_slug;
 use rapport_domain::{Command, MemberRole, Timestamp};
-use rapport_projections::scores::{ALL_CHANNELS, NAME, RankQuery, Ranked};
+use rapport_projections::scores::{self, ALL_CHANNELS, NAME, RankQuery, Ranked};
 use rapport_proto::v1 as pb;
 use rapport_proto::v1::advocacy_service_server::AdvocacyService;
 use rapport_store::CommandOutcome;
@@ -15,6 +15,11 @@ use super::request::{Violations, resolve};
 use super::{AppState, Ready, wait_deadline};
 use crate::convert::{policy_in, policy_out, timestamp};
 use crate::error::ApiError;
+
+/// How long a leaderboard page token is good for: the ranking it continues
+/// is pinned to the first page's time, and the bounds that make rankings
+/// cheap hold only from a day before "now" (see `scores::BOUND_SLACK_SECONDS`).
+const TOKEN_LIFETIME_SECONDS: i64 = scores::BOUND_SLACK_SECONDS - 3_600;
 
 /// Members per leaderboard page when the request says 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -60,15 +65,78 @@ impl AdvocacyService for Advocacy {
             .map_err(ApiError::from)?;
         let g = active.generation;
         let policy = current_policy(ready, g, &r.community_id).await?;
-        let as_of = as_of.unwrap_or_else(rapport_store::wall_clock);
         let channel = (!r.channel.is_empty()).then_some(r.channel.as_str());
-        let activities = ready
-            .projections
-            .score_activities(g, &r.community_id, &member_id, channel, Some(as_of))
-            .await
-            .map_err(ApiError::from)?;
-        let assessment = assess(&activities, &policy, as_of, top_n as usize);
-        let momentum = score::momentum(&activities, &policy, as_of);
+        let (assessment, momentum) = match as_of {
+            // Now: from the folded state, without reading the history.
+            None => {
+                let state = ready
+                    .projections
+                    .score_state(
+                        g,
+                        &r.community_id,
+                        &member_id,
+                        channel.unwrap_or(ALL_CHANNELS),
+                    )
+                    .await
+                    .map_err(ApiError::from)?
+                    .unwrap_or_default();
+                // Never before the latest interaction (the clocks of
+                // replicas differ by a little).
+                let now = rapport_store::wall_clock()
+                    .max(Timestamp::from_micros(state.at.unwrap_or(i64::MIN)));
+                let (score, tier) = state.at_time(&policy, now);
+                let top = ready
+                    .projections
+                    .top_contributions(
+                        g,
+                        &r.community_id,
+                        &member_id,
+                        channel,
+                        &state,
+                        &policy,
+                        now,
+                        top_n as usize,
+                    )
+                    .await
+                    .map_err(ApiError::from)?;
+                let momentum = match channel {
+                    None => ready
+                        .projections
+                        .momentum_now(g, &r.community_id, &member_id, &state, &policy, now)
+                        .await
+                        .map_err(ApiError::from)?,
+                    Some(_) => {
+                        let activities = ready
+                            .projections
+                            .score_activities(g, &r.community_id, &member_id, channel, Some(now))
+                            .await
+                            .map_err(ApiError::from)?;
+                        score::momentum(&activities, &policy, now)
+                    }
+                };
+                let assessment = score::Assessment {
+                    as_of: now,
+                    score,
+                    tier,
+                    top,
+                    counted: state.interactions as usize,
+                };
+                (assessment, momentum)
+            }
+            // The past: a replay of what had happened by then.
+            Some(as_of) => {
+                let activities = ready
+                    .projections
+                    .score_activities(g, &r.community_id, &member_id, channel, Some(as_of))
+                    .await
+                    .map_err(ApiError::from)?;
+                (
+                    assess(&activities, &policy, as_of, top_n as usize),
+                    score::momentum(&activities, &policy, as_of),
+                )
+            }
+        };
+        let as_of = assessment.as_of;
         let role = ready
             .projections
             .member_role(g, &r.community_id, &member_id)
@@ -163,10 +231,18 @@ impl AdvocacyService for Advocacy {
         let token = if r.page_token.is_empty() {
             None
         } else {
-            Some(
-                RankToken::decode(&r.page_token, &digest)
-                    .map_err(|e| ApiError::field("page_token", e.to_string()))?,
-            )
+            let token = RankToken::decode(&r.page_token, &digest)
+                .map_err(|e| ApiError::field("page_token", e.to_string()))?;
+            // A ranking is exact only for times the stored bounds cover.
+            let oldest = rapport_store::wall_clock().plus_seconds(-TOKEN_LIFETIME_SECONDS);
+            if token.as_of < oldest {
+                return Err(ApiError::field(
+                    "page_token",
+                    "page token expired (older than a day): start from the first page",
+                )
+                .into());
+            }
+            Some(token)
         };
         let ready = self.state.ready()?;
         let active = ready
@@ -201,11 +277,9 @@ impl AdvocacyService for Advocacy {
         } else {
             let mut all = every_ranked(ready, g, &query, &policy).await?;
             if by_momentum {
-                let mut with = Vec::with_capacity(all.len());
-                for ranked in all {
-                    let m = momentum(ready, g, &query, &policy, &ranked).await?;
-                    with.push((ranked, Some(m)));
-                }
+                let momenta = momenta(ready, g, &query, &policy, &all).await?;
+                let mut with: Vec<(Ranked, Option<f64>)> =
+                    all.into_iter().zip(momenta.into_iter().map(Some)).collect();
                 with.sort_by(|a, b| {
                     let order = a.1.unwrap_or(0.0).total_cmp(&b.1.unwrap_or(0.0));
                     let order = if r.ascending { order } else { order.reverse() };
@@ -235,11 +309,19 @@ impl AdvocacyService for Advocacy {
         } else {
             String::new()
         };
+        let missing: Vec<Ranked> = rows
+            .iter()
+            .filter(|(_, m)| m.is_none())
+            .map(|(ranked, _)| ranked.clone())
+            .collect();
+        let mut computed = momenta(ready, g, &query, &policy, &missing)
+            .await?
+            .into_iter();
         let mut members = Vec::with_capacity(rows.len());
         for (i, (ranked, known_momentum)) in rows.into_iter().enumerate() {
             let momentum = match known_momentum {
                 Some(m) => m,
-                None => momentum(ready, g, &query, &policy, &ranked).await?,
+                None => computed.next().expect("one momentum per member without"),
             };
             members.push(pb::RankedMember {
                 rank: (offset + i + 1) as u32,
@@ -355,7 +437,7 @@ impl AdvocacyService for Advocacy {
             .await
             .map_err(ApiError::from)?;
         let as_of = rapport_store::wall_clock();
-        let mut top: Vec<Ranked> = Vec::new();
+        let mut top: Vec<Top> = Vec::new();
         let mut counts = [0u32; 5];
         let mut current_counts = [0u32; 5];
         let mut scored = 0u32;
@@ -373,11 +455,11 @@ impl AdvocacyService for Advocacy {
                 keep_top(
                     &mut top,
                     top_n,
-                    Ranked {
+                    Top {
                         member_id: member.to_owned(),
                         score: under.score.value,
                         tier: under.tier,
-                        last_active_at: activities.last().map_or(as_of, |a| a.at),
+                        last_active_at: activities.iter().map(|a| a.at).max().unwrap_or(as_of),
                     },
                 );
             })
@@ -489,38 +571,59 @@ async fn every_ranked(
                 score: score.value,
                 tier,
                 last_active_at: Timestamp::from_micros(stored.state.at.unwrap_or(0)),
+                state: stored.state,
             })
         })
         .collect())
 }
 
-/// A ranked member's score at the ranking's time minus their score 30 days
-/// before, replayed from their activities up to then.
-async fn momentum(
+/// Ranked members' momentum at the ranking's time: from their snapshots on
+/// all channels (one query), from a replay each on one channel.
+async fn momenta(
     ready: &Ready,
     g: u64,
     query: &RankQuery,
     policy: &Policy,
-    ranked: &Ranked,
-) -> Result<f64, ApiError> {
-    let then = query.as_of.plus_seconds(-score::MOMENTUM_DAYS * 86_400);
-    let channel = (query.channel != ALL_CHANNELS).then_some(query.channel.as_str());
-    let before = ready
-        .projections
-        .score_activities(
-            g,
-            &query.community_id,
-            &ranked.member_id,
-            channel,
-            Some(then),
-        )
-        .await?;
-    Ok(ranked.score - assess(&before, policy, then, 0).score.value)
+    ranked: &[Ranked],
+) -> Result<Vec<f64>, ApiError> {
+    if query.channel == ALL_CHANNELS {
+        let members: Vec<(&str, &rapport_domain::score::ScoreState)> = ranked
+            .iter()
+            .map(|r| (r.member_id.as_str(), &r.state))
+            .collect();
+        return Ok(ready
+            .projections
+            .momentum_many(g, &query.community_id, &members, policy, query.as_of)
+            .await?);
+    }
+    let mut out = Vec::with_capacity(ranked.len());
+    for r in ranked {
+        let activities = ready
+            .projections
+            .score_activities(
+                g,
+                &query.community_id,
+                &r.member_id,
+                Some(&query.channel),
+                Some(query.as_of),
+            )
+            .await?;
+        out.push(score::momentum(&activities, policy, query.as_of));
+    }
+    Ok(out)
+}
+
+/// A member of a preview's top.
+struct Top {
+    member_id: String,
+    score: f64,
+    tier: Tier,
+    last_active_at: Timestamp,
 }
 
 /// Keeps the `n` highest scores (ties by member id), sorted.
-fn keep_top(top: &mut Vec<Ranked>, n: usize, candidate: Ranked) {
-    let order = |a: &Ranked, b: &Ranked| match b.score.total_cmp(&a.score) {
+fn keep_top(top: &mut Vec<Top>, n: usize, candidate: Top) {
+    let order = |a: &Top, b: &Top| match b.score.total_cmp(&a.score) {
         Ordering::Equal => a.member_id.cmp(&b.member_id),
         other => other,
     };

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Advocate-score benchmark (issue: advocate scores). Builds release binaries
+# and, on SQLite and on PostgreSQL:
+#
+#   1. populates the generated community of the timeline benchmark (TOTAL
+#      interactions, MEMBERS members, power-law activity, contest bursts),
+#      ending now, with every projector running live, and waits until they
+#      have caught up;
+#   2. probes ListAdvocates (top 100) and GetAdvocateScore (with its
+#      explanation) latency for DURATION seconds each, one call at a time;
+#   3. times a policy change until the whole community is re-scored, and a
+#      PreviewScoringPolicy of the whole community.
+#
+#   bench/advocacy.sh                               # 10 million, as the issue asks
+#   TOTAL=1000000 MEMBERS=20000 bench/advocacy.sh   # a quick run
+#   BACKENDS=postgres BIN_DIR=/tmp/bin bench/advocacy.sh
+#
+# Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), psql.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+PG_BASE="${PG_URL%/*}"
+TOTAL="${TOTAL:-10000000}"
+MEMBERS="${MEMBERS:-200000}"
+DURATION="${DURATION:-30}"
+BACKENDS="${BACKENDS:-sqlite postgres}"
+PORT="${PORT:-50073}"
+RESULTS="$(mktemp -d)"
+SERVER_PID=""
+DATA_DIR=""
+DB=rapport_bench_advocacy
+
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
+  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release -q -p rapport-server -p rapport-loadgen
+  BIN_DIR=target/release
+fi
+SERVER=$BIN_DIR/rapport-server
+LOADGEN=$BIN_DIR/rapport-loadgen
+ADDR="http://127.0.0.1:$PORT"
+
+start_server() { # url
+  "$SERVER" --listen "127.0.0.1:$PORT" --database-url "$1" >"$RESULTS/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    if grep -q "database ready" "$RESULTS/server.log"; then return; fi
+    sleep 0.1
+  done
+  echo "server did not become ready" >&2; cat "$RESULTS/server.log" >&2; exit 1
+}
+
+stop_server() {
+  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
+}
+
+lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
+
+run_backend() { # name url
+  local name=$1 url=$2
+  echo "== $name"
+  start_server "$url"
+  lg --mode populate --total "$TOTAL" --members "$MEMBERS" --batch-size 1000 --concurrency 4 --label "$name-populate"
+  lg --mode catch-up --label "$name-catch-up"
+  lg --mode advocates --duration "$DURATION" --label "$name-list-advocates-top-100"
+  lg --mode scores --duration "$DURATION" --members "$MEMBERS" --label "$name-get-advocate-score"
+  lg --mode rescore --label "$name-rescore-after-policy-change"
+  lg --mode preview --label "$name-preview-policy"
+  lg --mode rebuild --projection scores --label "$name-scores-rebuild"
+  stop_server
+}
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+echo "== $(date -u +%FT%TZ), $TOTAL interactions, $MEMBERS members, ${DURATION}s probes"
+
+for backend in $BACKENDS; do
+  case $backend in
+    sqlite)
+      DATA_DIR="$(mktemp -d)"
+      run_backend sqlite "sqlite:$DATA_DIR/rapport.db"
+      rm -rf "$DATA_DIR"; DATA_DIR="" ;;
+    postgres)
+      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+      psql "$PG_URL" -qAtc "CREATE DATABASE $DB" >/dev/null
+      run_backend postgres "$PG_BASE/$DB"
+      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null ;;
+  esac
+done
+
+echo
+echo "== summary"
+grep -v '^RESULT' "$RESULTS/out.txt"
