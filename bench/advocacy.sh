@@ -14,6 +14,7 @@
 #   bench/advocacy.sh                               # 10 million, as the issue asks
 #   TOTAL=1000000 MEMBERS=20000 bench/advocacy.sh   # a quick run
 #   BACKENDS=postgres BIN_DIR=/tmp/bin bench/advocacy.sh
+#   REBUILD=0 bench/advocacy.sh                     # skip timing a rebuild of the scores
 #
 # Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), psql.
 set -euo pipefail
@@ -72,7 +73,9 @@ run_backend() { # name url
   lg --mode scores --duration "$DURATION" --members "$MEMBERS" --label "$name-get-advocate-score"
   lg --mode rescore --label "$name-rescore-after-policy-change"
   lg --mode preview --label "$name-preview-policy"
-  lg --mode rebuild --projection scores --label "$name-scores-rebuild"
+  if [ "${REBUILD:-1}" = 1 ]; then
+    lg --mode rebuild --projection scores --label "$name-scores-rebuild"
+  fi
   stop_server
 }
 

@@ -560,6 +560,15 @@ pub fn assess(
     } else {
         (Score::default(), Tier::Observer)
     };
+    if top_n == 0 {
+        return Assessment {
+            as_of,
+            score,
+            tier,
+            top: Vec::new(),
+            counted: counted.len(),
+        };
+    }
     let total: f64 = counted
         .iter()
         .map(|a| a.value(policy) * decay(policy, a.at.as_micros(), as_of.as_micros()))

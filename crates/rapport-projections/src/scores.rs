@@ -241,7 +241,7 @@ const MAINTAIN_CHUNK: i64 = 2_000;
 
 /// A bound is lowered only when it drops by more than this: fewer writes
 /// for changes that make no difference to a ranking's reads.
-const BOUND_EPSILON: f64 = 0.05;
+const BOUND_EPSILON: f64 = 0.01;
 
 async fn tighten_bounds(
     tx: &mut Tx<'_>,
@@ -510,7 +510,9 @@ async fn refold_community(
         .await?
     });
     on_tx!(tx, c => {
-        for table in ["states", "pairs", "tiers", "snapshots"] {
+        // Pairs stay: the last day of exchange per pair does not depend on
+        // the policy (kinds, incentives and windows only).
+        for table in ["states", "tiers", "snapshots"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM score_{table}_g{g} WHERE community_id = $1"
             )))
@@ -522,7 +524,6 @@ async fn refold_community(
     for chunk in members.chunks(REFOLD_CHUNK) {
         let rows = load_activity_rows(tx, g, community, chunk).await?;
         let mut states = Vec::new();
-        let mut pairs = Vec::new();
         let mut tiers = Vec::new();
         let mut snapshots = Vec::new();
         for (member, activities) in rows {
@@ -544,16 +545,9 @@ async fn refold_community(
                     }));
                 }
                 let key = (community.to_owned(), channel, member.clone());
-                pairs.extend(
-                    folded
-                        .last_exchange
-                        .into_iter()
-                        .map(|(o, d)| ((key.clone(), o), d)),
-                );
                 states.push((key, folded.state, policy.clone()));
             }
         }
-        upsert_pairs(tx, g, &pairs).await?;
         insert_tiers(tx, g, &tiers).await?;
         insert_snapshots(tx, g, &snapshots).await?;
         upsert_states(tx, g, &states).await?;
@@ -703,24 +697,41 @@ async fn load_states(
 ) -> Result<HashMap<StateKey, ScoreState>, sqlx::Error> {
     let mut out = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, Vec<u8>)> = on_tx!(tx, c => {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT community_id, channel, member_id, state FROM score_states_g{g} \
-                 WHERE (community_id, channel, member_id) IN ("
-            ));
-            let mut list = qb.separated(", ");
-            for (community, channel, member) in chunk {
-                list.push("(");
-                list.push_bind_unseparated(community.clone());
-                list.push_unseparated(", ");
-                list.push_bind_unseparated(channel.clone());
-                list.push_unseparated(", ");
-                list.push_bind_unseparated(member.clone());
-                list.push_unseparated(")");
+        let rows: Vec<(String, String, String, Vec<u8>)> = match tx {
+            // PostgreSQL plans a long row-value IN list badly (a scan per
+            // batch): join the keys bound as arrays instead, one probe each.
+            Tx::Postgres(c) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT s.community_id, s.channel, s.member_id, s.state \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (c, ch, m) \
+                     JOIN score_states_g{g} s \
+                     ON s.community_id = k.c AND s.channel = k.ch AND s.member_id = k.m"
+                )))
+                .bind(chunk.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
+                .fetch_all(&mut **c)
+                .await?
             }
-            qb.push(")");
-            qb.build_query_as().fetch_all(&mut **c).await?
-        });
+            Tx::Sqlite(c) => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT community_id, channel, member_id, state FROM score_states_g{g} \
+                     WHERE (community_id, channel, member_id) IN ("
+                ));
+                let mut list = qb.separated(", ");
+                for (community, channel, member) in chunk {
+                    list.push("(");
+                    list.push_bind_unseparated(community.clone());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(channel.clone());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(member.clone());
+                    list.push_unseparated(")");
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(&mut **c).await?
+            }
+        };
         for (community, channel, member, bytes) in rows {
             out.insert((community, channel, member), decode_state(&bytes)?);
         }
@@ -736,27 +747,44 @@ async fn load_pairs(
     let keys: Vec<_> = keys.iter().collect();
     let mut out = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, String, i64)> = on_tx!(tx, c => {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT community_id, channel, member_id, other_member_id, last_day \
-                 FROM score_pairs_g{g} \
-                 WHERE (community_id, member_id, channel, other_member_id) IN ("
-            ));
-            let mut list = qb.separated(", ");
-            for ((community, channel, member), other) in chunk {
-                list.push("(");
-                list.push_bind_unseparated(community.clone());
-                list.push_unseparated(", ");
-                list.push_bind_unseparated(member.clone());
-                list.push_unseparated(", ");
-                list.push_bind_unseparated(channel.clone());
-                list.push_unseparated(", ");
-                list.push_bind_unseparated(other.clone());
-                list.push_unseparated(")");
+        let rows: Vec<(String, String, String, String, i64)> = match tx {
+            // As in `load_states`: arrays joined on PostgreSQL.
+            Tx::Postgres(c) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT p.community_id, p.channel, p.member_id, p.other_member_id, p.last_day \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k (c, m, ch, o) \
+                     JOIN score_pairs_g{g} p ON p.community_id = k.c AND p.member_id = k.m \
+                     AND p.channel = k.ch AND p.other_member_id = k.o"
+                )))
+                .bind(chunk.iter().map(|k| k.0.0.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|k| k.0.2.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|k| k.0.1.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+                .fetch_all(&mut **c)
+                .await?
             }
-            qb.push(")");
-            qb.build_query_as().fetch_all(&mut **c).await?
-        });
+            Tx::Sqlite(c) => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT community_id, channel, member_id, other_member_id, last_day \
+                     FROM score_pairs_g{g} \
+                     WHERE (community_id, member_id, channel, other_member_id) IN ("
+                ));
+                let mut list = qb.separated(", ");
+                for ((community, channel, member), other) in chunk {
+                    list.push("(");
+                    list.push_bind_unseparated(community.clone());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(member.clone());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(channel.clone());
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(other.clone());
+                    list.push_unseparated(")");
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(&mut **c).await?
+            }
+        };
         for (community, channel, member, other, day) in rows {
             out.insert(((community, channel, member), other), day);
         }
@@ -1131,43 +1159,68 @@ impl Projections {
         // A tier at or above `min_tier` needs a score within the margin of
         // its start, and the score is at most the bound.
         let min_bound = (policy.thresholds.start(query.min_tier) - policy.demotion_margin).max(0.0);
-        let mut found: Vec<Ranked> = Vec::new();
+        // The best `want` so far, in ranking order: (score, member, state).
+        let mut best: Vec<(f64, String, ScoreState)> = Vec::with_capacity(want + 1);
+        let order = |a: &(f64, String, ScoreState), score: f64, member: &str| {
+            score.total_cmp(&a.0).then_with(|| a.1.as_str().cmp(member))
+        };
         let mut after: Option<(f64, String)> = None;
         loop {
             let page = self
                 .states_by_bound(g, query, min_bound, after.as_ref(), RANK_PAGE)
                 .await?;
             let exhausted = (page.len() as i64) < RANK_PAGE;
-            for stored in &page {
-                let (score, tier) = stored.state.at_time(policy, query.as_of);
-                if tier >= query.min_tier {
-                    found.push(Ranked {
-                        member_id: stored.member_id.clone(),
-                        score: score.value,
-                        tier,
-                        last_active_at: Timestamp::from_micros(stored.state.at.unwrap_or(0)),
-                        state: stored.state.clone(),
-                    });
+            for stored in page.iter() {
+                // The score needs no tier: evaluate without replaying checks.
+                let score = stored.state.evaluate(policy, query.as_of).value;
+                // Behind the worst of a full list: cannot make the page.
+                if best.len() == want
+                    && best
+                        .last()
+                        .is_some_and(|worst| order(worst, score, &stored.member_id).is_lt())
+                {
+                    continue;
                 }
+                if query.min_tier > Tier::Observer
+                    && stored.state.at_time(policy, query.as_of).1 < query.min_tier
+                {
+                    continue;
+                }
+                let at = best
+                    .binary_search_by(|probe| order(probe, score, &stored.member_id))
+                    .unwrap_or_else(|i| i);
+                best.insert(at, (score, stored.member_id.clone(), stored.state.clone()));
+                best.truncate(want);
             }
-            let next_bound = page.last().map(|s| s.bound);
             if let Some(last) = page.last() {
                 after = Some((last.bound, last.member_id.clone()));
             }
-            // Strictly above: an unread member scoring exactly the bound could
-            // still tie and sort first by member id.
-            let settled =
-                next_bound.is_some_and(|b| found.iter().filter(|r| r.score > b).count() >= want);
+            // Settled once the page's last member is safe from everyone
+            // unread: they score at most the last bound read, and one
+            // scoring exactly that comes later by member id.
+            let settled = best.len() == want
+                && after.as_ref().is_some_and(|(bound, last_id)| {
+                    let (score, member, _) = best.last().expect("a full page");
+                    *score > *bound || (*score == *bound && member <= last_id)
+                });
             if exhausted || settled {
                 break;
             }
         }
-        found.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.member_id.cmp(&b.member_id))
-        });
-        Ok(found.into_iter().skip(offset).take(limit).collect())
+        Ok(best
+            .into_iter()
+            .skip(offset)
+            .map(|(score, member_id, state)| {
+                let tier = state.at_time(policy, query.as_of).1;
+                Ranked {
+                    member_id,
+                    score,
+                    tier,
+                    last_active_at: Timestamp::from_micros(state.at.unwrap_or(0)),
+                    state,
+                }
+            })
+            .collect())
     }
 
     /// Every ranked member's state (staff and bots left out) with a bound of
@@ -1401,28 +1454,30 @@ impl Projections {
         let pool = self.store().projections_pool();
         let mut snapshots: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
         for chunk in needed.chunks(CHUNK) {
+            // Per member, only the newest snapshot not after the base day:
+            // one index probe each, whatever maintenance has pruned yet.
             let rows: Vec<(String, i64, Vec<u8>)> = on_pool!(&pool, p => {
                 let mut qb = QueryBuilder::new(format!(
-                    "SELECT member_id, day, state FROM score_snapshots_g{g} WHERE community_id = "
+                    "SELECT s.member_id, s.day, s.state FROM score_snapshots_g{g} s \
+                     WHERE s.community_id = "
                 ));
                 qb.push_bind(community_id.to_owned());
-                qb.push(" AND day <= ");
-                qb.push_bind(base_day);
-                qb.push(" AND member_id IN (");
+                qb.push(" AND s.member_id IN (");
                 let mut list = qb.separated(", ");
                 for m in chunk {
                     list.push_bind(m.to_string());
                 }
+                qb.push(format!(
+                    ") AND s.day = (SELECT MAX(x.day) FROM score_snapshots_g{g} x \
+                     WHERE x.community_id = s.community_id AND x.member_id = s.member_id \
+                     AND x.day <= "
+                ));
+                qb.push_bind(base_day);
                 qb.push(")");
                 qb.build_query_as().fetch_all(p).await?
             });
             for (member, day, state) in rows {
-                match snapshots.get(&member) {
-                    Some((newest, _)) if *newest >= day => {}
-                    _ => {
-                        snapshots.insert(member, (day, state));
-                    }
-                }
+                snapshots.insert(member, (day, state));
             }
         }
         members

@@ -257,6 +257,7 @@ on_both_backends!(
     a_policy_change_rescores_from_the_log,
     a_rebuild_of_the_scores_is_identical,
     rankings_are_exact_and_leave_staff_and_bots_out,
+    tied_rankings_page_by_member_id_across_reads,
 );
 
 async fn scores_equal_a_replay_of_the_log(backend: Backend) {
@@ -434,5 +435,54 @@ async fn rankings_are_exact_and_leave_staff_and_bots_out(backend: Backend) {
         projections.member_role(g, "acme", &all[1].0).await.unwrap(),
         MemberRole::Bot
     );
+    running.stop().await;
+}
+
+async fn tied_rankings_page_by_member_id_across_reads(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "scores_ties").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections);
+    // 600 members with the same interaction at the same time: the same
+    // score to the last bit, so the ranking is by member id, and a page
+    // deep in it needs more than one read of states.
+    let batch: Vec<Vec<Interaction>> = (0..600)
+        .map(|i| {
+            let mut one = interaction(1);
+            one.interaction_id = format!("tie-{i}");
+            one.actor.handle = format!("tied{i:03}");
+            one.target = Some(Target::Brand);
+            vec![one]
+        })
+        .collect();
+    store
+        .append_batch(batch, rapport_store::wall_clock())
+        .await
+        .expect("append");
+    let g = caught_up(&projections).await;
+    let mut members: Vec<String> = activities_by_member(&all_events(&store).await)
+        .into_keys()
+        .collect();
+    members.sort();
+    assert_eq!(members.len(), 600);
+    let query = RankQuery {
+        community_id: "acme".into(),
+        channel: ALL_CHANNELS.into(),
+        min_tier: Tier::Observer,
+        as_of: rapport_store::wall_clock(),
+    };
+    let policy = Policy::default();
+    for (offset, limit) in [(0, 10), (250, 20), (590, 50)] {
+        let page: Vec<String> = projections
+            .rank(g, &query, &policy, offset, limit)
+            .await
+            .expect("rank")
+            .into_iter()
+            .map(|r| r.member_id)
+            .collect();
+        let expected: Vec<String> = members.iter().skip(offset).take(limit).cloned().collect();
+        assert_eq!(page, expected, "offset {offset}");
+    }
     running.stop().await;
 }

@@ -449,9 +449,7 @@ impl AdvocacyService for Advocacy {
                 }
                 scored += 1;
                 let under = assess(activities, &candidate, as_of, 0);
-                let now = assess(activities, &current, as_of, 0);
                 counts[under.tier as usize - 1] += 1;
-                current_counts[now.tier as usize - 1] += 1;
                 keep_top(
                     &mut top,
                     top_n,
@@ -465,6 +463,16 @@ impl AdvocacyService for Advocacy {
             })
             .await
             .map_err(ApiError::from)?;
+        // Under the current policy, the folded states say it all.
+        let everyone = RankQuery {
+            community_id: r.community_id.clone(),
+            channel: ALL_CHANNELS.to_owned(),
+            min_tier: Tier::Observer,
+            as_of,
+        };
+        for ranked in every_ranked(ready, g, &everyone, &current).await? {
+            current_counts[ranked.tier as usize - 1] += 1;
+        }
         let tier_counts = |counts: [u32; 5]| {
             Tier::ALL
                 .into_iter()
