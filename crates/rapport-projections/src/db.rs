@@ -47,6 +47,11 @@ pub(crate) use {on_pool, on_tx};
 /// `synchronous_commit`: a read model's rows and checkpoint commit together,
 /// so a crash can only lose whole recent transactions, which the projector
 /// then applies again; not waiting for the WAL flush makes each batch cheaper.
+/// It also plans every statement for its parameters: a read model's tables
+/// grow from nothing, and a generic plan PostgreSQL settles on while a
+/// table is empty (a scan) stays in the session's statement cache long
+/// after the table has grown (a lookup of 500 keys then scanned the table
+/// 500 times).
 pub enum WriteTx {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
@@ -57,8 +62,11 @@ impl WriteTx {
         Ok(match pool {
             DbPool::Sqlite(p) => WriteTx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             DbPool::Postgres(p) => WriteTx::Postgres(
-                p.begin_with("BEGIN; SET LOCAL synchronous_commit TO OFF")
-                    .await?,
+                p.begin_with(
+                    "BEGIN; SET LOCAL synchronous_commit TO OFF; \
+                     SET LOCAL plan_cache_mode TO force_custom_plan",
+                )
+                .await?,
             ),
         })
     }

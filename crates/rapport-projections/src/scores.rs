@@ -29,6 +29,11 @@
 //! - `score_roles_g{g}`, `score_policies_g{g}`: staff and bots; the
 //!   community's current policy.
 //!
+//! Reads are not kept as prepared statements (`persistent(false)`): a
+//! PostgreSQL session would otherwise reuse the generic plan it chose while
+//! these tables were small (a scan) long after they have grown (see
+//! `db::WriteTx`, which plans the projector's statements per execution).
+//!
 //! States fold interactions in log order, as the model defines (an
 //! interaction recorded late counts as already decayed), so each batch only
 //! folds its own interactions into the states it touches. A new policy
@@ -1060,7 +1065,7 @@ impl Projections {
         let row: Option<(Vec<u8>, i64)> = on_pool!(&pool, p => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(community_id)
-                .fetch_optional(p)
+                .persistent(false).fetch_optional(p)
                 .await?
         });
         row.map(|(bytes, position)| Ok((decode_policy(&bytes)?, from_db(position)?)))
@@ -1080,7 +1085,7 @@ impl Projections {
             sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .bind(community_id)
                 .bind(member_id)
-                .fetch_optional(p)
+                .persistent(false).fetch_optional(p)
                 .await?
         });
         match role {
@@ -1104,7 +1109,7 @@ impl Projections {
         let rows: Vec<ActivityTuple> = on_pool!(&pool, p => {
             activities_query(g, community_id, member_id, channel, until)
                 .build_query_as()
-                .fetch_all(p)
+                .persistent(false).fetch_all(p)
                 .await?
         });
         rows.into_iter()
@@ -1134,7 +1139,7 @@ impl Projections {
                 .bind(community_id)
                 .bind(channel)
                 .bind(member_id)
-                .fetch_optional(p)
+                .persistent(false).fetch_optional(p)
                 .await?
         });
         Ok(bytes.map(|b| decode_state(&b)).transpose()?)
@@ -1271,7 +1276,7 @@ impl Projections {
             ));
             qb.push(" ORDER BY s.bound DESC, s.member_id LIMIT ");
             qb.push_bind(limit);
-            qb.build_query_as().fetch_all(p).await?
+            qb.build_query_as().persistent(false).fetch_all(p).await?
         });
         rows.into_iter()
             .map(|(member_id, bytes, bound)| {
@@ -1303,7 +1308,7 @@ impl Projections {
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                     .bind(community_id)
                     .bind(&after)
-                    .fetch_all(p)
+                    .persistent(false).fetch_all(p)
                     .await?
             });
             let Some(last) = members.last().cloned() else {
@@ -1319,7 +1324,7 @@ impl Projections {
                 qb.push(" AND member_id <= ");
                 qb.push_bind(last.clone());
                 qb.push(" ORDER BY member_id, at, position");
-                qb.build_query_as().fetch_all(p).await?
+                qb.build_query_as().persistent(false).fetch_all(p).await?
             });
             let mut current: Option<String> = None;
             let mut list = Vec::new();
@@ -1377,7 +1382,7 @@ impl Projections {
             }
             qb.push(" ORDER BY at DESC, position DESC LIMIT ");
             qb.push_bind(i64::from(limit));
-            qb.build_query_as().fetch_all(p).await?
+            qb.build_query_as().persistent(false).fetch_all(p).await?
         });
         rows.into_iter()
             .map(|(at, position, from, to)| {
@@ -1423,7 +1428,7 @@ impl Projections {
                     .bind(community_id)
                     .bind(member_id)
                     .bind(base_day)
-                    .fetch_optional(p)
+                    .persistent(false).fetch_optional(p)
                     .await?
             });
             bytes
@@ -1474,7 +1479,7 @@ impl Projections {
                 ));
                 qb.push_bind(base_day);
                 qb.push(")");
-                qb.build_query_as().fetch_all(p).await?
+                qb.build_query_as().persistent(false).fetch_all(p).await?
             });
             for (member, day, state) in rows {
                 snapshots.insert(member, (day, state));
@@ -1553,7 +1558,7 @@ impl Projections {
                 }
                 qb.push(" ORDER BY at DESC, position DESC LIMIT ");
                 qb.push_bind(TOP_SCAN_PAGE);
-                qb.build_query_as().fetch_all(p).await?
+                qb.build_query_as().persistent(false).fetch_all(p).await?
             });
             let full = rows.len() as i64 == TOP_SCAN_PAGE;
             let mut oldest = None;
@@ -1614,7 +1619,7 @@ impl Projections {
         let rows: Vec<String> = on_pool!(&pool, p => {
             sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .bind(community_id)
-                .fetch_all(p)
+                .persistent(false).fetch_all(p)
                 .await?
         });
         Ok(rows.into_iter().collect())
@@ -1629,7 +1634,7 @@ impl Projections {
                 "SELECT community_id, channel, member_id, state, at, tier \
                  FROM score_states_g{g} ORDER BY community_id, channel, member_id"
             )))
-            .fetch_all(p)
+            .persistent(false).fetch_all(p)
             .await?
         });
         out.extend(states.into_iter().map(|r| format!("state {r:?}")));
@@ -1638,7 +1643,7 @@ impl Projections {
                 "SELECT community_id, member_id, channel, other_member_id, last_day \
                  FROM score_pairs_g{g} ORDER BY community_id, member_id, channel, other_member_id"
             )))
-            .fetch_all(p)
+            .persistent(false).fetch_all(p)
             .await?
         });
         out.extend(pairs.into_iter().map(|r| format!("pair {r:?}")));
@@ -1647,7 +1652,7 @@ impl Projections {
                 "SELECT community_id, member_id, at, position, from_tier, to_tier \
                  FROM score_tiers_g{g} ORDER BY community_id, member_id, at, position"
             )))
-            .fetch_all(p)
+            .persistent(false).fetch_all(p)
             .await?
         });
         out.extend(tiers.into_iter().map(|r| format!("tier {r:?}")));
@@ -1656,7 +1661,7 @@ impl Projections {
                 "SELECT community_id, member_id, day, state FROM score_snapshots_g{g} \
                  ORDER BY community_id, member_id, day"
             )))
-            .fetch_all(p)
+            .persistent(false).fetch_all(p)
             .await?
         });
         // Only the snapshots momentum can still ask for: maintenance prunes
@@ -1684,7 +1689,7 @@ impl Projections {
                 "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} \
                  ORDER BY community_id, member_id, at, position"
             )))
-            .fetch_all(p)
+            .persistent(false).fetch_all(p)
             .await?
         });
         out.extend(activity.into_iter().map(|r| format!("activity {r:?}")));
