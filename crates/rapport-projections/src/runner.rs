@@ -177,7 +177,7 @@ impl Runner {
             if report {
                 next_report = Instant::now() + Duration::from_secs(10);
             }
-            let mut progressed = self.step(report).await?;
+            let progressed = self.step(report).await?;
             if !progressed && (upkeep.is_some() || Instant::now() >= next_upkeep) {
                 let (now, after) = upkeep
                     .take()
@@ -186,7 +186,8 @@ impl Runner {
                     Some(next) => upkeep = Some((now, Some(next))),
                     None => next_upkeep = Instant::now() + self.options.maintain_interval,
                 }
-                progressed = upkeep.is_some();
+                // One chunk per poll: upkeep is paced so that it never
+                // takes the machine from reads and live batches.
             }
             if !progressed {
                 tokio::select! {

@@ -1170,10 +1170,12 @@ impl Projections {
             score.total_cmp(&a.0).then_with(|| a.1.as_str().cmp(member))
         };
         let mut after: Option<(f64, String)> = None;
+        let mut read = 0usize;
         loop {
             let page = self
                 .states_by_bound(g, query, min_bound, after.as_ref(), RANK_PAGE)
                 .await?;
+            read += page.len();
             let exhausted = (page.len() as i64) < RANK_PAGE;
             for stored in page.iter() {
                 // The score needs no tier: evaluate without replaying checks.
@@ -1212,6 +1214,7 @@ impl Projections {
                 break;
             }
         }
+        tracing::debug!(read, want, "ranked");
         Ok(best
             .into_iter()
             .skip(offset)
@@ -1460,29 +1463,37 @@ impl Projections {
         let mut snapshots: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
         for chunk in needed.chunks(CHUNK) {
             // Per member, only the newest snapshot not after the base day:
-            // one index probe each, whatever maintenance has pruned yet.
-            let rows: Vec<(String, i64, Vec<u8>)> = on_pool!(&pool, p => {
+            // one index probe each (a correlated subquery per listed
+            // member), whatever maintenance has pruned yet.
+            let rows: Vec<(String, Option<i64>, Option<Vec<u8>>)> = on_pool!(&pool, p => {
                 let mut qb = QueryBuilder::new(format!(
-                    "SELECT s.member_id, s.day, s.state FROM score_snapshots_g{g} s \
-                     WHERE s.community_id = "
+                    "SELECT m.column1, \
+                     (SELECT x.day FROM score_snapshots_g{g} x WHERE x.community_id = "
                 ));
                 qb.push_bind(community_id.to_owned());
-                qb.push(" AND s.member_id IN (");
+                qb.push(" AND x.member_id = m.column1 AND x.day <= ");
+                qb.push_bind(base_day);
+                qb.push(format!(
+                    " ORDER BY x.day DESC LIMIT 1), \
+                     (SELECT x.state FROM score_snapshots_g{g} x WHERE x.community_id = "
+                ));
+                qb.push_bind(community_id.to_owned());
+                qb.push(" AND x.member_id = m.column1 AND x.day <= ");
+                qb.push_bind(base_day);
+                qb.push(" ORDER BY x.day DESC LIMIT 1) FROM (VALUES ");
                 let mut list = qb.separated(", ");
                 for m in chunk {
-                    list.push_bind(m.to_string());
+                    list.push("(");
+                    list.push_bind_unseparated(m.to_string());
+                    list.push_unseparated(")");
                 }
-                qb.push(format!(
-                    ") AND s.day = (SELECT MAX(x.day) FROM score_snapshots_g{g} x \
-                     WHERE x.community_id = s.community_id AND x.member_id = s.member_id \
-                     AND x.day <= "
-                ));
-                qb.push_bind(base_day);
-                qb.push(")");
+                qb.push(") AS m");
                 qb.build_query_as().persistent(false).fetch_all(p).await?
             });
             for (member, day, state) in rows {
-                snapshots.insert(member, (day, state));
+                if let (Some(day), Some(state)) = (day, state) {
+                    snapshots.insert(member, (day, state));
+                }
             }
         }
         members
