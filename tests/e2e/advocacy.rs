@@ -464,6 +464,55 @@ async fn a_score_is_the_documented_model_explained_and_replayable(backend: Backe
     .await;
     assert_eq!(board.members[0].member_id, ana);
     assert_eq!(board.members.len(), 3);
+    // One channel: only activity there counts; Bob and Cid never blogged.
+    let blog_board = list(
+        &app,
+        pb::ListAdvocatesRequest {
+            community_id: "acme".into(),
+            channel: "blog".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let blog_ids: Vec<&str> = blog_board
+        .members
+        .iter()
+        .map(|m| m.member_id.as_str())
+        .collect();
+    assert_eq!(blog_ids, [ana.as_str()]);
+    // By momentum, lowest first, over everyone: the order the values say.
+    let by_momentum = list(
+        &app,
+        pb::ListAdvocatesRequest {
+            community_id: "acme".into(),
+            order_by: pb::AdvocateOrder::Momentum as i32,
+            ascending: true,
+            min_tier: pb::Tier::Observer as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_momentum.members.len(), 3);
+    assert!(
+        by_momentum
+            .members
+            .windows(2)
+            .all(|w| w[0].momentum <= w[1].momentum),
+        "{:?}",
+        by_momentum.members
+    );
+    let ana_row = by_momentum
+        .members
+        .iter()
+        .find(|m| m.member_id == ana)
+        .unwrap();
+    // Read a moment later: decay moved it by a hair.
+    assert!(
+        (ana_row.momentum - now.momentum).abs() < 1e-3,
+        "the same momentum as her score says: {} vs {}",
+        ana_row.momentum,
+        now.momentum
+    );
 
     // Unknown members and bad requests.
     let missing = client
