@@ -1416,30 +1416,10 @@ impl Projections {
         policy: &Policy,
         as_of: Timestamp,
     ) -> Result<f64, ProjectionError> {
-        let base = momentum_base(as_of);
-        let base_day = day_of(base.as_micros());
-        let then = if state.at.is_none_or(|latest| day_of(latest) <= base_day) {
-            state.clone()
-        } else {
-            let pool = self.store().projections_pool();
-            let sql = format!(
-                "SELECT state FROM score_snapshots_g{g} WHERE community_id = $1 \
-                 AND member_id = $2 AND day <= $3 ORDER BY day DESC LIMIT 1"
-            );
-            let bytes: Option<Vec<u8>> = on_pool!(&pool, p => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .bind(community_id)
-                    .bind(member_id)
-                    .bind(base_day)
-                    .persistent(false).fetch_optional(p)
-                    .await?
-            });
-            bytes
-                .map(|b| decode_state(&b))
-                .transpose()?
-                .unwrap_or_default()
-        };
-        Ok(state.evaluate(policy, as_of).value - then.evaluate(policy, base).value)
+        let momenta = self
+            .momentum_many(g, community_id, &[(member_id, state)], policy, as_of)
+            .await?;
+        Ok(momenta[0])
     }
 
     /// [`Projections::momentum_now`] for many members of one community at

@@ -375,15 +375,7 @@ impl AdvocacyService for Advocacy {
         let r = request.into_inner();
         let mut v = Violations::default();
         v.community(&r.community_id);
-        let policy = match policy_in(r.policy, "policy") {
-            Ok(policy) => Some(policy),
-            Err(violations) => {
-                for violation in violations {
-                    v.add(violation.field, violation.description);
-                }
-                None
-            }
-        };
+        let policy = policy_field(&mut v, r.policy);
         v.check()?;
         let ready = self.state.ready()?;
         let outcome = ready
@@ -412,15 +404,7 @@ impl AdvocacyService for Advocacy {
         let mut v = Violations::default();
         v.community(&r.community_id);
         let top_n = v.count("top_n", r.top_n, DEFAULT_PREVIEW_TOP, MAX_PREVIEW_TOP) as usize;
-        let candidate = match policy_in(r.policy, "policy") {
-            Ok(policy) => Some(policy),
-            Err(violations) => {
-                for violation in violations {
-                    v.add(violation.field, violation.description);
-                }
-                None
-            }
-        };
+        let candidate = policy_field(&mut v, r.policy);
         v.check()?;
         let candidate = candidate.expect("validated");
         let ready = self.state.ready()?;
@@ -542,6 +526,19 @@ impl AdvocacyService for Advocacy {
                 reason: "MEMBER_NOT_FOUND",
             }
             .into()),
+        }
+    }
+}
+
+/// The request's `policy`, or its violations added to `v`.
+fn policy_field(v: &mut Violations, policy: Option<pb::ScoringPolicy>) -> Option<Policy> {
+    match policy_in(policy, "policy") {
+        Ok(policy) => Some(policy),
+        Err(violations) => {
+            for violation in violations {
+                v.add(violation.field, violation.description);
+            }
+            None
         }
     }
 }
