@@ -13,4 +13,5 @@ mod grpcurl;
 mod health;
 mod ingest;
 mod reflection;
+mod subscribe;
 mod timeline;

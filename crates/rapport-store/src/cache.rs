@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use rapport_domain::IdentityKey;
 use rapport_domain::ingest::{Known, KnownMember, MemberHead, Plan};
 
-use crate::AppendOutcome;
+use crate::Committed;
 
 /// Entries kept at most; past it the cache starts over (simple and bounded).
 const MAX_MEMBERS: usize = 500_000;
@@ -36,14 +36,10 @@ pub(crate) struct CacheUpdate {
 }
 
 impl CacheUpdate {
-    /// Splits a written plan into the callers' outcomes and what the cache
+    /// Splits a written plan into the callers' outcomes with the events, and what the cache
     /// learns once it commits: every identity the batch touched, with its
     /// member's new stream version.
-    pub(crate) fn from_plan(
-        head: u64,
-        known: Known,
-        plan: Plan,
-    ) -> (Vec<AppendOutcome>, CacheUpdate) {
+    pub(crate) fn from_plan(head: u64, known: Known, plan: Plan) -> (Committed, CacheUpdate) {
         let touched: std::collections::HashSet<&str> = plan
             .member_heads
             .iter()
@@ -61,7 +57,11 @@ impl CacheUpdate {
             identities,
             heads: plan.member_heads,
         };
-        (plan.outcomes, update)
+        let committed = Committed {
+            outcomes: plan.outcomes,
+            events: plan.events,
+        };
+        (committed, update)
     }
 }
 

@@ -21,6 +21,8 @@
 
 mod cache;
 mod codec;
+mod feed;
+pub mod follow;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -33,6 +35,8 @@ use std::time::Duration;
 use rapport_domain::ingest::{Conflict, Recorded};
 use rapport_domain::{Command, Event, EventType, Interaction, Timestamp};
 
+pub use feed::{Chunk, Feed};
+pub use follow::{Followed, Follower};
 pub use writer::{Writer, WriterConfig};
 
 /// The stored form of a scoring policy (as in the log), for read models
@@ -96,6 +100,14 @@ impl StoreError {
 /// rejected it as a whole.
 pub type AppendOutcome = Result<Vec<Recorded>, Conflict>;
 
+/// A committed batch: one outcome per request, and the events it wrote in
+/// position order (none when every request was a duplicate or a conflict).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub outcomes: Vec<AppendOutcome>,
+    pub events: Vec<Event>,
+}
+
 /// What a command became.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandOutcome {
@@ -140,6 +152,23 @@ pub struct EventQuery {
     /// Leave the personal part out (handles, names, excerpts, urls read as
     /// empty): for readers that keep no personal data, and read faster.
     pub without_personal: bool,
+}
+
+impl EventQuery {
+    /// Whether `event` passes this query's filters (not its position or
+    /// limit): the same rule as the SQL of a read, for events already in
+    /// hand.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.community_id
+            .as_ref()
+            .is_none_or(|c| *c == event.community_id)
+            && (self.event_types.is_empty() || self.event_types.contains(&event.body.event_type()))
+            && (self.channels.is_empty()
+                || event
+                    .body
+                    .channel()
+                    .is_some_and(|c| self.channels.iter().any(|wanted| wanted == c)))
+    }
 }
 
 /// A page of the log.
@@ -231,6 +260,16 @@ impl Store {
         requests: Vec<Vec<Interaction>>,
         recorded_at: Timestamp,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
+        Ok(self.append(requests, recorded_at).await?.outcomes)
+    }
+
+    /// [`Store::append_batch`], also returning the events written, for the
+    /// writer to publish.
+    pub async fn append(
+        &self,
+        requests: Vec<Vec<Interaction>>,
+        recorded_at: Timestamp,
+    ) -> Result<Committed, StoreError> {
         match self {
             Store::Sqlite(s) => s.append_batch(requests, recorded_at).await,
             Store::Postgres(s) => s.append_batch(&requests, recorded_at).await,

@@ -10,16 +10,21 @@
 
 use rapport_domain::ingest::{self, Known, KnownMember, RecordedRef};
 use rapport_domain::{Command, Interaction, Timestamp};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row};
+use tracing::{debug, warn};
 
 use std::sync::{Arc, Mutex};
 
 use crate::cache::{CacheUpdate, WriterCache};
 use crate::{
-    AppendOutcome, CommandOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
+    CommandOutcome, Committed, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
     sql, to_db,
 };
+
+/// The `NOTIFY` channel: every append notifies it at commit with the new
+/// head as payload, so other replicas' subscribers hear of it at once.
+const LOG_CHANNEL: &str = "rapport_log";
 
 /// The advisory lock key of the log: the bytes of "rapport\0" as a BIGINT.
 const LOG_LOCK_KEY: i64 = 0x7261_7070_6f72_7400;
@@ -73,7 +78,7 @@ impl PgStore {
         &self,
         requests: &[Vec<Interaction>],
         recorded_at: Timestamp,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
+    ) -> Result<Committed, StoreError> {
         // BEGIN and the lock in one round trip: a simple query may hold
         // several statements.
         let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
@@ -118,9 +123,10 @@ impl PgStore {
         let event = command.event(from_db(head)?, from_db(version)?, recorded_at);
         let (payload, personal) = codec::encode(&event.body);
         sqlx::query(
-            "INSERT INTO events (position, community_id, stream_id, stream_version, event_type, \
-             member_id, recorded_at, payload, personal, channel) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
+            "WITH e AS (INSERT INTO events (position, community_id, stream_id, stream_version, \
+             event_type, member_id, recorded_at, payload, personal, channel) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)) \
+             SELECT pg_notify($10, $11)",
         )
         .bind(to_db(event.position))
         .bind(&event.community_id)
@@ -131,6 +137,8 @@ impl PgStore {
         .bind(event.recorded_at.as_micros())
         .bind(payload)
         .bind(personal)
+        .bind(LOG_CHANNEL)
+        .bind(event.position.to_string())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -159,6 +167,42 @@ impl PgStore {
         rows.iter().map(sql::event_from_row).collect()
     }
 
+    /// Advances `feed`'s head on every commit notified on [`LOG_CHANNEL`],
+    /// by any replica. Returns when the pool closes or listening fails for
+    /// good; the caller's poll covers notifications lost meanwhile.
+    pub(crate) async fn listen(&self, feed: &crate::Feed) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                warn!(error = %error, "cannot listen for commits");
+                return;
+            }
+        };
+        if let Err(error) = listener.listen(LOG_CHANNEL).await {
+            warn!(error = %error, "cannot listen for commits");
+            return;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => match notification.payload().parse::<u64>() {
+                    Ok(head) => feed.observe(head),
+                    Err(_) => debug!(payload = notification.payload(), "unexpected notification"),
+                },
+                // Reconnected: whatever was notified meanwhile is lost, so look.
+                Ok(None) => {
+                    if let Ok(head) = self.head().await {
+                        feed.observe(head);
+                    }
+                }
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(error) => {
+                    debug!(error = %error, "listening for commits failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     pub(crate) fn pool(&self) -> &sqlx::Pool<Postgres> {
         &self.pool
     }
@@ -176,7 +220,7 @@ async fn append_in_transaction(
     cache: &std::sync::Mutex<WriterCache>,
     requests: &[Vec<rapport_domain::Interaction>],
     recorded_at: Timestamp,
-) -> Result<(Vec<crate::AppendOutcome>, CacheUpdate), StoreError> {
+) -> Result<(Committed, CacheUpdate), StoreError> {
     // Every statement binds whole columns as arrays and UNNESTs them: one
     // prepared statement per table whatever the batch size.
     //
@@ -288,7 +332,7 @@ async fn append_in_transaction(
             INSERT INTO interaction_keys (community_id, interaction_id, fingerprint, member_id, position)
             SELECT * FROM UNNEST($17::text[], $18::text[], $19::bytea[], $20::text[], $21::int8[])
          )
-         SELECT 1",
+         SELECT pg_notify($22, $23)",
     )
     .bind(events.iter().map(|e| to_db(e.position)).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.community_id.as_str()).collect::<Vec<_>>())
@@ -311,6 +355,9 @@ async fn append_in_transaction(
     .bind(records.iter().map(|r| r.fingerprint.to_vec()).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.member_id.as_str()).collect::<Vec<_>>())
     .bind(records.iter().map(|r| to_db(r.position)).collect::<Vec<_>>())
+    // Delivered to every listener when the transaction commits.
+    .bind(LOG_CHANNEL)
+    .bind((head + events.len() as u64).to_string())
     .execute(&mut *conn)
     .await?;
     Ok(CacheUpdate::from_plan(head, known, plan))

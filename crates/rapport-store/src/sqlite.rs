@@ -22,7 +22,7 @@ use sqlx::{Sqlite, SqlitePool};
 
 use crate::cache::{CacheUpdate, WriterCache};
 use crate::{
-    AppendOutcome, CommandOutcome, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
+    CommandOutcome, Committed, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
     sql, to_db,
 };
 
@@ -154,7 +154,7 @@ impl SqliteStore {
         &self,
         requests: Vec<Vec<Interaction>>,
         recorded_at: Timestamp,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let writer = Arc::clone(&self.writer);
         let cache = Arc::clone(&self.cache);
         tokio::task::spawn_blocking(move || {
@@ -289,7 +289,7 @@ fn append_blocking(
     cache: &Mutex<WriterCache>,
     requests: &[Vec<Interaction>],
     recorded_at: Timestamp,
-) -> Result<(Vec<AppendOutcome>, CacheUpdate), StoreError> {
+) -> Result<(Committed, CacheUpdate), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let head: i64 = tx.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
         r.get(0)

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use rapport_domain::{Command, Interaction};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::Feed;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -58,26 +60,31 @@ enum Queued {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Queued>,
-    /// The highest position this writer has committed, so that projectors
-    /// (and later subscribers) in this process wake at once instead of
-    /// waiting for their next poll.
-    committed: watch::Receiver<u64>,
+    /// Where each commit is announced, so that projectors and subscribers in
+    /// this process wake at once instead of waiting for their next poll.
+    feed: Feed,
 }
 
 impl Writer {
     /// Starts the writer task. Await the returned handle after dropping every
     /// `Writer` to know the last batch has committed.
-    pub fn spawn(store: Store, config: WriterConfig) -> (Writer, JoinHandle<()>) {
+    /// Every commit's events are published on `feed`.
+    pub fn spawn(store: Store, config: WriterConfig, feed: Feed) -> (Writer, JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(config.queue_depth.max(1));
-        let (committed_tx, committed) = watch::channel(0);
-        let task = tokio::spawn(run(store, config, queue, committed_tx));
-        (Writer { jobs, committed }, task)
+        let task = tokio::spawn(run(store, config, queue, feed.clone()));
+        (Writer { jobs, feed }, task)
     }
 
-    /// Changes whenever a batch commits, to the highest position in it.
-    /// Commits made by other processes are not seen here: poll for those.
+    /// Changes whenever the log's known head moves: at each commit of this
+    /// writer, and for other processes' commits as far as the feed hears of
+    /// them (see [`Store::watch_commits`]).
     pub fn committed(&self) -> watch::Receiver<u64> {
-        self.committed.clone()
+        self.feed.head()
+    }
+
+    /// Where this writer announces its commits.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// Appends one request's interactions atomically, batched with whatever
@@ -109,12 +116,7 @@ impl Writer {
     }
 }
 
-async fn run(
-    store: Store,
-    config: WriterConfig,
-    mut queue: mpsc::Receiver<Queued>,
-    committed: watch::Sender<u64>,
-) {
+async fn run(store: Store, config: WriterConfig, mut queue: mpsc::Receiver<Queued>, feed: Feed) {
     let max_batch = config.max_batch.max(rapport_domain::validate::MAX_BATCH);
     // A command taken off the queue while gathering a batch: it runs after
     // that batch commits, keeping queue order.
@@ -132,7 +134,7 @@ async fn run(
         let first = match first {
             Queued::Append(job) => job,
             Queued::Command { command, reply } => {
-                run_command(&store, command, reply, &committed).await;
+                run_command(&store, command, reply, &feed).await;
                 continue;
             }
         };
@@ -158,13 +160,13 @@ async fn run(
             };
             if size + job.interactions.len() > max_batch {
                 // Too big for this batch: it opens the next one.
-                commit(&store, std::mem::take(&mut jobs), size, &committed).await;
+                commit(&store, std::mem::take(&mut jobs), size, &feed).await;
                 size = 0;
             }
             size += job.interactions.len();
             jobs.push(job);
         }
-        commit(&store, jobs, size, &committed).await;
+        commit(&store, jobs, size, &feed).await;
     }
     debug!("group-commit writer stopped");
 }
@@ -173,51 +175,36 @@ async fn run_command(
     store: &Store,
     command: Command,
     reply: oneshot::Sender<Result<CommandOutcome, StoreError>>,
-    committed: &watch::Sender<u64>,
+    feed: &Feed,
 ) {
     let outcome = store.append_command(command, crate::wall_clock()).await;
     match &outcome {
-        Ok(CommandOutcome::Appended(event)) => {
-            advance(committed, event.position);
-        }
+        Ok(CommandOutcome::Appended(event)) => feed.publish(vec![event.clone()]),
         Ok(CommandOutcome::UnknownMember) => {}
         Err(error) => warn!(error = %error, "command failed, nothing written"),
     }
     let _ = reply.send(outcome);
 }
 
-fn advance(committed: &watch::Sender<u64>, highest: u64) {
-    committed.send_if_modified(|head| {
-        let moved = highest > *head;
-        *head = (*head).max(highest);
-        moved
-    });
-}
-
-async fn commit(store: &Store, jobs: Vec<Job>, size: usize, committed: &watch::Sender<u64>) {
+async fn commit(store: &Store, jobs: Vec<Job>, size: usize, feed: &Feed) {
     if jobs.is_empty() {
         return;
     }
     let (requests, replies): (Vec<_>, Vec<_>) =
         jobs.into_iter().map(|j| (j.interactions, j.reply)).unzip();
     let started = std::time::Instant::now();
-    match store.append_batch(requests, crate::wall_clock()).await {
-        Ok(outcomes) => {
+    match store.append(requests, crate::wall_clock()).await {
+        Ok(committed) => {
             debug!(
                 requests = replies.len(),
                 interactions = size,
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "batch committed"
             );
-            let highest = outcomes
-                .iter()
-                .flat_map(|o| o.iter().flatten())
-                .map(|r| r.position)
-                .max();
-            if let Some(highest) = highest {
-                advance(committed, highest);
-            }
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // Published before the callers hear back, so a subscriber sees
+            // a write no later than its writer's acknowledgement.
+            feed.publish(committed.events);
+            for (reply, outcome) in replies.into_iter().zip(committed.outcomes) {
                 // A caller that went away still had its write committed; a
                 // retry will be recognized as a duplicate.
                 let _ = reply.send(Ok(outcome));

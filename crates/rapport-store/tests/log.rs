@@ -2,74 +2,17 @@
 //! on PostgreSQL (a fresh database each). Two `Store`s on one database stand
 //! for two server replicas.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rapport_domain::policy::Policy;
 use rapport_domain::{
-    Command, EventBody, EventType, Identity, Interaction, InteractionKind, MemberRole, Target,
-    Timestamp,
+    Command, EventBody, EventType, Identity, InteractionKind, MemberRole, Target,
 };
-use rapport_store::{CommandOutcome, EventQuery, Store, StoreOptions, Writer, WriterConfig};
-use rapport_testkit::TestDatabase;
+use rapport_store::{CommandOutcome, EventQuery, Feed, Store, StoreOptions, Writer, WriterConfig};
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A fresh, migrated database; `None` when PostgreSQL is skipped.
-async fn fresh(backend: Backend, test: &str) -> Option<(TestDatabase, Store)> {
-    let db = match backend {
-        Backend::Sqlite => TestDatabase::sqlite(),
-        Backend::Postgres => TestDatabase::postgres(test).await?,
-    };
-    let store = Store::connect(&StoreOptions::new(&db.url))
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    Some((db, store))
-}
-
-fn interaction(community: &str, id: &str, handle: &str) -> Interaction {
-    Interaction {
-        community_id: community.into(),
-        interaction_id: id.into(),
-        channel: "forum".into(),
-        kind: InteractionKind::Reply,
-        source_type: "discourse.post".into(),
-        actor: Identity {
-            channel: "forum".into(),
-            handle: handle.into(),
-        },
-        occurred_at: Timestamp::from_micros(1_750_000_000_000_000),
-        target: None,
-        incentivized: false,
-        sentiment: Some(0.5),
-        campaign_id: String::new(),
-        url: format!("https://forum.example/p/{id}"),
-        excerpt: "thanks, that fixed it".into(),
-        actor_display_name: handle.to_uppercase(),
-        attributes: BTreeMap::from([("thread".to_owned(), "42".to_owned())]),
-    }
-}
-
-const T0: Timestamp = Timestamp::from_micros(1_760_000_000_000_000);
-
-/// Runs each test on both backends, as separately named tests.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
+mod common;
+use common::{Backend, T0, fresh, interaction};
 
 on_both_backends!(
     positions_are_gap_free_in_commit_order_under_concurrent_replicas,
@@ -86,8 +29,8 @@ async fn positions_are_gap_free_in_commit_order_under_concurrent_replicas(backen
         return;
     };
     let store_b = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
-    let (writer_a, task_a) = Writer::spawn(store_a.clone(), WriterConfig::default());
-    let (writer_b, task_b) = Writer::spawn(store_b.clone(), WriterConfig::default());
+    let (writer_a, task_a) = Writer::spawn(store_a.clone(), WriterConfig::default(), Feed::new());
+    let (writer_b, task_b) = Writer::spawn(store_b.clone(), WriterConfig::default(), Feed::new());
 
     const WRITERS: usize = 8;
     const REQUESTS: usize = 40;
@@ -217,8 +160,8 @@ async fn concurrent_first_sightings_make_one_member(backend: Backend) {
         return;
     };
     let store_b = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
-    let (writer_a, _) = Writer::spawn(store_a.clone(), WriterConfig::default());
-    let (writer_b, _) = Writer::spawn(store_b, WriterConfig::default());
+    let (writer_a, _) = Writer::spawn(store_a.clone(), WriterConfig::default(), Feed::new());
+    let (writer_b, _) = Writer::spawn(store_b, WriterConfig::default(), Feed::new());
 
     let tasks: Vec<_> = (0..24)
         .map(|n| {
@@ -468,7 +411,7 @@ async fn commands_append_in_order_and_check_the_member(backend: Backend) {
     let Some((_db, store)) = fresh(backend, "commands").await else {
         return;
     };
-    let (writer, task) = Writer::spawn(store.clone(), WriterConfig::default());
+    let (writer, task) = Writer::spawn(store.clone(), WriterConfig::default(), Feed::new());
     let first = writer
         .append(vec![interaction("acme", "i1", "ana")])
         .await

@@ -37,6 +37,16 @@ pub struct Config {
     #[arg(long, env = "RAPPORT_GROUP_COMMIT_LINGER_MS", default_value_t = 0)]
     pub group_commit_linger_ms: u64,
 
+    /// Most `SubscribeEvents` streams open at once; past it, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RAPPORT_MAX_SUBSCRIPTIONS", default_value_t = 1_000)]
+    pub max_subscriptions: usize,
+
+    /// How often to read the log's head for commits made by other processes
+    /// (replicas), in milliseconds. On PostgreSQL, LISTEN/NOTIFY hears of
+    /// them at once; this poll covers a lost notification.
+    #[arg(long, env = "RAPPORT_COMMIT_POLL_MS", default_value_t = 500)]
+    pub commit_poll_ms: u64,
+
     /// After SIGTERM, how long in-flight requests may take before the
     /// remaining connections are closed, in seconds. Keep it below the
     /// Kubernetes termination grace period.
@@ -65,6 +75,10 @@ impl Config {
 
     pub fn group_commit_linger(&self) -> Duration {
         Duration::from_millis(self.group_commit_linger_ms)
+    }
+
+    pub fn commit_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_poll_ms.max(1))
     }
 
     pub fn drain_timeout(&self) -> Duration {

@@ -38,6 +38,12 @@ pub enum ApiError {
         /// The `ErrorInfo` reason, e.g. `MEMBER_NOT_FOUND`.
         reason: &'static str,
     },
+    #[error("too many subscriptions are open (at most {limit}); retry later")]
+    TooManySubscriptions { limit: usize },
+    /// A subscription ends because the server stops; the client resumes
+    /// after `resume_after` on another replica or after the restart.
+    #[error("the server is shutting down; resume after position {resume_after}")]
+    ShuttingDown { resume_after: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -104,6 +110,17 @@ impl From<ApiError> for Status {
             }
             ApiError::NotReady => (Code::Unavailable, "DATABASE_NOT_READY", error.to_string()),
             ApiError::NotFound { reason, .. } => (Code::NotFound, *reason, error.to_string()),
+            ApiError::TooManySubscriptions { .. } => (
+                Code::ResourceExhausted,
+                "TOO_MANY_SUBSCRIPTIONS",
+                error.to_string(),
+            ),
+            ApiError::ShuttingDown { resume_after } => {
+                let metadata =
+                    HashMap::from([("resume_after".to_owned(), resume_after.to_string())]);
+                details.set_error_info("SHUTTING_DOWN", ERROR_DOMAIN, metadata);
+                (Code::Unavailable, "", error.to_string())
+            }
             ApiError::Projection(
                 ProjectionError::Behind { .. } | ProjectionError::NotBuilt { .. },
             ) => (Code::Unavailable, "PROJECTION_BEHIND", error.to_string()),

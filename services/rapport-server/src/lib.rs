@@ -34,7 +34,7 @@ use rapport_proto::v1::advocacy_service_server::AdvocacyServiceServer;
 use rapport_proto::v1::event_log_service_server::EventLogServiceServer;
 use rapport_proto::v1::interaction_service_server::InteractionServiceServer;
 use rapport_proto::v1::timeline_service_server::TimelineServiceServer;
-use rapport_store::{Store, StoreError, StoreOptions, Writer, WriterConfig};
+use rapport_store::{Feed, Store, StoreError, StoreOptions, Writer, WriterConfig};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -90,6 +90,8 @@ pub async fn run(
     set_health(&health, ServingStatus::NotServing).await;
 
     let state = AppState::default();
+    // Turns true when the shutdown starts: health flips, streams end.
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     // The projectors stop after the drain, so reads waiting for them finish.
     let (projectors_stop, projectors_stopping) = tokio::sync::watch::channel(false);
     let startup = tokio::spawn(open_store(
@@ -107,6 +109,9 @@ pub async fn run(
     .max_decoding_message_size(MAX_INGEST_REQUEST_BYTES);
     let event_log = EventLogServiceServer::new(EventLog {
         state: state.clone(),
+        subscriptions: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
+        max_subscriptions: config.max_subscriptions,
+        stopping: stopping.clone(),
     })
     .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
     let timelines = TimelineServiceServer::new(Timelines {
@@ -125,7 +130,6 @@ pub async fn run(
     // The shutdown signal flips health first, then stops the listener; the
     // drain that follows is bounded, so a client that never closes its
     // connection cannot hold the process (and the pending batch) hostage.
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let drain_health = health.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -168,7 +172,8 @@ pub async fn run(
     let store = state.ready().ok().map(|r| r.store.clone());
     drop(state);
     let _ = projectors_stop.send(true);
-    if let Some((writer_task, projector_tasks)) = tasks {
+    if let Some((writer_task, projector_tasks, commit_watch)) = tasks {
+        commit_watch.abort();
         if tokio::time::timeout(Duration::from_secs(30), writer_task)
             .await
             .is_err()
@@ -205,8 +210,8 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Connects, migrates and checks the database, retrying with backoff while it
 /// is unreachable; then hands the store to the services and turns SERVING.
-/// Starts the projectors. Returns the writer and projector tasks, to await
-/// at shutdown.
+/// Starts the projectors and the watch for other processes' commits. Returns
+/// the writer and projector tasks, to await at shutdown, and the watch.
 async fn open_store(
     config: Config,
     state: AppState,
@@ -215,6 +220,7 @@ async fn open_store(
 ) -> (
     tokio::task::JoinHandle<()>,
     Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
 ) {
     let mut options = StoreOptions::new(config.effective_database_url());
     options.max_connections = config.db_max_connections;
@@ -231,6 +237,9 @@ async fn open_store(
     };
     let head = store.head().await.unwrap_or_default();
     info!(backend = store.backend(), head, "database ready");
+    let feed = Feed::new();
+    feed.observe(head);
+    let commit_watch = store.watch_commits(feed.clone(), config.commit_poll_interval());
     let (writer, task) = Writer::spawn(
         store.clone(),
         WriterConfig {
@@ -238,6 +247,7 @@ async fn open_store(
             linger: config.group_commit_linger(),
             ..WriterConfig::default()
         },
+        feed,
     );
     let projections = Projections::new(store.clone());
     let projector_tasks = projections.spawn(
@@ -251,7 +261,7 @@ async fn open_store(
         projections,
     });
     set_health(&health, ServingStatus::Serving).await;
-    (task, projector_tasks)
+    (task, projector_tasks, commit_watch)
 }
 
 async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {

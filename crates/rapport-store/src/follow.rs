@@ -1,0 +1,196 @@
+//! Following the log: every matching event after a position, in order, then
+//! live as events commit, with a checkpoint at least every so often.
+//!
+//! A [`Follower`] is pulled ([`Follower::next`]), so a slow consumer slows
+//! only itself: while it is not pulling, the feed's bounded broadcast moves on
+//! without it, and when it pulls again it notices it lagged and reads the log
+//! from the database instead. It never holds more than one page or one chunk
+//! of events, and never drops one.
+//!
+//! How the switch from history to live stays gap-free and duplicate-free:
+//! positions are gap-free and in commit order (see the crate doc), so the
+//! follower only needs the position it has looked at everything up to
+//! (`scanned`). A read of the log advances it to the end of the page, or to
+//! the head the read saw. A broadcast chunk (this process's own commit) is
+//! used only if it continues right after `scanned`; events at or below it are
+//! skipped, and a chunk that starts past `scanned + 1` means somebody else
+//! committed in between, so the follower reads the log again. A head that
+//! moves past `scanned` without a chunk (another replica's commit, heard by
+//! `LISTEN/NOTIFY` or the poll) does the same.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rapport_domain::Event;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::{Chunk, EventQuery, Feed, Store, StoreError};
+
+/// What a follower hands out next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followed {
+    Event(Event),
+    /// Every matching event up to this position has been handed out: resume
+    /// after it.
+    Checkpoint(u64),
+}
+
+/// A subscription to the log; see the module doc.
+pub struct Follower {
+    store: Store,
+    /// The filters, the page size of reads (`limit`), and in `after` the
+    /// position everything up to which has been looked at (`scanned`).
+    query: EventQuery,
+    live: broadcast::Receiver<Chunk>,
+    head: watch::Receiver<u64>,
+    /// Matching events looked at but not handed out yet: one page or chunk.
+    buffer: VecDeque<Event>,
+    /// Whether the next events come from reading the log (catching up, or
+    /// after a gap or a lag) rather than from the broadcast.
+    reading: bool,
+    caught_up_once: bool,
+    checkpoint_every: Duration,
+    next_checkpoint: Instant,
+}
+
+impl Follower {
+    /// Follows the events matching `query` after `query.after`, reading
+    /// history `query.limit` events at a time. Checkpoints come at least
+    /// every `checkpoint_every`, and once when history is caught up.
+    pub fn new(store: Store, feed: &Feed, query: EventQuery, checkpoint_every: Duration) -> Self {
+        Follower {
+            store,
+            query: EventQuery {
+                limit: query.limit.max(1),
+                ..query
+            },
+            // Before the first read, so no commit can fall between the two.
+            live: feed.subscribe(),
+            head: feed.head(),
+            buffer: VecDeque::new(),
+            reading: true,
+            caught_up_once: false,
+            checkpoint_every,
+            next_checkpoint: Instant::now() + checkpoint_every,
+        }
+    }
+
+    /// The position up to which every matching event has been handed out.
+    pub fn position(&self) -> u64 {
+        self.buffer
+            .front()
+            .map_or(self.query.after, |next| next.position - 1)
+    }
+
+    /// The next event, or a checkpoint when one is due. Waits while there is
+    /// nothing new. Fails only when the database does (the follower can be
+    /// resumed from [`Follower::position`]) or the feed has closed.
+    pub async fn next(&mut self) -> Result<Followed, StoreError> {
+        loop {
+            if Instant::now() >= self.next_checkpoint {
+                self.next_checkpoint = Instant::now() + self.checkpoint_every;
+                return Ok(Followed::Checkpoint(self.position()));
+            }
+            if let Some(event) = self.buffer.pop_front() {
+                return Ok(Followed::Event(event));
+            }
+            if self.reading {
+                self.read_page().await?;
+            } else {
+                self.wait().await?;
+            }
+        }
+    }
+
+    async fn read_page(&mut self) -> Result<(), StoreError> {
+        let page = self.store.read_events(&self.query).await?;
+        let full = page.events.len() >= self.query.limit as usize;
+        self.query.after = match page.events.last() {
+            Some(last) if full => last.position,
+            // A short page looked at everything up to the head it saw.
+            _ => page.head.max(self.query.after),
+        };
+        self.buffer.extend(page.events);
+        if !full {
+            self.reading = false;
+            if !self.caught_up_once {
+                self.caught_up_once = true;
+                // Tell the consumer where history ended, without waiting.
+                self.next_checkpoint = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes what this process committed meanwhile, else waits for its next
+    /// commit, another process's (the head moves), or the next checkpoint.
+    async fn wait(&mut self) -> Result<(), StoreError> {
+        // Chunks first: under load they are already there, and need no read.
+        loop {
+            match self.live.try_recv() {
+                Ok(chunk) => {
+                    self.take(&chunk);
+                    if self.reading || !self.buffer.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.reading = true;
+                    return Ok(());
+                }
+                Err(broadcast::error::TryRecvError::Closed) => return Err(StoreError::Closed),
+            }
+        }
+        // A head past what was looked at without a chunk for it: another
+        // process committed (or a chunk is being published right now; the
+        // read then simply gets there first).
+        if *self.head.borrow_and_update() > self.query.after {
+            self.reading = true;
+            return Ok(());
+        }
+        tokio::select! {
+            // The broadcast first: the writer publishes a commit's chunks
+            // before it moves the head, so a head that moved with a chunk
+            // waiting is this process's own commit, not a gap.
+            biased;
+            chunk = self.live.recv() => match chunk {
+                Ok(chunk) => self.take(&chunk),
+                Err(broadcast::error::RecvError::Lagged(_)) => self.reading = true,
+                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
+            },
+            changed = self.head.changed() => {
+                changed.map_err(|_| StoreError::Closed)?;
+                if *self.head.borrow_and_update() > self.query.after {
+                    self.reading = true;
+                }
+            }
+            () = tokio::time::sleep_until(self.next_checkpoint) => {}
+        }
+        Ok(())
+    }
+
+    /// Takes a chunk this process committed, if it continues what has been
+    /// looked at; else reads the log.
+    fn take(&mut self, chunk: &[Event]) {
+        let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+            return;
+        };
+        if last.position <= self.query.after {
+            return; // already read from the log
+        }
+        if first.position > self.query.after + 1 {
+            self.reading = true; // someone else committed in between
+            return;
+        }
+        let after = self.query.after;
+        self.buffer.extend(
+            chunk
+                .iter()
+                .filter(|e| e.position > after && self.query.matches(e))
+                .cloned(),
+        );
+        self.query.after = last.position;
+    }
+}
