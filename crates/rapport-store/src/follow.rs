@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use rapport_domain::Event;
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::{Chunk, EventQuery, Feed, Store, StoreError};
+use crate::{Chunk, EventPage, EventQuery, Feed, Store, StoreError};
 
 /// What a follower hands out next.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +53,17 @@ pub struct Follower {
     caught_up_once: bool,
     checkpoint_every: Duration,
     next_checkpoint: Instant,
+    /// While catching up, the read of the page after the one being handed
+    /// out, so the database and the consumer work at the same time.
+    prefetch: Option<JoinHandle<Result<EventPage, StoreError>>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(read) = self.prefetch.take() {
+            read.abort();
+        }
+    }
 }
 
 impl Follower {
@@ -73,6 +85,7 @@ impl Follower {
             caught_up_once: false,
             checkpoint_every,
             next_checkpoint: Instant::now() + checkpoint_every,
+            prefetch: None,
         }
     }
 
@@ -104,7 +117,17 @@ impl Follower {
     }
 
     async fn read_page(&mut self) -> Result<(), StoreError> {
-        let page = self.store.read_events(&self.query).await?;
+        let page = match self.prefetch.as_mut() {
+            // Awaited by reference, so a cancelled `next` keeps the read.
+            Some(read) => {
+                let page = read
+                    .await
+                    .map_err(|e| StoreError::Corrupt(format!("a log read failed: {e}")));
+                self.prefetch = None;
+                page??
+            }
+            None => self.store.read_events(&self.query).await?,
+        };
         let full = page.events.len() >= self.query.limit as usize;
         self.query.after = match page.events.last() {
             Some(last) if full => last.position,
@@ -112,7 +135,10 @@ impl Follower {
             _ => page.head.max(self.query.after),
         };
         self.buffer.extend(page.events);
-        if !full {
+        if full {
+            let (store, query) = (self.store.clone(), self.query.clone());
+            self.prefetch = Some(tokio::spawn(async move { store.read_events(&query).await }));
+        } else {
             self.reading = false;
             if !self.caught_up_once {
                 self.caught_up_once = true;

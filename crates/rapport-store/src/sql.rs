@@ -10,46 +10,92 @@ use crate::{EventQuery, StoreError, codec, from_db, to_db};
 /// The columns `event_from_row` expects, in order.
 pub(crate) const EVENT_COLUMNS: &str = "position, community_id, stream_id, stream_version, event_type, member_id, recorded_at, payload, personal";
 
-/// `SELECT` of the events matching `query`, after `query.after` and up to `head`.
-pub(crate) fn select_events<DB>(query: &EventQuery, head: u64) -> QueryBuilder<DB>
-where
-    DB: Database,
-    for<'e> i64: Encode<'e, DB> + Type<DB>,
-    for<'e> i16: Encode<'e, DB> + Type<DB>,
-    for<'e> String: Encode<'e, DB> + Type<DB>,
-{
+/// A value bound to a placeholder of [`select_events`].
+#[derive(Debug, Clone)]
+pub(crate) enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// `SELECT` of the events matching `query`, after `query.after` and up to
+/// `head`, with `$1, $2, ...` placeholders and their values in order. Both
+/// PostgreSQL and SQLite (which takes `$1` as a named parameter, bound by
+/// position) accept it, so sqlx and rusqlite run the same text.
+pub(crate) fn select_events(query: &EventQuery, head: u64) -> (String, Vec<Param>) {
     let columns = if query.without_personal {
         EVENT_COLUMNS.replace("personal", "NULL")
     } else {
         EVENT_COLUMNS.to_owned()
     };
-    let mut qb = QueryBuilder::new(format!("SELECT {columns} FROM events WHERE position > "));
-    qb.push_bind(to_db(query.after));
-    qb.push(" AND position <= ");
-    qb.push_bind(to_db(head));
+    let mut params = vec![Param::Int(to_db(query.after)), Param::Int(to_db(head))];
+    let mut sql = format!("SELECT {columns} FROM events WHERE position > $1 AND position <= $2");
     if let Some(community) = &query.community_id {
-        qb.push(" AND community_id = ");
-        qb.push_bind(community.clone());
+        let p = placeholders(vec![Param::Text(community.clone())], &mut params);
+        sql.push_str(&format!(" AND community_id = {p}"));
     }
     if !query.event_types.is_empty() {
-        qb.push(" AND event_type IN (");
-        let mut list = qb.separated(", ");
-        for t in &query.event_types {
-            list.push_bind(*t as i16);
-        }
-        qb.push(")");
+        let values = query
+            .event_types
+            .iter()
+            .map(|t| Param::Int(*t as i64))
+            .collect();
+        let list = placeholders(values, &mut params);
+        sql.push_str(&format!(" AND event_type IN ({list})"));
     }
     if !query.channels.is_empty() {
-        qb.push(" AND channel IN (");
-        let mut list = qb.separated(", ");
-        for c in &query.channels {
-            list.push_bind(c.clone());
-        }
-        qb.push(")");
+        let values = query
+            .channels
+            .iter()
+            .map(|c| Param::Text(c.clone()))
+            .collect();
+        let list = placeholders(values, &mut params);
+        sql.push_str(&format!(" AND channel IN ({list})"));
     }
-    qb.push(" ORDER BY position LIMIT ");
-    qb.push_bind(i64::from(query.limit));
-    qb
+    params.push(Param::Int(i64::from(query.limit)));
+    sql.push_str(&format!(" ORDER BY position LIMIT ${}", params.len()));
+    (sql, params)
+}
+
+/// Appends `values` to `params` and returns their placeholders, `$3, $4`.
+fn placeholders(values: Vec<Param>, params: &mut Vec<Param>) -> String {
+    let list: Vec<String> = values
+        .into_iter()
+        .map(|v| {
+            params.push(v);
+            format!("${}", params.len())
+        })
+        .collect();
+    list.join(", ")
+}
+
+/// An event from its stored columns (see [`EVENT_COLUMNS`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn event_from_columns(
+    position: i64,
+    community_id: String,
+    stream_id: String,
+    stream_version: i64,
+    event_type: i16,
+    member_id: String,
+    recorded_at: i64,
+    payload: &[u8],
+    personal: Option<&[u8]>,
+) -> Result<Event, StoreError> {
+    let body = codec::decode(
+        i32::from(event_type),
+        &community_id,
+        member_id,
+        payload,
+        personal,
+    )?;
+    Ok(Event {
+        position: from_db(position)?,
+        community_id,
+        stream_id,
+        stream_version: from_db(stream_version)?,
+        recorded_at: Timestamp::from_micros(recorded_at),
+        body,
+    })
 }
 
 /// Decodes a row selected with [`EVENT_COLUMNS`].
@@ -62,25 +108,19 @@ where
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let community_id: String = row.try_get(1)?;
-    let event_type: i16 = row.try_get(4)?;
     let payload: Vec<u8> = row.try_get(7)?;
     let personal: Option<Vec<u8>> = row.try_get(8)?;
-    let body = codec::decode(
-        i32::from(event_type),
-        &community_id,
+    event_from_columns(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
         row.try_get(5)?,
+        row.try_get(6)?,
         &payload,
         personal.as_deref(),
-    )?;
-    Ok(Event {
-        position: from_db(row.try_get(0)?)?,
-        community_id,
-        stream_id: row.try_get(2)?,
-        stream_version: from_db(row.try_get(3)?)?,
-        recorded_at: Timestamp::from_micros(row.try_get(6)?),
-        body,
-    })
+    )
 }
 
 /// Reads a page of the log on `conn`: the head first, then the events up to it,
@@ -103,10 +143,15 @@ where
         .fetch_one(&mut *conn)
         .await?;
     let head = from_db(head)?;
-    let rows = select_events::<DB>(query, head)
-        .build()
-        .fetch_all(&mut *conn)
-        .await?;
+    let (sql, params) = select_events(query, head);
+    let mut select = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for param in params {
+        select = match param {
+            Param::Int(n) => select.bind(n),
+            Param::Text(t) => select.bind(t),
+        };
+    }
+    let rows = select.fetch_all(&mut *conn).await?;
     let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
     Ok(crate::EventPage { events, head })
 }

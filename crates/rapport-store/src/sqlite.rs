@@ -1,6 +1,10 @@
 //! The embedded default: one SQLite file in WAL mode.
 //!
-//! Reads and migrations go through sqlx pools. Appends go through one
+//! Migrations and most reads go through sqlx pools; reads of the log by
+//! position (followers, projectors: thousands of rows a call) go through
+//! rusqlite connections on blocking threads ([`LogReaders`]), since sqlx's
+//! driver hands every row across threads and copies every value, which held
+//! a follower to about 100,000 events/s. Appends go through one
 //! rusqlite connection on a blocking thread: a whole batch (lookups, plan,
 //! inserts, commit) runs in one hop, with cached prepared statements, instead
 //! of one hop to sqlx's SQLite thread per statement, which cost a fixed
@@ -72,6 +76,51 @@ pub struct SqliteStore {
     writer: Arc<Mutex<rusqlite::Connection>>,
     /// Identities and stream versions this process's writer committed.
     cache: Arc<Mutex<WriterCache>>,
+    /// Reads the log by position (see the module doc).
+    log_readers: Arc<LogReaders>,
+}
+
+/// rusqlite connections for reading the log, opened on demand, at most
+/// `permits` in use at once, the idle ones kept for the next read.
+#[derive(Debug)]
+struct LogReaders {
+    path: String,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+    permits: tokio::sync::Semaphore,
+    max_idle: usize,
+}
+
+impl LogReaders {
+    /// Runs `read` on a connection, on a blocking thread.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let readers = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let idle = readers.idle.lock().expect("log readers").pop();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&readers.path)?,
+            };
+            let result = read(&mut conn);
+            // A connection whose read failed is dropped, not reused.
+            if result.is_ok() {
+                let mut idle = readers.idle.lock().expect("log readers");
+                if idle.len() < readers.max_idle {
+                    idle.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("a sqlite reader panicked: {e}")))?
+    }
 }
 
 impl SqliteStore {
@@ -119,12 +168,19 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(writer));
         spawn_checkpointer(&path_for_checkpoints, Arc::downgrade(&writer))?;
         spawn_checkpointer(&projections_file, Arc::downgrade(&writer))?;
+        let log_readers = Arc::new(LogReaders {
+            path: path_for_checkpoints.clone(),
+            idle: Mutex::default(),
+            permits: tokio::sync::Semaphore::new(options.max_connections.max(1) as usize),
+            max_idle: options.max_connections.max(1) as usize,
+        });
         Ok(SqliteStore {
             admin,
             readers,
             projections,
             writer,
             cache: Arc::default(),
+            log_readers,
         })
     }
 
@@ -181,11 +237,10 @@ impl SqliteStore {
     }
 
     pub(crate) async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
-        // One transaction, so the head and the events come from one snapshot.
-        let mut tx = self.readers.begin().await?;
-        let page = sql::read_events::<Sqlite>(&mut tx, query).await?;
-        tx.commit().await?;
-        Ok(page)
+        let query = query.clone();
+        self.log_readers
+            .read(move |conn| read_events_blocking(conn, &query))
+            .await
     }
 
     pub(crate) async fn events_at(
@@ -221,6 +276,57 @@ pub(crate) fn projections_path(log: &str) -> String {
         Some(stem) => format!("{stem}-projections.db"),
         None => format!("{log}-projections"),
     }
+}
+
+fn open_reader(path: &str) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    for (name, value) in PRAGMAS {
+        conn.pragma_update(None, name, value)?;
+    }
+    Ok(conn)
+}
+
+/// A page of the log: the head, then the events up to it, in one read
+/// transaction, so the page never holds an event committed after the head.
+fn read_events_blocking(
+    conn: &mut rusqlite::Connection,
+    query: &EventQuery,
+) -> Result<EventPage, StoreError> {
+    let tx = conn.transaction()?;
+    let head: i64 = tx.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+        r.get(0)
+    })?;
+    let head = from_db(head)?;
+    let (select, params) = sql::select_events(query, head);
+    let mut events = Vec::with_capacity(query.limit.min(10_000) as usize);
+    {
+        let mut statement = tx.prepare_cached(&select)?;
+        let params = params.into_iter().map(|p| match p {
+            sql::Param::Int(n) => rusqlite::types::Value::Integer(n),
+            sql::Param::Text(t) => rusqlite::types::Value::Text(t),
+        });
+        let mut rows = statement.query(rusqlite::params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            let blob = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(e.to_string());
+            let payload = row.get_ref(7)?.as_blob().map_err(blob)?;
+            let personal = row.get_ref(8)?.as_blob_or_null().map_err(blob)?;
+            events.push(sql::event_from_columns(
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+                payload,
+                personal,
+            )?);
+        }
+    }
+    tx.commit()?;
+    Ok(EventPage { events, head })
 }
 
 fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {

@@ -18,10 +18,17 @@
 //! - `lag`: write, then read with `min_position`, every `--interval-ms`;
 //! - `catch-up`: wait until the projections have applied the whole log;
 //! - `rebuild`: rebuild the timeline from position 0 and time it.
+//!
+//! Subscription benchmarks (`bench/subscribe.sh`):
+//! - `follow`: one `SubscribeEvents` from position 0 to the head (catch-up
+//!   delivery rate), and `ReadEvents` paging over the same events;
+//! - `--subscribers N` with `batch` or `unary`: N subscribers follow the log
+//!   live during the ingest run; their delivery latency is reported.
 
 mod advocacy;
 mod community;
 mod probes;
+mod subscribe;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +57,8 @@ enum Mode {
     Rescore,
     /// Time of one `PreviewScoringPolicy`.
     Preview,
+    /// One subscriber from 0 to the head: catch-up delivery rate.
+    Follow,
 }
 
 #[derive(Debug, Parser)]
@@ -96,6 +105,18 @@ struct Args {
     /// The projection to rebuild.
     #[arg(long, default_value = "timeline")]
     projection: String,
+    /// Communities the ingest modes write to (`bench`, or `bench-0` ...).
+    #[arg(long, default_value_t = 1)]
+    communities: u64,
+    /// Subscribers following the log live during an ingest run.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// Subscriber `i` follows only community `bench-{i}`.
+    #[arg(long)]
+    per_community: bool,
+    /// A subscriber pause after each message, in milliseconds (a slow consumer).
+    #[arg(long, default_value_t = 0)]
+    subscriber_pause_ms: u64,
 }
 
 #[tokio::main]
@@ -147,6 +168,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         Mode::Rescore => return advocacy::rescore(channels[0].clone(), label).await,
         Mode::Preview => return advocacy::preview(channels[0].clone(), label).await,
+        Mode::Follow => return subscribe::catch_up(channels[0].clone(), label).await,
     }
     // Each task's share of the rate: one call every `pace`.
     let pace = (args.rate > 0).then(|| {
@@ -158,6 +180,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     });
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let followers = subscribe::start_followers(
+        &channels,
+        &subscribe::Followers {
+            count: args.subscribers,
+            per_community: args.per_community,
+            pause: (args.subscriber_pause_ms > 0)
+                .then(|| Duration::from_millis(args.subscriber_pause_ms)),
+        },
+        Arc::clone(&measuring),
+        Arc::clone(&stop),
+    )
+    .await?;
 
     let mut tasks = Vec::new();
     for task in 0..args.concurrency {
@@ -167,6 +201,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             run_id,
             task,
             members: args.members,
+            communities: args.communities.max(1),
             next: 0,
         };
         tasks.push(tokio::spawn(drive(
@@ -212,6 +247,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ms(0.50),
         ms(0.99)
     );
+    if !followers.is_empty() {
+        let mut latency = Histogram::<u64>::new(3)?;
+        let (mut events, mut subscriber_errors) = (0u64, 0u64);
+        for task in followers {
+            let followed = task.await?;
+            latency.add(&followed.latency_us)?;
+            events += followed.events;
+            subscriber_errors += followed.errors;
+        }
+        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{label} subscribers: {n} received {rate:.0} events/s in all, recorded-to-receipt p50 {p50:.2} ms p99 {p99:.2} ms max {max:.2} ms, {subscriber_errors} errors",
+            n = args.subscribers,
+            rate = events as f64 / elapsed.as_secs_f64(),
+            p50 = ms(0.50),
+            p99 = ms(0.99),
+            max = latency.max() as f64 / 1000.0,
+        );
+        println!(
+            "RESULT {{\"label\":\"{label}-subscribers\",\"events_per_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+            events as f64 / elapsed.as_secs_f64(),
+            ms(0.50),
+            ms(0.99)
+        );
+        if subscriber_errors > 0 {
+            std::process::exit(1);
+        }
+    }
     if errors > 0 {
         std::process::exit(1);
     }
@@ -223,6 +286,7 @@ struct Generator {
     run_id: u128,
     task: usize,
     members: u64,
+    communities: u64,
     next: u64,
 }
 
@@ -246,7 +310,11 @@ impl Generator {
             .unwrap()
             .as_secs() as i64;
         pb::Interaction {
-            community_id: "bench".into(),
+            community_id: if self.communities == 1 {
+                "bench".into()
+            } else {
+                format!("bench-{}", actor % self.communities)
+            },
             interaction_id: format!("{}-{}-{n}", self.run_id, self.task),
             channel: "forum".into(),
             kind: KINDS[(n % KINDS.len() as u64) as usize] as i32,

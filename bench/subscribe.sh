@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Subscription benchmark (issue: following the log). Release binaries, the
+# real server on SQLite and on PostgreSQL, rapport-loadgen on loopback:
+#
+# - catch-up: one SubscribeEvents from position 0 over a log written first
+#   (target: >= 200,000 events/s), with ReadEvents paging as a reference;
+# - live latency: one subscriber while unary ingest runs at 5,000
+#   interactions/s (target: p99 < 50 ms from recording to receipt);
+# - ingest with 100 subscribers, and with one deliberately slow subscriber,
+#   against solo ingest runs interleaved in the same run (targets: >= 80%
+#   and >= 90% of solo), as ratios, since the machine is shared and noisy.
+#
+#   bench/subscribe.sh
+#   DURATION=10 BACKENDS=sqlite bench/subscribe.sh
+#
+# Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+PG_BASE="${PG_URL%/*}"
+DURATION="${DURATION:-15}"
+WARMUP="${WARMUP:-3}"
+POPULATE="${POPULATE:-40}"
+BACKENDS="${BACKENDS:-sqlite postgres}"
+PORT="${PORT:-50074}"
+RESULTS="$(mktemp -d)"
+SERVER_PID=""
+
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_subscribe WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+cargo build --release -q -p rapport-server -p rapport-loadgen
+SERVER=target/release/rapport-server
+LOADGEN=target/release/rapport-loadgen
+
+start_server() { # url
+  "$SERVER" --listen "127.0.0.1:$PORT" --database-url "$1" >"$RESULTS/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    if grep -q "database ready" "$RESULTS/server.log"; then return; fi
+    sleep 0.1
+  done
+  echo "server did not become ready" >&2; cat "$RESULTS/server.log" >&2; exit 1
+}
+
+stop_server() {
+  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
+}
+
+load() { # label mode extra-args...
+  local label=$1 mode=$2; shift 2
+  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode "$mode" --duration "$DURATION" --warmup "$WARMUP" \
+    --label "$label" "$@" | tee -a "$RESULTS/out.txt"
+}
+
+value() { # label field
+  grep "^RESULT" "$RESULTS/out.txt" | grep "\"label\":\"$1\"" | sed "s/.*\"$2\":\([0-9.]*\).*/\1/"
+}
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up, log populated for ${POPULATE}s"
+
+BATCH=(batch --batch-size 500 --concurrency 4)
+for backend in $BACKENDS; do
+  case $backend in
+    sqlite)
+      DIR="$(mktemp -d)"; start_server "sqlite:$DIR/rapport.db" ;;
+    postgres)
+      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_subscribe WITH (FORCE)" >/dev/null
+      psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench_subscribe" >/dev/null
+      start_server "$PG_BASE/rapport_bench_subscribe" ;;
+  esac
+  b=$backend
+  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode batch --batch-size 500 --concurrency 4 \
+    --duration "$POPULATE" --warmup 0 --label "$b-populate" | tee -a "$RESULTS/out.txt"
+  # The projectors catch up first: they would compete with the subscriber.
+  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode catch-up --label "$b-projections" >/dev/null
+  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode follow --label "$b-catch-up" | tee -a "$RESULTS/out.txt"
+  load "$b-live-5k" unary --concurrency 64 --rate 5000 --subscribers 1
+  # Solo runs before and after the runs with subscribers: the baseline is
+  # their mean, and their spread is the noise.
+  load "$b-solo-1" "${BATCH[@]}"
+  load "$b-100-subscribers" "${BATCH[@]}" --subscribers 100
+  load "$b-slow-subscriber" "${BATCH[@]}" --subscribers 1 --subscriber-pause-ms 10
+  load "$b-solo-2" "${BATCH[@]}"
+  # The same at unary ingest (one interaction per call, 64 in flight).
+  load "$b-unary-solo" unary --concurrency 64
+  load "$b-unary-100-subscribers" unary --concurrency 64 --subscribers 100
+  # Multi-tenant: 100 communities, each subscriber following its own.
+  load "$b-solo-communities" "${BATCH[@]}" --communities 100
+  load "$b-100-community-subscribers" "${BATCH[@]}" --communities 100 --subscribers 100 --per-community
+  stop_server
+  [ "$backend" = sqlite ] && rm -rf "$DIR"
+done
+
+echo
+echo "== summary"
+grep -v '^RESULT' "$RESULTS/out.txt" | grep -v -- '-populate:'
+for b in $BACKENDS; do
+  solo1=$(value "$b-solo-1" interactions_per_s); solo2=$(value "$b-solo-2" interactions_per_s)
+  awk -v b="$b" -v s1="$solo1" -v s2="$solo2" \
+      -v hundred="$(value "$b-100-subscribers" interactions_per_s)" \
+      -v slow="$(value "$b-slow-subscriber" interactions_per_s)" \
+      -v solo_c="$(value "$b-solo-communities" interactions_per_s)" \
+      -v hundred_c="$(value "$b-100-community-subscribers" interactions_per_s)" \
+      -v catch="$(value "$b-catch-up" events_per_s)" \
+      -v unary_solo="$(value "$b-unary-solo" interactions_per_s)" \
+      -v unary_hundred="$(value "$b-unary-100-subscribers" interactions_per_s)" \
+      -v p99="$(value "$b-live-5k-subscribers" p99_ms)" 'BEGIN {
+    solo = (s1 + s2) / 2
+    printf "%s: catch-up %d events/s (target 200000); live p99 %.1f ms at 5k/s (target < 50)\n", b, catch, p99
+    printf "%s: solo ingest %d and %d (spread %.0f%%)\n", b, s1, s2, 100 * (s1 > s2 ? s1 - s2 : s2 - s1) / solo
+    printf "%s: 100 subscribers (all events) / solo = %.2f (target >= 0.80)\n", b, hundred / solo
+    printf "%s: unary ingest, 100 subscribers (all events) / solo = %.2f (target >= 0.80)\n", b, unary_hundred / unary_solo
+    printf "%s: 100 subscribers (one community each) / solo over 100 communities = %.2f (target >= 0.80)\n", b, hundred_c / solo_c
+    printf "%s: one slow subscriber / solo = %.2f (target >= 0.90)\n", b, slow / solo
+  }'
+done
