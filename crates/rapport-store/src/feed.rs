@@ -15,9 +15,10 @@
 //! Neither signal is the source of truth: the log is. A subscriber uses the
 //! broadcast only when it continues exactly where its reads left off.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rapport_domain::Event;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -32,8 +33,71 @@ const EVENTS_PER_CHUNK: usize = 128;
 /// Chunks the broadcast keeps for receivers that have not read them yet.
 const CHUNKS: usize = 256;
 
-/// Consecutive committed events, in position order.
-pub type Chunk = Arc<[Event]>;
+/// Consecutive committed events, in position order, and their wire form
+/// once a subscriber has asked for it. Cheap to clone.
+#[derive(Clone)]
+pub struct Chunk(Arc<ChunkInner>);
+
+struct ChunkInner {
+    events: Vec<Event>,
+    /// Every event encoded once, back to back, for all subscribers of this
+    /// process: fanning an event out to N subscribers costs one encoding
+    /// and N reference counts, not N encodings.
+    wire: OnceLock<Wire>,
+}
+
+struct Wire {
+    bytes: Bytes,
+    /// Where each event's encoding ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+/// How an API layer encodes an event for its subscribers.
+pub type Encode = fn(&Event) -> Vec<u8>;
+
+impl Chunk {
+    fn new(events: Vec<Event>) -> Chunk {
+        Chunk(Arc::new(ChunkInner {
+            events,
+            wire: OnceLock::new(),
+        }))
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.0.events
+    }
+
+    /// The `index`th event as `encode` makes it. The whole chunk is encoded
+    /// by the first caller; `encode` must be the same function every time.
+    pub fn encoded(&self, index: usize, encode: Encode) -> Bytes {
+        let wire = self.0.wire.get_or_init(|| {
+            let mut bytes = Vec::new();
+            let mut ends = Vec::with_capacity(self.0.events.len());
+            for event in &self.0.events {
+                bytes.extend_from_slice(&encode(event));
+                ends.push(bytes.len());
+            }
+            Wire {
+                bytes: Bytes::from(bytes),
+                ends,
+            }
+        });
+        let start = index.checked_sub(1).map_or(0, |i| wire.ends[i]);
+        wire.bytes.slice(start..wire.ends[index])
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let positions = self.0.events.first().zip(self.0.events.last());
+        f.debug_struct("Chunk")
+            .field(
+                "positions",
+                &positions.map(|(a, b)| a.position..=b.position),
+            )
+            .finish()
+    }
+}
 
 /// The commit signals of one process. Cheap to clone.
 #[derive(Clone)]
@@ -88,7 +152,7 @@ impl Feed {
         if self.events.receiver_count() > 0 {
             let mut events = events.into_iter().peekable();
             while events.peek().is_some() {
-                let chunk: Chunk = events.by_ref().take(EVENTS_PER_CHUNK).collect();
+                let chunk = Chunk::new(events.by_ref().take(EVENTS_PER_CHUNK).collect());
                 // An error only means every receiver has gone meanwhile.
                 let _ = self.events.send(chunk);
             }
@@ -168,11 +232,31 @@ mod tests {
         feed.publish((1..=300).map(event).collect());
         let mut seen = Vec::new();
         while let Ok(chunk) = events.try_recv() {
-            assert!(chunk.len() <= EVENTS_PER_CHUNK);
-            seen.extend(chunk.iter().map(|e| e.position));
+            assert!(chunk.events().len() <= EVENTS_PER_CHUNK);
+            seen.extend(chunk.events().iter().map(|e| e.position));
         }
         assert_eq!(seen, (1..=300).collect::<Vec<_>>());
         assert_eq!(*head.borrow(), 300);
+    }
+
+    #[test]
+    fn a_chunk_is_encoded_once_and_sliced_per_event() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        fn encode(event: &Event) -> Vec<u8> {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            vec![event.position as u8; event.position as usize]
+        }
+        let chunk = Chunk::new((1..=4).map(event).collect());
+        for _ in 0..3 {
+            for (i, position) in (1..=4u8).enumerate() {
+                assert_eq!(
+                    &chunk.encoded(i, encode)[..],
+                    vec![position; position as usize]
+                );
+            }
+        }
+        assert_eq!(CALLS.load(Ordering::SeqCst), 4, "each event encoded once");
     }
 
     #[tokio::test]

@@ -21,20 +21,65 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rapport_domain::Event;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::feed::Encode;
 use crate::{Chunk, EventPage, EventQuery, Feed, Store, StoreError};
 
 /// What a follower hands out next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Followed {
-    Event(Event),
+    Event(FollowedEvent),
     /// Every matching event up to this position has been handed out: resume
     /// after it.
     Checkpoint(u64),
+}
+
+/// An event a follower hands out: read from the log, or taken from this
+/// process's broadcast, in which case its wire form is shared with every
+/// other subscriber (see [`FollowedEvent::encoded`]).
+#[derive(Debug, Clone)]
+pub struct FollowedEvent(Source);
+
+#[derive(Debug, Clone)]
+enum Source {
+    Read(Event),
+    Live(Chunk, usize),
+}
+
+impl FollowedEvent {
+    pub fn event(&self) -> &Event {
+        match &self.0 {
+            Source::Read(event) => event,
+            Source::Live(chunk, index) => &chunk.events()[*index],
+        }
+    }
+
+    pub fn into_event(self) -> Event {
+        match self.0 {
+            Source::Read(event) => event,
+            Source::Live(chunk, index) => chunk.events()[index].clone(),
+        }
+    }
+
+    /// The event as `encode` makes it: encoded here for an event read from
+    /// the log, once per process for a live one.
+    pub fn encoded(&self, encode: Encode) -> Bytes {
+        match &self.0 {
+            Source::Read(event) => Bytes::from(encode(event)),
+            Source::Live(chunk, index) => chunk.encoded(*index, encode),
+        }
+    }
+}
+
+impl PartialEq for FollowedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event() == other.event()
+    }
 }
 
 /// A subscription to the log; see the module doc.
@@ -46,7 +91,7 @@ pub struct Follower {
     live: broadcast::Receiver<Chunk>,
     head: watch::Receiver<u64>,
     /// Matching events looked at but not handed out yet: one page or chunk.
-    buffer: VecDeque<Event>,
+    buffer: VecDeque<FollowedEvent>,
     /// Whether the next events come from reading the log (catching up, or
     /// after a gap or a lag) rather than from the broadcast.
     reading: bool,
@@ -93,7 +138,7 @@ impl Follower {
     pub fn position(&self) -> u64 {
         self.buffer
             .front()
-            .map_or(self.query.after, |next| next.position - 1)
+            .map_or(self.query.after, |next| next.event().position - 1)
     }
 
     /// The next event, or a checkpoint when one is due. Waits while there is
@@ -134,7 +179,11 @@ impl Follower {
             // A short page looked at everything up to the head it saw.
             _ => page.head.max(self.query.after),
         };
-        self.buffer.extend(page.events);
+        self.buffer.extend(
+            page.events
+                .into_iter()
+                .map(|e| FollowedEvent(Source::Read(e))),
+        );
         if full {
             let (store, query) = (self.store.clone(), self.query.clone());
             self.prefetch = Some(tokio::spawn(async move { store.read_events(&query).await }));
@@ -199,8 +248,9 @@ impl Follower {
 
     /// Takes a chunk this process committed, if it continues what has been
     /// looked at; else reads the log.
-    fn take(&mut self, chunk: &[Event]) {
-        let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+    fn take(&mut self, chunk: &Chunk) {
+        let events = chunk.events();
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
         if last.position <= self.query.after {
@@ -211,12 +261,12 @@ impl Follower {
             return;
         }
         let after = self.query.after;
-        self.buffer.extend(
-            chunk
-                .iter()
-                .filter(|e| e.position > after && self.query.matches(e))
-                .cloned(),
-        );
+        let wanted = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.position > after && self.query.matches(e))
+            .map(|(i, _)| FollowedEvent(Source::Live(chunk.clone(), i)));
+        self.buffer.extend(wanted);
         self.query.after = last.position;
     }
 }

@@ -35,8 +35,8 @@ use std::time::Duration;
 use rapport_domain::ingest::{Conflict, Recorded};
 use rapport_domain::{Command, Event, EventType, Interaction, Timestamp};
 
-pub use feed::{Chunk, Feed};
-pub use follow::{Followed, Follower};
+pub use feed::{Chunk, Encode, Feed};
+pub use follow::{Followed, FollowedEvent, Follower};
 pub use writer::{Writer, WriterConfig};
 
 /// The stored form of a scoring policy (as in the log), for read models

@@ -37,7 +37,7 @@ async fn follow_until(follower: &mut Follower, head: u64) -> Vec<Event> {
     let collect = async {
         loop {
             match follower.next().await.expect("follow") {
-                Followed::Event(event) => events.push(event),
+                Followed::Event(event) => events.push(event.into_event()),
                 Followed::Checkpoint(position) if position >= head => break,
                 Followed::Checkpoint(_) => {}
             }
@@ -288,7 +288,7 @@ async fn follow_events(follower: &mut Follower, n: usize) -> Vec<Event> {
     let collect = async {
         while events.len() < n {
             if let Followed::Event(event) = follower.next().await.expect("follow") {
-                events.push(event);
+                events.push(event.into_event());
             }
         }
     };

@@ -31,7 +31,6 @@ use std::time::Duration;
 use rapport_projections::{Projections, RunnerOptions};
 use rapport_proto::v1::admin_service_server::AdminServiceServer;
 use rapport_proto::v1::advocacy_service_server::AdvocacyServiceServer;
-use rapport_proto::v1::event_log_service_server::EventLogServiceServer;
 use rapport_proto::v1::interaction_service_server::InteractionServiceServer;
 use rapport_proto::v1::timeline_service_server::TimelineServiceServer;
 use rapport_store::{Feed, Store, StoreError, StoreOptions, Writer, WriterConfig};
@@ -43,7 +42,9 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
-use api::{Admin, Advocacy, AppState, EventLog, Interactions, Ready, Timelines};
+use api::{
+    Admin, Advocacy, AppState, EventLogRoutes, Interactions, Ready, Subscriptions, Timelines,
+};
 
 /// Largest `RecordInteractions` request: 1,000 interactions of a few KiB each.
 pub const MAX_INGEST_REQUEST_BYTES: usize = 8 * 1024 * 1024;
@@ -53,7 +54,7 @@ pub const MAX_QUERY_REQUEST_BYTES: usize = 64 * 1024;
 /// The gRPC services whose health follows the database.
 const SERVICES: [&str; 5] = [
     <InteractionServiceServer<Interactions> as tonic::server::NamedService>::NAME,
-    <EventLogServiceServer<EventLog> as tonic::server::NamedService>::NAME,
+    <EventLogRoutes as tonic::server::NamedService>::NAME,
     <TimelineServiceServer<Timelines> as tonic::server::NamedService>::NAME,
     <AdvocacyServiceServer<Advocacy> as tonic::server::NamedService>::NAME,
     <AdminServiceServer<Admin> as tonic::server::NamedService>::NAME,
@@ -107,13 +108,15 @@ pub async fn run(
         state: state.clone(),
     })
     .max_decoding_message_size(MAX_INGEST_REQUEST_BYTES);
-    let event_log = EventLogServiceServer::new(EventLog {
-        state: state.clone(),
-        subscriptions: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
-        max_subscriptions: config.max_subscriptions,
-        stopping: stopping.clone(),
-    })
-    .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
+    let event_log = EventLogRoutes::new(
+        Subscriptions {
+            state: state.clone(),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
+            limit: config.max_subscriptions,
+            stopping: stopping.clone(),
+        },
+        MAX_QUERY_REQUEST_BYTES,
+    );
     let timelines = TimelineServiceServer::new(Timelines {
         state: state.clone(),
     })

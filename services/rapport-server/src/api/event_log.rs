@@ -1,15 +1,8 @@
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
-
 use rapport_domain::EventType;
 use rapport_domain::validate::{is_channel_slug, is_community_id};
 use rapport_proto::v1 as pb;
 use rapport_proto::v1::event_log_service_server::EventLogService;
-use rapport_proto::v1::subscribe_events_response::Item;
-use rapport_store::{EventQuery, Followed, Follower};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use rapport_store::EventQuery;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
@@ -21,27 +14,11 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// Larger requests are served this many events (AIP-158: coerce, don't fail).
 pub const MAX_LIMIT: u32 = 1_000;
 
-/// How often a subscription sends a checkpoint, at least.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// Events a subscription reads from the log at a time while catching up.
-const SUBSCRIPTION_PAGE: u32 = 1_000;
-/// Responses queued for a subscriber beyond what HTTP/2 flow control holds:
-/// enough to keep the connection busy while the next page is read, and the
-/// bound on what a slow subscriber costs in memory.
-const SUBSCRIPTION_BUFFER: usize = 1_024;
-
-/// `rapport.v1.EventLogService`.
+/// `rapport.v1.EventLogService` but `SubscribeEvents` (see
+/// `api::subscription`).
 pub struct EventLog {
     pub state: AppState,
-    /// One permit per open subscription.
-    pub subscriptions: Arc<Semaphore>,
-    pub max_subscriptions: usize,
-    /// Turns true when the server starts shutting down: subscriptions end.
-    pub stopping: watch::Receiver<bool>,
 }
-
-type SubscriptionStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SubscribeEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventLogService for EventLog {
@@ -69,87 +46,17 @@ impl EventLogService for EventLog {
         }))
     }
 
-    type SubscribeEventsStream = SubscriptionStream;
+    type SubscribeEventsStream = tokio_stream::Empty<Result<pb::SubscribeEventsResponse, Status>>;
 
+    /// Never called: `EventLogRoutes` serves this method itself, with each
+    /// event encoded once for all subscribers (see `api::subscription`).
     async fn subscribe_events(
         &self,
-        request: Request<pb::SubscribeEventsRequest>,
-    ) -> Result<Response<SubscriptionStream>, Status> {
-        let request = request.into_inner();
-        let query = EventQuery {
-            after: request.after_position,
-            limit: SUBSCRIPTION_PAGE,
-            ..filters(request.community_id, &request.event_types, request.channels)?
-        };
-        let ready = self.state.ready()?;
-        let permit = Arc::clone(&self.subscriptions)
-            .try_acquire_owned()
-            .map_err(|_| ApiError::TooManySubscriptions {
-                limit: self.max_subscriptions,
-            })?;
-        let follower = Follower::new(
-            ready.store.clone(),
-            ready.writer.feed(),
-            query,
-            CHECKPOINT_EVERY,
-        );
-        let (responses, stream) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        let stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_subscription(follower, responses, stopping).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
-    }
-}
-
-/// Feeds one subscriber until it goes away, the database fails, or the
-/// server shuts down. Waiting on a full `responses` is the backpressure: the
-/// follower is not pulled meanwhile and reads the log when it resumes.
-async fn serve_subscription(
-    mut follower: Follower,
-    responses: mpsc::Sender<Result<pb::SubscribeEventsResponse, Status>>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    // Everything matching up to here is queued for the subscriber.
-    let mut queued = follower.position();
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = stopping.wait_for(|stop| *stop) => break,
-            () = responses.closed() => return,
-            next = follower.next() => next,
-        };
-        let item = match next {
-            Ok(Followed::Event(event)) => Item::Event(event_out(event)),
-            Ok(Followed::Checkpoint(position)) => Item::Checkpoint(pb::Checkpoint { position }),
-            Err(error) => {
-                let _ = responses.send(Err(ApiError::from(error).into())).await;
-                return;
-            }
-        };
-        let response = pb::SubscribeEventsResponse { item: Some(item) };
-        tokio::select! {
-            biased;
-            _ = stopping.wait_for(|stop| *stop) => break,
-            sent = responses.send(Ok(response)) => match sent {
-                Ok(()) => queued = follower.position(),
-                Err(_) => return, // the subscriber went away
-            },
-        }
-    }
-    // Shutting down: say where to resume, then end the stream with a status
-    // the client can act on, instead of cutting the connection.
-    let checkpoint = pb::SubscribeEventsResponse {
-        item: Some(Item::Checkpoint(pb::Checkpoint { position: queued })),
-    };
-    if responses.send(Ok(checkpoint)).await.is_ok() {
-        let _ = responses
-            .send(Err(ApiError::ShuttingDown {
-                resume_after: queued,
-            }
-            .into()))
-            .await;
+        _: Request<pb::SubscribeEventsRequest>,
+    ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
+        Err(Status::internal(
+            "SubscribeEvents is served by EventLogRoutes",
+        ))
     }
 }
 
@@ -165,7 +72,7 @@ fn event_query(request: pb::ReadEventsRequest) -> Result<EventQuery, ApiError> {
 }
 
 /// The filters of a read or a subscription, validated.
-fn filters(
+pub(super) fn filters(
     community_id: String,
     event_types: &[i32],
     channels: Vec<String>,

@@ -6,6 +6,7 @@ mod advocacy;
 mod event_log;
 mod interaction;
 mod request;
+mod subscription;
 mod timeline;
 
 use std::sync::{Arc, OnceLock};
@@ -17,8 +18,8 @@ use tokio::time::Instant;
 
 pub use admin::Admin;
 pub use advocacy::Advocacy;
-pub use event_log::EventLog;
 pub use interaction::Interactions;
+pub use subscription::{EventLogRoutes, Subscriptions};
 pub use timeline::Timelines;
 
 use crate::error::ApiError;
