@@ -161,6 +161,15 @@ impl Follower {
         }
     }
 
+    /// The next event if one is already in hand and no checkpoint is due:
+    /// no waiting, no I/O. Lets a caller send what is ready together.
+    pub fn try_next(&mut self) -> Option<Followed> {
+        if Instant::now() >= self.next_checkpoint {
+            return None;
+        }
+        self.buffer.pop_front().map(Followed::Event)
+    }
+
     async fn read_page(&mut self) -> Result<(), StoreError> {
         let page = match self.prefetch.as_mut() {
             // Awaited by reference, so a cancelled `next` keeps the read.

@@ -21,7 +21,6 @@ use rapport_proto::v1::event_log_service_server::EventLogServiceServer;
 use rapport_proto::v1::subscribe_events_response::Item;
 use rapport_store::{EventQuery, Followed, Follower};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
@@ -36,10 +35,13 @@ use crate::error::ApiError;
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Events a subscription reads from the log at a time while catching up.
 const PAGE: u32 = 1_000;
-/// Responses queued for a subscriber beyond what HTTP/2 flow control holds:
+/// Responses sent together when they are ready together (a page, a chunk):
+/// tonic then writes them as one HTTP/2 frame instead of one frame each.
+const BATCH: usize = 64;
+/// Batches queued for a subscriber beyond what HTTP/2 flow control holds:
 /// enough to keep the connection busy while the next page is read, and the
-/// bound on what a slow subscriber costs in memory.
-const BUFFER: usize = 1_024;
+/// bound (`BATCH * BUFFER` responses) on what a slow subscriber costs.
+const BUFFER: usize = 32;
 const PATH: &str = "/rapport.v1.EventLogService/SubscribeEvents";
 
 /// What every subscription shares.
@@ -110,7 +112,7 @@ struct Subscribe(Arc<Subscriptions>);
 
 impl ServerStreamingService<pb::SubscribeEventsRequest> for Subscribe {
     type Response = Bytes;
-    type ResponseStream = ReceiverStream<Result<Bytes, Status>>;
+    type ResponseStream = Batches;
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<pb::SubscribeEventsRequest>) -> Self::Future {
@@ -120,10 +122,7 @@ impl ServerStreamingService<pb::SubscribeEventsRequest> for Subscribe {
 }
 
 impl Subscriptions {
-    fn open(
-        &self,
-        request: pb::SubscribeEventsRequest,
-    ) -> Result<Response<ReceiverStream<Result<Bytes, Status>>>, ApiError> {
+    fn open(&self, request: pb::SubscribeEventsRequest) -> Result<Response<Batches>, ApiError> {
         let query = EventQuery {
             after: request.after_position,
             limit: PAGE,
@@ -145,7 +144,10 @@ impl Subscriptions {
             let _permit = permit;
             serve(follower, responses, stopping).await;
         });
-        Ok(Response::new(ReceiverStream::new(stream)))
+        Ok(Response::new(Batches {
+            queue: stream,
+            batch: Vec::new().into_iter(),
+        }))
     }
 }
 
@@ -168,12 +170,14 @@ fn encode_checkpoint(position: u64) -> Bytes {
     .into()
 }
 
+type Batch = Vec<Result<Bytes, Status>>;
+
 /// Feeds one subscriber until it goes away, the database fails, or the
 /// server shuts down. Waiting on a full `responses` is the backpressure: the
 /// follower is not pulled meanwhile and reads the log when it resumes.
 async fn serve(
     mut follower: Follower,
-    responses: mpsc::Sender<Result<Bytes, Status>>,
+    responses: mpsc::Sender<Batch>,
     mut stopping: watch::Receiver<bool>,
 ) {
     // Everything matching up to here is queued for the subscriber.
@@ -185,18 +189,24 @@ async fn serve(
             () = responses.closed() => return,
             next = follower.next() => next,
         };
-        let response = match next {
-            Ok(Followed::Event(event)) => event.encoded(encode_event),
-            Ok(Followed::Checkpoint(position)) => encode_checkpoint(position),
-            Err(error) => {
-                let _ = responses.send(Err(ApiError::from(error).into())).await;
-                return;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut next = Some(next);
+        while let Some(item) = next.take() {
+            batch.push(match item {
+                Ok(Followed::Event(event)) => Ok(event.encoded(encode_event)),
+                Ok(Followed::Checkpoint(position)) => Ok(encode_checkpoint(position)),
+                Err(error) => Err(ApiError::from(error).into()),
+            });
+            if batch.len() < BATCH && batch.last().is_some_and(Result::is_ok) {
+                next = follower.try_next().map(Ok);
             }
-        };
+        }
+        let failed = batch.last().is_some_and(Result::is_err);
         tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => break,
-            sent = responses.send(Ok(response)) => match sent {
+            sent = responses.send(batch) => match sent {
+                Ok(()) if failed => return,
                 Ok(()) => queued = follower.position(),
                 Err(_) => return, // the subscriber went away
             },
@@ -204,11 +214,39 @@ async fn serve(
     }
     // Shutting down: say where to resume, then end the stream with a status
     // the client can act on, instead of cutting the connection.
-    if responses.send(Ok(encode_checkpoint(queued))).await.is_ok() {
-        let status = ApiError::ShuttingDown {
-            resume_after: queued,
-        };
-        let _ = responses.send(Err(status.into())).await;
+    let status = ApiError::ShuttingDown {
+        resume_after: queued,
+    };
+    let _ = responses
+        .send(vec![Ok(encode_checkpoint(queued)), Err(status.into())])
+        .await;
+}
+
+/// The response stream: the batches `serve` queues, one response at a time.
+/// Responses that are ready together are polled ready together, so tonic
+/// encodes them into one buffer and one frame.
+pub struct Batches {
+    queue: mpsc::Receiver<Batch>,
+    batch: std::vec::IntoIter<Result<Bytes, Status>>,
+}
+
+impl tokio_stream::Stream for Batches {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(response) = self.batch.next() {
+                return Poll::Ready(Some(response));
+            }
+            match self.queue.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.batch = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
