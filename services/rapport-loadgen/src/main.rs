@@ -117,6 +117,10 @@ struct Args {
     /// A subscriber pause after each message, in milliseconds (a slow consumer).
     #[arg(long, default_value_t = 0)]
     subscriber_pause_ms: u64,
+    /// Unary mode: subscribers also measure receipt after each write's
+    /// acknowledgement (a lower bound of commit-to-receipt).
+    #[arg(long)]
+    ack_latency: bool,
 }
 
 #[tokio::main]
@@ -180,6 +184,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     });
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let acks: Option<subscribe::Acks> = args.ack_latency.then(Default::default);
     let followers = subscribe::start_followers(
         &channels,
         &subscribe::Followers {
@@ -187,6 +192,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             per_community: args.per_community,
             pause: (args.subscriber_pause_ms > 0)
                 .then(|| Duration::from_millis(args.subscriber_pause_ms)),
+            acks: acks.clone(),
         },
         Arc::clone(&measuring),
         Arc::clone(&stop),
@@ -210,8 +216,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             args.mode,
             args.batch_size,
             pace,
-            Arc::clone(&measuring),
-            Arc::clone(&stop),
+            Signals {
+                measuring: Arc::clone(&measuring),
+                stop: Arc::clone(&stop),
+                acks: acks.clone(),
+            },
         )));
     }
 
@@ -249,10 +258,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
     if !followers.is_empty() {
         let mut latency = Histogram::<u64>::new(3)?;
+        let mut after_ack = Histogram::<u64>::new(3)?;
         let (mut events, mut subscriber_errors) = (0u64, 0u64);
         for task in followers {
             let followed = task.await?;
             latency.add(&followed.latency_us)?;
+            after_ack.add(&followed.after_ack_us)?;
             events += followed.events;
             subscriber_errors += followed.errors;
         }
@@ -271,6 +282,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             ms(0.50),
             ms(0.99)
         );
+        if acks.is_some() {
+            let ms = |q: f64| after_ack.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "{label} subscribers: receipt after the write's acknowledgement (0 if before) p50 {:.2} ms p99 {:.2} ms max {:.2} ms over {} events",
+                ms(0.50),
+                ms(0.99),
+                after_ack.max() as f64 / 1000.0,
+                after_ack.len()
+            );
+            println!(
+                "RESULT {{\"label\":\"{label}-after-ack\",\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+                ms(0.50),
+                ms(0.99)
+            );
+        }
         if subscriber_errors > 0 {
             std::process::exit(1);
         }
@@ -334,6 +360,14 @@ impl Generator {
     }
 }
 
+/// What a driving task shares with the run: when to count, when to stop,
+/// where to note acknowledgements.
+struct Signals {
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    acks: Option<subscribe::Acks>,
+}
+
 struct Stats {
     latency_us: Histogram<u64>,
     interactions: u64,
@@ -347,9 +381,13 @@ async fn drive(
     mode: Mode,
     batch_size: usize,
     pace: Option<Duration>,
-    measuring: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    signals: Signals,
 ) -> Stats {
+    let Signals {
+        measuring,
+        stop,
+        acks,
+    } = signals;
     let mut ticker = pace.map(|p| {
         let mut t = tokio::time::interval(p);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -368,10 +406,16 @@ async fn drive(
         let started = Instant::now();
         let (result, size) = match mode {
             Mode::Unary => {
+                let interaction = generator.interaction();
+                let id = interaction.interaction_id.clone();
                 let request = pb::RecordInteractionRequest {
-                    interaction: Some(generator.interaction()),
+                    interaction: Some(interaction),
                 };
-                (client.record_interaction(request).await.map(|_| ()), 1)
+                let result = client.record_interaction(request).await.map(|_| ());
+                if let (Some(acks), Ok(())) = (&acks, &result) {
+                    acks.lock().expect("acks").insert(id, Instant::now());
+                }
+                (result, 1)
             }
             _ => {
                 let interactions: Vec<_> =

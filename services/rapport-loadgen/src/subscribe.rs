@@ -1,8 +1,9 @@
 //! Subscription benchmarks (`bench/subscribe.sh`): catch-up delivery rate,
 //! and subscribers that follow the log live while an ingest run writes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -88,6 +89,8 @@ pub struct Followers {
     pub per_community: bool,
     /// A pause after each message: a deliberately slow consumer.
     pub pause: Option<Duration>,
+    /// Also measure receipt after the writer's acknowledgement.
+    pub acks: Option<Acks>,
 }
 
 /// What the followers saw while measuring.
@@ -96,6 +99,10 @@ pub struct Followed {
     /// Receipt minus `recorded_at`, in microseconds: an upper bound of
     /// commit-to-receipt latency (the batch's time is taken before it commits).
     pub latency_us: Histogram<u64>,
+    /// Receipt minus the writer's acknowledgement, 0 when the event arrived
+    /// first: a lower bound of commit-to-receipt (the commit precedes the
+    /// acknowledgement). Only with `acks`.
+    pub after_ack_us: Histogram<u64>,
     pub errors: u64,
 }
 
@@ -118,7 +125,26 @@ struct LiteEvent {
     position: u64,
     #[prost(message, optional, tag = "5")]
     recorded_at: Option<prost_types::Timestamp>,
+    /// Decoded only for `--ack-latency` (see [`AckedResponse`]).
+    #[prost(message, optional, tag = "12")]
+    interaction_recorded: Option<LiteRecorded>,
 }
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteRecorded {
+    #[prost(message, optional, tag = "2")]
+    interaction: Option<LiteInteraction>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteInteraction {
+    #[prost(string, tag = "2")]
+    interaction_id: String,
+}
+
+/// When each unary write of this run was acknowledged, by interaction id:
+/// a subscriber that receives the event compares with it.
+pub type Acks = Arc<Mutex<HashMap<String, Instant>>>;
 
 async fn subscribe_lite(
     channel: Channel,
@@ -160,10 +186,12 @@ pub async fn start_followers(
         // The first message is the checkpoint that says history is caught up.
         stream.message().await?;
         let (measuring, stop, pause) = (Arc::clone(&measuring), Arc::clone(&stop), followers.pause);
+        let acks = followers.acks.clone();
         tasks.push(tokio::spawn(async move {
             let mut followed = Followed {
                 events: 0,
                 latency_us: Histogram::new(3).expect("histogram"),
+                after_ack_us: Histogram::new(3).expect("histogram"),
                 errors: 0,
             };
             while !stop.load(Ordering::Relaxed) {
@@ -187,6 +215,15 @@ pub async fn start_followers(
                         let us = (now.as_micros() as i128 - recorded_us).max(0) as u64;
                         // `record`, not `saturating_record`: the histogram grows as needed.
                         let _ = followed.latency_us.record(us);
+                    }
+                    let id = event
+                        .interaction_recorded
+                        .and_then(|r| r.interaction)
+                        .map(|i| i.interaction_id);
+                    if let (Some(acks), Some(id)) = (&acks, id) {
+                        let acked = acks.lock().expect("acks").remove(&id);
+                        let after = acked.map_or(0, |t| t.elapsed().as_micros() as u64);
+                        let _ = followed.after_ack_us.record(after);
                     }
                 }
                 if let Some(pause) = pause {

@@ -38,7 +38,9 @@ pub struct Config {
     pub group_commit_linger_ms: u64,
 
     /// Most `SubscribeEvents` streams open at once; past it, RESOURCE_EXHAUSTED.
-    #[arg(long, env = "RAPPORT_MAX_SUBSCRIPTIONS", default_value_t = 1_000)]
+    /// A subscriber that is catching up holds up to about 1 MiB (two pages
+    /// of events and its queued responses), so this bounds that memory.
+    #[arg(long, env = "RAPPORT_MAX_SUBSCRIPTIONS", default_value_t = 256)]
     pub max_subscriptions: usize,
 
     /// How often to read the log's head for commits made by other processes
