@@ -39,27 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release -q -p rapport-server -p rapport-loadgen
-  BIN_DIR=target/release
-fi
-SERVER=$BIN_DIR/rapport-server
-LOADGEN=$BIN_DIR/rapport-loadgen
-ADDR="http://127.0.0.1:$PORT"
-
-start_server() { # url
-  "$SERVER" --listen "127.0.0.1:$PORT" --database-url "$1" >"$RESULTS/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 100); do
-    if grep -q "database ready" "$RESULTS/server.log"; then return; fi
-    sleep 0.1
-  done
-  echo "server did not become ready" >&2; cat "$RESULTS/server.log" >&2; exit 1
-}
-
-stop_server() {
-  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
-}
+source bench/lib.sh
 
 lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
 

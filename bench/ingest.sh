@@ -26,23 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p rapport-server -p rapport-loadgen
-SERVER=target/release/rapport-server
-LOADGEN=target/release/rapport-loadgen
-
-start_server() { # url
-  "$SERVER" --listen "127.0.0.1:$PORT" --database-url "$1" >"$RESULTS/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 100); do
-    if grep -q "database ready" "$RESULTS/server.log"; then return; fi
-    sleep 0.1
-  done
-  echo "server did not become ready" >&2; cat "$RESULTS/server.log" >&2; exit 1
-}
-
-stop_server() {
-  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
-}
+source bench/lib.sh
 
 load() { # label mode extra-args...
   local label=$1 mode=$2; shift 2
