@@ -41,8 +41,6 @@ trap cleanup EXIT
 
 source bench/lib.sh
 
-lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
-
 run_backend() { # name url
   local name=$1 url=$2
   echo "== $name"
@@ -59,7 +57,7 @@ run_backend() { # name url
   stop_server
 }
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+machine
 echo "== $(date -u +%FT%TZ), $TOTAL interactions, $MEMBERS members, ${DURATION}s probes"
 
 for backend in $BACKENDS; do

@@ -28,13 +28,7 @@ trap cleanup EXIT
 
 source bench/lib.sh
 
-load() { # label mode extra-args...
-  local label=$1 mode=$2; shift 2
-  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode "$mode" --duration "$DURATION" --warmup "$WARMUP" \
-    --label "$label" "$@" | tee -a "$RESULTS/out.txt"
-}
-
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+machine
 echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up"
 
 # --- SQLite

@@ -1,5 +1,6 @@
-# Shared by the benchmark scripts (source it): the binaries, and starting
-# and stopping the server. Expects PORT and RESULTS; sets SERVER, LOADGEN,
+# Shared by the benchmark scripts (source it): the binaries, starting and
+# stopping the server, running the load generator against it. Expects PORT
+# and RESULTS (and DURATION and WARMUP for `load`); sets SERVER, LOADGEN,
 # ADDR and SERVER_PID.
 
 # BIN_DIR: run binaries built elsewhere (e.g. a copy, so that a rebuild of the
@@ -25,4 +26,16 @@ start_server() { # url: starts the server on it and waits until the database is 
 
 stop_server() {
   kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
+}
+
+# The load generator against the server; its output is kept in out.txt.
+lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
+
+load() { # label mode extra-args...: a timed ingest run
+  local label=$1 mode=$2; shift 2
+  lg --mode "$mode" --duration "$DURATION" --warmup "$WARMUP" --label "$label" "$@"
+}
+
+machine() {
+  echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
 }

@@ -35,17 +35,11 @@ trap cleanup EXIT
 
 source bench/lib.sh
 
-load() { # label mode extra-args...
-  local label=$1 mode=$2; shift 2
-  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode "$mode" --duration "$DURATION" --warmup "$WARMUP" \
-    --label "$label" "$@" | tee -a "$RESULTS/out.txt"
-}
-
 value() { # label field
   grep "^RESULT" "$RESULTS/out.txt" | grep "\"label\":\"$1\"" | sed "s/.*\"$2\":\([0-9.]*\).*/\1/"
 }
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+machine
 echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up, log populated for ${POPULATE}s"
 
 BATCH=(batch --batch-size 500 --concurrency 4)
@@ -59,11 +53,10 @@ for backend in $BACKENDS; do
       start_server "$PG_BASE/rapport_bench_subscribe" ;;
   esac
   b=$backend
-  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode batch --batch-size 500 --concurrency 4 \
-    --duration "$POPULATE" --warmup 0 --label "$b-populate" | tee -a "$RESULTS/out.txt"
+  lg --mode batch --batch-size 500 --concurrency 4 --duration "$POPULATE" --warmup 0 --label "$b-populate"
   # The projectors catch up first: they would compete with the subscriber.
-  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode catch-up --label "$b-projections" >/dev/null
-  "$LOADGEN" --addr "http://127.0.0.1:$PORT" --mode follow --label "$b-catch-up" | tee -a "$RESULTS/out.txt"
+  "$LOADGEN" --addr "$ADDR" --mode catch-up --label "$b-projections" >/dev/null
+  lg --mode follow --label "$b-catch-up"
   load "$b-live-5k" unary --concurrency 64 --rate 5000 --subscribers 1 --ack-latency
   # Every run with subscribers sits between two solo runs and is compared
   # with their mean: the log grows and the projectors fall behind during

@@ -41,8 +41,6 @@ trap cleanup EXIT
 
 source bench/lib.sh
 
-lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
-
 disk_sqlite() { # log db file (the read models are beside it)
   python3 - "$1" "${1%.db}-projections.db" "$TOTAL" <<'PY' | tee -a "$RESULTS/out.txt"
 import sqlite3, sys
@@ -92,7 +90,7 @@ run_backend() { # name url
   stop_server
 }
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+machine
 echo "== $(date -u +%FT%TZ), $TOTAL interactions, $MEMBERS members, ${DURATION}s probes at $RATE interactions/s"
 
 for backend in $BACKENDS; do

@@ -723,16 +723,12 @@ async fn load_states(
                     "SELECT community_id, channel, member_id, state FROM score_states_g{g} \
                      WHERE (community_id, channel, member_id) IN ("
                 ));
-                let mut list = qb.separated(", ");
-                for (community, channel, member) in chunk {
-                    list.push("(");
-                    list.push_bind_unseparated(community.clone());
-                    list.push_unseparated(", ");
-                    list.push_bind_unseparated(channel.clone());
-                    list.push_unseparated(", ");
-                    list.push_bind_unseparated(member.clone());
-                    list.push_unseparated(")");
-                }
+                push_tuples(
+                    &mut qb,
+                    chunk.iter().map(|(community, channel, member)| {
+                        [community.as_str(), channel.as_str(), member.as_str()]
+                    }),
+                );
                 qb.push(")");
                 qb.build_query_as().fetch_all(&mut **c).await?
             }
@@ -742,6 +738,28 @@ async fn load_states(
         }
     }
     Ok(out)
+}
+
+/// Appends `(a, b), (c, d), ...` with every value bound: the row-value lists
+/// of SQLite lookups (PostgreSQL joins arrays instead).
+fn push_tuples<'a, const N: usize, DB>(
+    qb: &mut QueryBuilder<DB>,
+    tuples: impl IntoIterator<Item = [&'a str; N]>,
+) where
+    DB: sqlx::Database,
+    for<'e> String: sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+{
+    let mut list = qb.separated(", ");
+    for tuple in tuples {
+        list.push("(");
+        for (i, value) in tuple.into_iter().enumerate() {
+            if i > 0 {
+                list.push_unseparated(", ");
+            }
+            list.push_bind_unseparated(value.to_owned());
+        }
+        list.push_unseparated(")");
+    }
 }
 
 async fn load_pairs(
@@ -774,18 +792,12 @@ async fn load_pairs(
                      FROM score_pairs_g{g} \
                      WHERE (community_id, member_id, channel, other_member_id) IN ("
                 ));
-                let mut list = qb.separated(", ");
-                for ((community, channel, member), other) in chunk {
-                    list.push("(");
-                    list.push_bind_unseparated(community.clone());
-                    list.push_unseparated(", ");
-                    list.push_bind_unseparated(member.clone());
-                    list.push_unseparated(", ");
-                    list.push_bind_unseparated(channel.clone());
-                    list.push_unseparated(", ");
-                    list.push_bind_unseparated(other.clone());
-                    list.push_unseparated(")");
-                }
+                push_tuples(
+                    &mut qb,
+                    chunk.iter().map(|((community, channel, member), other)| {
+                        [community.as_str(), member.as_str(), channel.as_str(), other.as_str()]
+                    }),
+                );
                 qb.push(")");
                 qb.build_query_as().fetch_all(&mut **c).await?
             }
@@ -1461,12 +1473,7 @@ impl Projections {
                 qb.push(" AND x.member_id = m.column1 AND x.day <= ");
                 qb.push_bind(base_day);
                 qb.push(" ORDER BY x.day DESC LIMIT 1) FROM (VALUES ");
-                let mut list = qb.separated(", ");
-                for m in chunk {
-                    list.push("(");
-                    list.push_bind_unseparated(m.to_string());
-                    list.push_unseparated(")");
-                }
+                push_tuples(&mut qb, chunk.iter().map(|m| [*m]));
                 qb.push(") AS m");
                 qb.build_query_as().persistent(false).fetch_all(p).await?
             });

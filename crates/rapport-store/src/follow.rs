@@ -4,8 +4,9 @@
 //! A [`Follower`] is pulled ([`Follower::next`]), so a slow consumer slows
 //! only itself: while it is not pulling, the feed's bounded broadcast moves on
 //! without it, and when it pulls again it notices it lagged and reads the log
-//! from the database instead. It never holds more than one page or one chunk
-//! of events, and never drops one.
+//! from the database instead. It never holds more than two pages (the one
+//! being handed out, the next read ahead while catching up) or one chunk of
+//! events, and never drops one.
 //!
 //! How the switch from history to live stays gap-free and duplicate-free:
 //! positions are gap-free and in commit order (see the crate doc), so the
@@ -90,7 +91,7 @@ pub struct Follower {
     query: EventQuery,
     live: broadcast::Receiver<Chunk>,
     head: watch::Receiver<u64>,
-    /// Matching events looked at but not handed out yet: one page or chunk.
+    /// Matching events looked at but not handed out yet: a page or a chunk.
     buffer: VecDeque<FollowedEvent>,
     /// Whether the next events come from reading the log (catching up, or
     /// after a gap or a lag) rather than from the broadcast.

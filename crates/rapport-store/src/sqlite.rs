@@ -81,13 +81,13 @@ pub struct SqliteStore {
 }
 
 /// rusqlite connections for reading the log, opened on demand, at most
-/// `permits` in use at once, the idle ones kept for the next read.
+/// `permits` in use at once, the idle ones kept for the next read (so there
+/// are never more than `permits` of them).
 #[derive(Debug)]
 struct LogReaders {
     path: String,
     idle: Mutex<Vec<rusqlite::Connection>>,
     permits: tokio::sync::Semaphore,
-    max_idle: usize,
 }
 
 impl LogReaders {
@@ -111,10 +111,7 @@ impl LogReaders {
             let result = read(&mut conn);
             // A connection whose read failed is dropped, not reused.
             if result.is_ok() {
-                let mut idle = readers.idle.lock().expect("log readers");
-                if idle.len() < readers.max_idle {
-                    idle.push(conn);
-                }
+                readers.idle.lock().expect("log readers").push(conn);
             }
             result
         })
@@ -172,7 +169,6 @@ impl SqliteStore {
             path: path_for_checkpoints.clone(),
             idle: Mutex::default(),
             permits: tokio::sync::Semaphore::new(options.max_connections.max(1) as usize),
-            max_idle: options.max_connections.max(1) as usize,
         });
         Ok(SqliteStore {
             admin,

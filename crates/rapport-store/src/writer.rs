@@ -11,12 +11,10 @@ use std::time::Duration;
 
 use rapport_domain::{Command, Interaction};
 use tokio::sync::{mpsc, oneshot, watch};
-
-use crate::Feed;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::{AppendOutcome, CommandOutcome, Store, StoreError};
+use crate::{AppendOutcome, CommandOutcome, Feed, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {

@@ -256,50 +256,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ms(0.50),
         ms(0.99)
     );
-    if !followers.is_empty() {
-        let mut latency = Histogram::<u64>::new(3)?;
-        let mut after_ack = Histogram::<u64>::new(3)?;
-        let (mut events, mut subscriber_errors) = (0u64, 0u64);
-        for task in followers {
-            let followed = task.await?;
-            latency.add(&followed.latency_us)?;
-            after_ack.add(&followed.after_ack_us)?;
-            events += followed.events;
-            subscriber_errors += followed.errors;
-        }
-        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-        println!(
-            "{label} subscribers: {n} received {rate:.0} events/s in all, recorded-to-receipt p50 {p50:.2} ms p99 {p99:.2} ms max {max:.2} ms, {subscriber_errors} errors",
-            n = args.subscribers,
-            rate = events as f64 / elapsed.as_secs_f64(),
-            p50 = ms(0.50),
-            p99 = ms(0.99),
-            max = latency.max() as f64 / 1000.0,
-        );
-        println!(
-            "RESULT {{\"label\":\"{label}-subscribers\",\"events_per_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
-            events as f64 / elapsed.as_secs_f64(),
-            ms(0.50),
-            ms(0.99)
-        );
-        if acks.is_some() {
-            let ms = |q: f64| after_ack.value_at_quantile(q) as f64 / 1000.0;
-            println!(
-                "{label} subscribers: receipt after the write's acknowledgement (0 if before) p50 {:.2} ms p99 {:.2} ms max {:.2} ms over {} events",
-                ms(0.50),
-                ms(0.99),
-                after_ack.max() as f64 / 1000.0,
-                after_ack.len()
-            );
-            println!(
-                "RESULT {{\"label\":\"{label}-after-ack\",\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
-                ms(0.50),
-                ms(0.99)
-            );
-        }
-        if subscriber_errors > 0 {
-            std::process::exit(1);
-        }
+    if !followers.is_empty()
+        && !subscribe::report(followers, label, elapsed, acks.is_some()).await?
+    {
+        std::process::exit(1);
     }
     if errors > 0 {
         std::process::exit(1);

@@ -106,8 +106,8 @@ pub struct Followed {
     pub errors: u64,
 }
 
-/// A `SubscribeEventsResponse` as the live subscribers decode it: only the
-/// position and `recorded_at` of an event (prost skips the other fields).
+/// A `SubscribeEventsResponse` as the live subscribers decode it: only an
+/// event's `recorded_at` and interaction id (prost skips the other fields).
 /// The subscribers share the benchmark machine's two cores with the server;
 /// decoding whole events 100 times over would measure the client, not the
 /// server, which sends exactly the same bytes either way.
@@ -121,8 +121,6 @@ struct LiteResponse {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct LiteEvent {
-    #[prost(uint64, tag = "1")]
-    position: u64,
     #[prost(message, optional, tag = "5")]
     recorded_at: Option<prost_types::Timestamp>,
     /// Decoded only for `--ack-latency` (see [`AckedResponse`]).
@@ -234,4 +232,54 @@ pub async fn start_followers(
         }));
     }
     Ok(tasks)
+}
+
+/// Prints what the followers saw, as text and `RESULT` lines; false when a
+/// subscription failed.
+pub async fn report(
+    followers: Vec<tokio::task::JoinHandle<Followed>>,
+    label: &str,
+    elapsed: Duration,
+    with_acks: bool,
+) -> Result<bool, BoxError> {
+    let count = followers.len();
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut after_ack = Histogram::<u64>::new(3)?;
+    let (mut events, mut errors) = (0u64, 0u64);
+    for task in followers {
+        let followed = task.await?;
+        latency.add(&followed.latency_us)?;
+        after_ack.add(&followed.after_ack_us)?;
+        events += followed.events;
+        errors += followed.errors;
+    }
+    let rate = events as f64 / elapsed.as_secs_f64();
+    let (p50, p99, max) = percentiles_ms(&latency);
+    println!(
+        "{label} subscribers: {count} received {rate:.0} events/s in all, recorded-to-receipt p50 {p50:.2} ms p99 {p99:.2} ms max {max:.2} ms, {errors} errors"
+    );
+    println!(
+        "RESULT {{\"label\":\"{label}-subscribers\",\"events_per_s\":{rate:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3}}}"
+    );
+    if with_acks {
+        let (p50, p99, max) = percentiles_ms(&after_ack);
+        println!(
+            "{label} subscribers: receipt after the write's acknowledgement (0 if before) p50 {p50:.2} ms p99 {p99:.2} ms max {max:.2} ms over {} events",
+            after_ack.len()
+        );
+        println!(
+            "RESULT {{\"label\":\"{label}-after-ack\",\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3}}}"
+        );
+    }
+    Ok(errors == 0)
+}
+
+/// p50, p99 and max of a histogram of microseconds, in milliseconds.
+fn percentiles_ms(h: &Histogram<u64>) -> (f64, f64, f64) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    (
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+    )
 }

@@ -109,12 +109,7 @@ pub async fn run(
     })
     .max_decoding_message_size(MAX_INGEST_REQUEST_BYTES);
     let event_log = EventLogRoutes::new(
-        Subscriptions {
-            state: state.clone(),
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
-            limit: config.max_subscriptions,
-            stopping: stopping.clone(),
-        },
+        Subscriptions::new(state.clone(), config.max_subscriptions, stopping.clone()),
         MAX_QUERY_REQUEST_BYTES,
     );
     let timelines = TimelineServiceServer::new(Timelines {

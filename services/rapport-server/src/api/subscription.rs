@@ -46,12 +46,12 @@ const PATH: &str = "/rapport.v1.EventLogService/SubscribeEvents";
 
 /// What every subscription shares.
 pub struct Subscriptions {
-    pub state: AppState,
+    state: AppState,
     /// One permit per open subscription.
-    pub permits: Arc<Semaphore>,
-    pub limit: usize,
+    permits: Arc<Semaphore>,
+    limit: usize,
     /// Turns true when the server starts shutting down: subscriptions end.
-    pub stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 }
 
 /// `rapport.v1.EventLogService`: the generated server for every method but
@@ -122,6 +122,16 @@ impl ServerStreamingService<pb::SubscribeEventsRequest> for Subscribe {
 }
 
 impl Subscriptions {
+    /// At most `limit` open at once; all end when `stopping` turns true.
+    pub fn new(state: AppState, limit: usize, stopping: watch::Receiver<bool>) -> Self {
+        Subscriptions {
+            state,
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            stopping,
+        }
+    }
+
     fn open(&self, request: pb::SubscribeEventsRequest) -> Result<Response<Batches>, ApiError> {
         let query = EventQuery {
             after: request.after_position,
