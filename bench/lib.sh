@@ -15,7 +15,7 @@ ADDR="http://127.0.0.1:$PORT"
 SERVER_PID=""
 
 start_server() { # url: starts the server on it and waits until the database is ready
-  "$SERVER" --listen "127.0.0.1:$PORT" --database-url "$1" >"$RESULTS/server.log" 2>&1 &
+  "$SERVER" --listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 --database-url "$1" >"$RESULTS/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
     if grep -q "database ready" "$RESULTS/server.log"; then return; fi

@@ -41,6 +41,8 @@ macro_rules! on_both_backends {
 /// A running server and the database it owns.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub admin_addr: SocketAddr,
     /// Always `Some` until the app is consumed by `crash` or `terminate`.
     db: Option<TestDatabase>,
     process: Child,
@@ -74,6 +76,7 @@ pub async fn start(db: TestDatabase, extra_args: &[&str]) -> TestApp {
 pub fn start_on(url: &str, db: Option<TestDatabase>, extra_args: &[&str]) -> TestApp {
     let mut process = Command::new(env!("CARGO_BIN_EXE_rapport-server"))
         .args(["--listen", "127.0.0.1:0", "--database-url", url])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .args(extra_args)
         .env("RUST_LOG", "info")
         .env_remove("RAPPORT_DATABASE_URL")
@@ -85,12 +88,16 @@ pub fn start_on(url: &str, db: Option<TestDatabase>, extra_args: &[&str]) -> Tes
     let stderr = process.stderr.take().expect("stderr");
     let log = Arc::new(Mutex::new(Vec::new()));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (admin_tx, admin_rx) = std::sync::mpsc::channel();
     let sink = Arc::clone(&log);
     // Keep reading stderr for the whole life of the process, so it never blocks on a full pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addr) = line.split("listening addr=").nth(1) {
                 let _ = addr_tx.send(addr.trim().to_owned());
+            }
+            if let Some(addr) = line.split("admin_addr=").nth(1) {
+                let _ = admin_tx.send(addr.trim().to_owned());
             }
             sink.lock().unwrap().push(line);
         }
@@ -103,8 +110,12 @@ pub fn start_on(url: &str, db: Option<TestDatabase>, extra_args: &[&str]) -> Tes
                 log.lock().unwrap()
             )
         });
+    let admin_addr = admin_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the server says where it serves metrics");
     TestApp {
         addr: addr.parse().expect("listening address"),
+        admin_addr: admin_addr.parse().expect("admin address"),
         db,
         process,
         log,
@@ -205,6 +216,28 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         (status.success(), self.db.take())
+    }
+
+    /// `GET /metrics` on the admin port: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .expect("connect to the admin port");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: rapport\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+            "{head}"
+        );
+        body.to_owned()
     }
 
     pub fn database_url(&self) -> &str {

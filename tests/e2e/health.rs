@@ -17,6 +17,8 @@ async fn without_a_database_health_is_not_serving_and_writes_are_unavailable() {
         app.health("rapport.v1.InteractionService").await,
         ServingStatus::NotServing
     );
+    // Alive all the same: the liveness probe must not restart it.
+    assert_eq!(app.health("liveness").await, ServingStatus::Serving);
     let status = app
         .interactions()
         .await

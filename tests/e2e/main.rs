@@ -7,11 +7,14 @@
 
 mod advocacy;
 mod app;
+mod auth;
 mod durability;
 mod event_log;
 mod grpcurl;
 mod health;
 mod ingest;
+mod limits;
+mod metrics;
 mod reflection;
 mod subscribe;
 mod timeline;

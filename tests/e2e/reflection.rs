@@ -6,13 +6,10 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::app::{Backend, spawn_app};
+use crate::app::{Backend, TestApp, spawn_app};
 
-#[tokio::test]
-async fn reflection_v1_lists_every_service() {
-    let Some(app) = spawn_app(Backend::Sqlite, "reflection_v1").await else {
-        return;
-    };
+/// The services reflection v1 lists, asked without a token.
+pub async fn list_services(app: &TestApp) -> Vec<String> {
     let mut client = ServerReflectionClient::new(app.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -27,7 +24,15 @@ async fn reflection_v1_lists_every_service() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected {response:?}")
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_every_service() {
+    let Some(app) = spawn_app(Backend::Sqlite, "reflection_v1").await else {
+        return;
+    };
+    let names = list_services(&app).await;
     for expected in [
         "rapport.v1.InteractionService",
         "rapport.v1.EventLogService",

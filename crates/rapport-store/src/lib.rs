@@ -180,6 +180,14 @@ pub struct EventPage {
     pub head: u64,
 }
 
+/// How busy a connection pool is, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// A sqlx pool on the log's database, for the read models beside it.
 #[derive(Debug, Clone)]
 pub enum DbPool {
@@ -375,6 +383,21 @@ impl Store {
         match self {
             Store::Sqlite(s) => DbPool::Sqlite(s.pool().clone()),
             Store::Postgres(s) => DbPool::Postgres(s.pool().clone()),
+        }
+    }
+
+    /// Connections of the log's pool: open, idle, and the most allowed.
+    pub fn pool_usage(&self) -> PoolUsage {
+        fn usage<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> PoolUsage {
+            PoolUsage {
+                open: pool.size(),
+                idle: pool.num_idle() as u32,
+                max: pool.options().get_max_connections(),
+            }
+        }
+        match self {
+            Store::Sqlite(s) => usage(s.pool()),
+            Store::Postgres(s) => usage(s.pool()),
         }
     }
 

@@ -193,12 +193,18 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize, feed: &Feed) {
     let started = std::time::Instant::now();
     match store.append(requests, crate::wall_clock()).await {
         Ok(committed) => {
+            let elapsed = started.elapsed();
             debug!(
                 requests = replies.len(),
                 interactions = size,
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = elapsed.as_micros() as u64,
                 "batch committed"
             );
+            metrics::histogram!("rapport_group_commit_batch_size").record(size as f64);
+            metrics::histogram!("rapport_group_commit_duration_seconds")
+                .record(elapsed.as_secs_f64());
+            metrics::counter!("rapport_events_appended_total")
+                .increment(committed.events.len() as u64);
             // Published before the callers hear back, so a subscriber sees
             // a write no later than its writer's acknowledgement.
             feed.publish(committed.events);
@@ -209,6 +215,7 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize, feed: &Feed) {
             }
         }
         Err(error) => {
+            metrics::counter!("rapport_group_commit_failures_total").increment(1);
             warn!(requests = replies.len(), interactions = size, error = %error, "batch failed, nothing written");
             for reply in replies {
                 let _ = reply.send(Err(error.share()));

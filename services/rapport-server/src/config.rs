@@ -10,9 +10,28 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "rapport-server", version, about)]
 pub struct Config {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on. Without a tokens file the server is open,
+    /// so it then listens on loopback only (127.0.0.1, this port).
     #[arg(long, env = "RAPPORT_LISTEN", default_value = "[::]:50051")]
     pub listen: SocketAddr,
+
+    /// Address of the admin HTTP server: Prometheus metrics at `/metrics`.
+    #[arg(long, env = "RAPPORT_ADMIN_LISTEN", default_value = "[::]:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Bearer tokens allowed to call the API: a TOML file of token hashes
+    /// with their scopes and communities (see docs/operations.md). Re-read
+    /// when it changes. Unset: no authentication, loopback only.
+    #[arg(long, env = "RAPPORT_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// PEM certificate chain to serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "RAPPORT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RAPPORT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Database URL: `postgres://user@host/db` or `sqlite:PATH`. When unset,
     /// an embedded SQLite database is kept in the data directory.
@@ -42,6 +61,27 @@ pub struct Config {
     /// of events and its queued responses), so this bounds that memory.
     #[arg(long, env = "RAPPORT_MAX_SUBSCRIPTIONS", default_value_t = 256)]
     pub max_subscriptions: usize,
+
+    /// Most gRPC calls in progress at once (streams count until their
+    /// first response); past it, RESOURCE_EXHAUSTED at once rather than a
+    /// queue that grows until every caller times out.
+    #[arg(long, env = "RAPPORT_MAX_CONCURRENT_REQUESTS", default_value_t = 1_000)]
+    pub max_concurrent_requests: usize,
+
+    /// Deadline of a call whose client sets none (a shorter `grpc-timeout`
+    /// wins), in seconds.
+    #[arg(long, env = "RAPPORT_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+    pub request_timeout_secs: u64,
+
+    /// HTTP/2 keepalive: a PING after this many idle seconds; a connection
+    /// that does not answer within 20 s is closed. 0 turns it off.
+    #[arg(long, env = "RAPPORT_HTTP2_KEEPALIVE_SECS", default_value_t = 30)]
+    pub http2_keepalive_secs: u64,
+
+    /// How often to check that the database answers, in seconds: health
+    /// turns NOT_SERVING when it does not, and SERVING again when it does.
+    #[arg(long, env = "RAPPORT_HEALTH_CHECK_SECS", default_value_t = 5)]
+    pub health_check_secs: u64,
 
     /// How often to read the log's head for commits made by other processes
     /// (replicas), in milliseconds. On PostgreSQL, LISTEN/NOTIFY hears of
@@ -83,6 +123,28 @@ impl Config {
         Duration::from_millis(self.commit_poll_ms.max(1))
     }
 
+    /// Where gRPC is served: `listen`, but on loopback when there is no
+    /// tokens file (an open server must not be reachable from the network).
+    pub fn effective_listen(&self) -> SocketAddr {
+        match self.tokens_file {
+            Some(_) => self.listen,
+            None if self.listen.ip().is_loopback() => self.listen,
+            None => SocketAddr::from(([127, 0, 0, 1], self.listen.port())),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+
+    pub fn http2_keepalive(&self) -> Option<Duration> {
+        (self.http2_keepalive_secs > 0).then(|| Duration::from_secs(self.http2_keepalive_secs))
+    }
+
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_secs(self.health_check_secs.max(1))
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
@@ -100,6 +162,37 @@ mod tests {
             "sqlite:./rapport-data/rapport.db"
         );
         assert_eq!(config.listen.port(), 50051);
+    }
+
+    #[test]
+    fn without_tokens_the_server_listens_on_loopback_only() {
+        let open = Config::parse_from(["rapport-server", "--listen", "[::]:7000"]);
+        assert_eq!(open.effective_listen().to_string(), "127.0.0.1:7000");
+        let local = Config::parse_from(["rapport-server", "--listen", "[::1]:7000"]);
+        assert_eq!(local.effective_listen().to_string(), "[::1]:7000");
+        let protected = Config::parse_from([
+            "rapport-server",
+            "--listen",
+            "[::]:7000",
+            "--tokens-file",
+            "/etc/rapport/tokens.toml",
+        ]);
+        assert_eq!(protected.effective_listen().to_string(), "[::]:7000");
+    }
+
+    #[test]
+    fn tls_needs_both_the_certificate_and_the_key() {
+        assert!(Config::try_parse_from(["rapport-server", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            Config::try_parse_from([
+                "rapport-server",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub enum ApiError {
     },
     #[error("the database is not ready yet")]
     NotReady,
+    /// No token, a malformed one, or one the tokens file does not hold.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// A valid token without the scope or the community the call needs.
+    #[error("permission denied: {0}")]
+    PermissionDenied(#[from] rapport_auth::Denied),
     /// No such thing in this community (also for things of other communities:
     /// never say which).
     #[error("{what} not found")]
@@ -109,6 +115,17 @@ impl From<ApiError> for Status {
                 (Code::AlreadyExists, "", format!("{field}: {error}"))
             }
             ApiError::NotReady => (Code::Unavailable, "DATABASE_NOT_READY", error.to_string()),
+            ApiError::Unauthenticated(_) => {
+                (Code::Unauthenticated, "UNAUTHENTICATED", error.to_string())
+            }
+            ApiError::PermissionDenied(denied) => (
+                Code::PermissionDenied,
+                match denied {
+                    rapport_auth::Denied::Scope { .. } => "SCOPE_MISSING",
+                    _ => "COMMUNITY_NOT_ALLOWED",
+                },
+                error.to_string(),
+            ),
             ApiError::NotFound { reason, .. } => (Code::NotFound, *reason, error.to_string()),
             ApiError::TooManySubscriptions { .. } => (
                 Code::ResourceExhausted,

@@ -10,19 +10,24 @@
 //!   `TimelineService`, `AdvocacyService`, `AdminService`).
 //! - [`error`]: every client-visible error and its gRPC status, in one place.
 //! - `convert`: wire types to domain types and back.
+//! - [`auth`]: bearer tokens, scopes and communities of every call.
+//! - `prometheus`: Prometheus `/metrics` on the admin port, RED per method.
 //! - [`telemetry`]: logging setup.
 //!
 //! Start-up: the listener serves health and reflection at once; the store
 //! connects and migrates in the background (retrying while the database is
-//! down), and only then does health turn SERVING. Shutdown: health turns
+//! down), and only then does health turn SERVING. From then on health
+//! follows the database: NOT_SERVING while it does not answer. Shutdown: health turns
 //! NOT_SERVING, the server stops accepting and finishes in-flight requests,
 //! the group-commit writer commits what it holds, the projectors stop
 //! between batches, the database closes.
 
 mod api;
+pub mod auth;
 pub mod config;
 mod convert;
 pub mod error;
+mod prometheus;
 pub mod telemetry;
 
 use std::future::Future;
@@ -51,6 +56,16 @@ pub const MAX_INGEST_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// Largest request of any other service.
 pub const MAX_QUERY_REQUEST_BYTES: usize = 64 * 1024;
 
+/// How often the tokens file is re-read for changes.
+const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How long an HTTP/2 keepalive PING may go unanswered.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The health service name of the liveness probe: SERVING as long as the
+/// process serves gRPC, whatever the database does, so that a database
+/// outage turns replicas unready without getting them restarted.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// The gRPC services whose health follows the database.
 const SERVICES: [&str; 5] = [
     <InteractionServiceServer<Interactions> as tonic::server::NamedService>::NAME,
@@ -68,6 +83,11 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot serve metrics on {addr}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Serves Rapport on `listener` until `shutdown` resolves, then drains.
@@ -87,12 +107,49 @@ pub async fn run(
         )));
     }
 
+    let tokens = match &config.tokens_file {
+        Some(path) => {
+            let tokens = auth::Tokens::load(path).map_err(ServerError::Config)?;
+            info!(path = %path.display(), tokens = tokens.count(), "tokens loaded; every call but health and reflection needs one");
+            tokens.watch(path.clone(), TOKENS_RELOAD_INTERVAL);
+            Some(tokens)
+        }
+        None => None,
+    };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
+
+    // Before anything records a metric.
+    prometheus::recorder();
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
 
     let state = AppState::default();
     // Turns true when the shutdown starts: health flips, streams end.
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| ServerError::AdminListen {
+            addr: config.admin_listen,
+            source,
+        })?;
+    if let Ok(addr) = admin_listener.local_addr() {
+        info!(admin_addr = %addr, "serving Prometheus metrics at /metrics");
+    }
+    let (admin_stop, mut admin_stopping) = tokio::sync::watch::channel(false);
+    let admin_http = tokio::spawn(prometheus::serve_admin(
+        admin_listener,
+        state.clone(),
+        async move {
+            let _ = admin_stopping.wait_for(|stop| *stop).await;
+        },
+    ));
     // The projectors stop after the drain, so reads waiting for them finish.
     let (projectors_stop, projectors_stopping) = tokio::sync::watch::channel(false);
     let startup = tokio::spawn(open_store(
@@ -100,6 +157,7 @@ pub async fn run(
         state.clone(),
         health.clone(),
         projectors_stopping,
+        stopping.clone(),
     ));
 
     let reflection_v1 = reflection().build_v1()?;
@@ -141,8 +199,26 @@ pub async fn run(
     // Small responses must leave at once: without TCP_NODELAY, Nagle's
     // algorithm holds them back waiting for the client's delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
+        .timeout(config.request_timeout())
+        .http2_keepalive_interval(config.http2_keepalive())
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let serve = server
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        // Outermost first: count every call, then authenticate, then shed
+        // what is over the limit.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(prometheus::RedLayer)
+                .layer(auth::AuthLayer(tokens))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    config.max_concurrent_requests.max(1),
+                )),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -161,6 +237,10 @@ pub async fn run(
             tokio::time::sleep(drain_timeout).await;
         } => warn!(timeout_s = drain_timeout.as_secs(), "drain timed out, closing the remaining connections"),
     }
+
+    // The admin server holds the state, and so the writer: it stops first.
+    let _ = admin_stop.send(true);
+    let _ = admin_http.await;
 
     // Every request has been answered. Stop connecting if we never did; else
     // let the writer commit what it holds (it stops once the last handle,
@@ -199,6 +279,18 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+}
+
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     for service in SERVICES {
@@ -215,6 +307,7 @@ async fn open_store(
     state: AppState,
     health: HealthReporter,
     projectors_stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> (
     tokio::task::JoinHandle<()>,
     Vec<tokio::task::JoinHandle<()>>,
@@ -253,13 +346,54 @@ async fn open_store(
         RunnerOptions::default(),
         projectors_stopping,
     );
+    let store_for_health = store.clone();
     state.set_ready(Ready {
         store,
         writer,
         projections,
     });
     set_health(&health, ServingStatus::Serving).await;
+    tokio::spawn(follow_database(
+        store_for_health,
+        health,
+        config.health_check_interval(),
+        stopping,
+    ));
     (task, projector_tasks, commit_watch)
+}
+
+/// Keeps health in step with the database: NOT_SERVING while it does not
+/// answer (Kubernetes then routes to other replicas), SERVING again when it
+/// does, NOT_SERVING for good once the shutdown starts. The only writer of
+/// health once the store is open, so the shutdown's NOT_SERVING always wins.
+async fn follow_database(
+    store: Store,
+    health: HealthReporter,
+    interval: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let answered = matches!(
+            tokio::time::timeout(interval, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if answered != serving && !*stopping.borrow() {
+            serving = answered;
+            if serving {
+                info!("database answers again: SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                warn!("database does not answer: NOT_SERVING");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
+    set_health(&health, ServingStatus::NotServing).await;
 }
 
 async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {

@@ -14,10 +14,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     telemetry::init(config.log_format);
-    let listener = match TcpListener::bind(config.listen).await {
+    let addr = config.effective_listen();
+    if config.tokens_file.is_none() {
+        tracing::warn!(
+            %addr,
+            "no --tokens-file: every call is allowed without a token, so gRPC listens on loopback only"
+        );
+    }
+    let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(addr = %config.listen, %error, "cannot listen");
+            tracing::error!(%addr, %error, "cannot listen");
             return std::process::ExitCode::FAILURE;
         }
     };

@@ -3,6 +3,7 @@ use rapport_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
+use crate::auth::Guard;
 use crate::error::ApiError;
 
 /// `rapport.v1.AdminService`: operating the read models.
@@ -14,8 +15,10 @@ pub struct Admin {
 impl AdminService for Admin {
     async fn list_projections(
         &self,
-        _request: Request<pb::ListProjectionsRequest>,
+        request: Request<pb::ListProjectionsRequest>,
     ) -> Result<Response<pb::ListProjectionsResponse>, Status> {
+        // The read models span every community.
+        Guard::of(&request).all_communities()?;
         let ready = self.state.ready()?;
         let status = ready.projections.status().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListProjectionsResponse {
@@ -41,6 +44,7 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::RebuildProjectionRequest>,
     ) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
+        Guard::of(&request).all_communities()?;
         let name = request.into_inner().name;
         if name.is_empty() {
             return Err(ApiError::field("name", "is required").into());

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::request::{Violations, resolve};
 use super::{AppState, Ready, wait_deadline};
+use crate::auth::Guard;
 use crate::convert::{policy_in, policy_out, timestamp};
 use crate::error::ApiError;
 
@@ -42,7 +43,9 @@ impl AdvocacyService for Advocacy {
         request: Request<pb::GetAdvocateScoreRequest>,
     ) -> Result<Response<pb::GetAdvocateScoreResponse>, Status> {
         let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let member = v.member("member_id", r.member_id, "identity", r.identity);
@@ -192,7 +195,9 @@ impl AdvocacyService for Advocacy {
         request: Request<pb::ListAdvocatesRequest>,
     ) -> Result<Response<pb::ListAdvocatesResponse>, Status> {
         let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let page_size = v.page_size(r.page_size, DEFAULT_PAGE_SIZE);
@@ -345,7 +350,9 @@ impl AdvocacyService for Advocacy {
         request: Request<pb::GetScoringPolicyRequest>,
     ) -> Result<Response<pb::GetScoringPolicyResponse>, Status> {
         let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         v.check()?;
@@ -372,7 +379,9 @@ impl AdvocacyService for Advocacy {
         &self,
         request: Request<pb::SetScoringPolicyRequest>,
     ) -> Result<Response<pb::SetScoringPolicyResponse>, Status> {
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let policy = policy_field(&mut v, r.policy);
@@ -400,7 +409,9 @@ impl AdvocacyService for Advocacy {
         request: Request<pb::PreviewScoringPolicyRequest>,
     ) -> Result<Response<pb::PreviewScoringPolicyResponse>, Status> {
         let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let top_n = v.count("top_n", r.top_n, DEFAULT_PREVIEW_TOP, MAX_PREVIEW_TOP) as usize;
@@ -493,7 +504,9 @@ impl AdvocacyService for Advocacy {
         &self,
         request: Request<pb::SetMemberRoleRequest>,
     ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let member = v.member("member_id", r.member_id, "identity", r.identity);

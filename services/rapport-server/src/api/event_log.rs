@@ -6,6 +6,7 @@ use rapport_store::EventQuery;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
+use crate::auth::Guard;
 use crate::convert::event_out;
 use crate::error::ApiError;
 
@@ -26,7 +27,10 @@ impl EventLogService for EventLog {
         &self,
         request: Request<pb::ReadEventsRequest>,
     ) -> Result<Response<pb::ReadEventsResponse>, Status> {
-        let query = event_query(request.into_inner())?;
+        let guard = Guard::of(&request);
+        let request = request.into_inner();
+        guard.community_or_all(&request.community_id)?;
+        let query = event_query(request)?;
         let page = self
             .state
             .ready()?

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use rapport_store::wall_clock as now;
 
 use super::AppState;
+use crate::auth::Guard;
 use crate::convert::interaction_input;
 use crate::error::ApiError;
 
@@ -21,9 +22,11 @@ impl InteractionService for Interactions {
         &self,
         request: Request<pb::RecordInteractionRequest>,
     ) -> Result<Response<pb::RecordInteractionResponse>, Status> {
+        let guard = Guard::of(&request);
         let Some(input) = request.into_inner().interaction else {
             return Err(ApiError::field("interaction", "is required").into());
         };
+        guard.community(&input.community_id)?;
         let interaction = validate_interaction(&interaction_input(input), "interaction.", now())
             .map_err(ApiError::InvalidArgument)?;
         let outcome = self
@@ -51,12 +54,16 @@ impl InteractionService for Interactions {
         &self,
         request: Request<pb::RecordInteractionsRequest>,
     ) -> Result<Response<pb::RecordInteractionsResponse>, Status> {
+        let guard = Guard::of(&request);
         let inputs: Vec<_> = request
             .into_inner()
             .interactions
             .into_iter()
             .map(interaction_input)
             .collect();
+        for input in &inputs {
+            guard.community(&input.community_id)?;
+        }
         let interactions = validate_batch(&inputs, now()).map_err(ApiError::InvalidArgument)?;
         let outcome = self
             .state

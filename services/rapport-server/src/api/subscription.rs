@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 
 use super::AppState;
 use super::event_log::{EventLog, filters};
+use crate::auth::Guard;
 use crate::convert::event_out;
 use crate::error::ApiError;
 
@@ -117,7 +118,12 @@ impl ServerStreamingService<pb::SubscribeEventsRequest> for Subscribe {
 
     fn call(&mut self, request: Request<pb::SubscribeEventsRequest>) -> Self::Future {
         let subscriptions = Arc::clone(&self.0);
-        Box::pin(async move { Ok(subscriptions.open(request.into_inner())?) })
+        Box::pin(async move {
+            let guard = Guard::of(&request);
+            let request = request.into_inner();
+            guard.community_or_all(&request.community_id)?;
+            Ok(subscriptions.open(request)?)
+        })
     }
 }
 
@@ -151,13 +157,30 @@ impl Subscriptions {
         let (responses, stream) = mpsc::channel(BUFFER);
         let stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _open = Open::new(permit);
             serve(follower, responses, stopping).await;
         });
         Ok(Response::new(Batches {
             queue: stream,
             batch: Vec::new().into_iter(),
         }))
+    }
+}
+
+/// An open subscription: its permit, counted in `rapport_subscriptions_open`
+/// for as long as it is held.
+struct Open(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Open {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Open {
+        metrics::gauge!("rapport_subscriptions_open").increment(1.0);
+        Open(permit)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!("rapport_subscriptions_open").decrement(1.0);
     }
 }
 

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::request::{Violations, resolve};
 use super::{AppState, Ready, wait_deadline};
+use crate::auth::Guard;
 use crate::convert::{tier_change_out, timeline_entry_out, timestamp};
 use crate::error::ApiError;
 
@@ -33,7 +34,9 @@ impl TimelineService for Timelines {
         request: Request<pb::GetTimelineRequest>,
     ) -> Result<Response<pb::GetTimelineResponse>, Status> {
         let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let member = v.member("member_id", r.member_id, "identity", r.identity);
@@ -119,7 +122,9 @@ impl TimelineService for Timelines {
         request: Request<pb::GetRelationshipRequest>,
     ) -> Result<Response<pb::GetRelationshipResponse>, Status> {
         let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let member = v.member("member_id", r.member_id, "identity", r.identity);
@@ -187,7 +192,9 @@ impl TimelineService for Timelines {
         request: Request<pb::ListConnectionsRequest>,
     ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
         let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
         let r = request.into_inner();
+        guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
         let member = v.member("member_id", r.member_id, "identity", r.identity);
