@@ -74,11 +74,24 @@ pub async fn start(db: TestDatabase, extra_args: &[&str]) -> TestApp {
 
 /// Starts the server binary on a database URL, which may be unreachable.
 pub fn start_on(url: &str, db: Option<TestDatabase>, extra_args: &[&str]) -> TestApp {
+    start_with_env(url, db, extra_args, &[])
+}
+
+/// [`start_on`] with environment variables set for the server.
+pub fn start_with_env(
+    url: &str,
+    db: Option<TestDatabase>,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> TestApp {
     let mut process = Command::new(env!("CARGO_BIN_EXE_rapport-server"))
         .args(["--listen", "127.0.0.1:0", "--database-url", url])
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(extra_args)
         .env("RUST_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .envs(env.iter().copied())
         .env_remove("RAPPORT_DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -18,3 +18,4 @@ mod metrics;
 mod reflection;
 mod subscribe;
 mod timeline;
+mod traces;

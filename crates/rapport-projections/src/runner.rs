@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::db::WriteTx;
 use crate::generations::{self, Generation, Start, State};
@@ -358,7 +358,17 @@ impl Runner {
             // A short page reached the head: read again only in a later step.
             let full = page.events.len() as u32 == limit;
             let prefetch = full.then(|| self.read_after(to, limit));
-            self.apply(generation, position, &page.events).await?;
+            let span = tracing::info_span!(
+                "projector_batch",
+                projection = self.projection.name(),
+                generation = generation.generation,
+                after = position,
+                to,
+                events = page.events.len(),
+            );
+            self.apply(generation, position, &page.events)
+                .instrument(span)
+                .await?;
             position = to;
             match prefetch {
                 Some(read) => next = read,

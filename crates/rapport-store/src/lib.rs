@@ -245,6 +245,7 @@ impl Store {
     }
 
     /// One round trip to the database.
+    #[tracing::instrument(name = "db.ping", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.ping().await,
@@ -253,6 +254,7 @@ impl Store {
     }
 
     /// The last committed position (0 for an empty log).
+    #[tracing::instrument(name = "db.head", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn head(&self) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.head().await,
@@ -273,6 +275,7 @@ impl Store {
 
     /// [`Store::append_batch`], also returning the events written, for the
     /// writer to publish.
+    #[tracing::instrument(name = "db.append", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn append(
         &self,
         requests: Vec<Vec<Interaction>>,
@@ -287,6 +290,7 @@ impl Store {
     /// Appends a command's event in a transaction of its own, serialized
     /// with the batches like any append. Prefer [`Writer::command`], which
     /// orders it with the batches of this process.
+    #[tracing::instrument(name = "db.append_command", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn append_command(
         &self,
         command: Command,
@@ -299,6 +303,7 @@ impl Store {
     }
 
     /// Events after `query.after`, oldest first, up to the head at read time.
+    #[tracing::instrument(name = "db.read_events", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
         match self {
             Store::Sqlite(s) => s.read_events(query).await,
@@ -309,6 +314,7 @@ impl Store {
     /// The events at these positions, in position order; positions that do
     /// not exist are left out. Read models keep positions and fetch the
     /// events' details (personal data included) from the log through this.
+    #[tracing::instrument(name = "db.events_at", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn events_at(&self, positions: &[u64]) -> Result<Vec<Event>, StoreError> {
         if positions.is_empty() {
             return Ok(Vec::new());
@@ -322,6 +328,7 @@ impl Store {
     /// Whether `member_id` is a member of `community_id`. Members are written
     /// with the log, so a member is known as soon as its first write is
     /// acknowledged, on every replica.
+    #[tracing::instrument(name = "db.member_exists", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn member_exists(
         &self,
         community_id: &str,
@@ -349,6 +356,7 @@ impl Store {
 
     /// The member an identity belongs to in `community_id`, matching the
     /// handle as identity resolution does (see `normalize_handle`).
+    #[tracing::instrument(name = "db.find_member", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn find_member(
         &self,
         community_id: &str,

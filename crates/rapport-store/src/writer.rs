@@ -12,7 +12,7 @@ use std::time::Duration;
 use rapport_domain::{Command, Interaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::{AppendOutcome, CommandOutcome, Feed, Store, StoreError};
 
@@ -41,6 +41,8 @@ impl Default for WriterConfig {
 struct Job {
     interactions: Vec<Interaction>,
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    /// The caller's span: the batch that commits this job links to it.
+    span: tracing::Span,
 }
 
 /// What the queue holds: interactions to batch, or a command, which commits
@@ -96,6 +98,7 @@ impl Writer {
             .send(Queued::Append(Job {
                 interactions,
                 reply,
+                span: tracing::Span::current(),
             }))
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -188,10 +191,22 @@ async fn commit(store: &Store, jobs: Vec<Job>, size: usize, feed: &Feed) {
     if jobs.is_empty() {
         return;
     }
-    let (requests, replies): (Vec<_>, Vec<_>) =
-        jobs.into_iter().map(|j| (j.interactions, j.reply)).unzip();
+    // One batch serves many calls: a root span of its own, linked to each
+    // (OpenTelemetry's model for batching), rather than a child of one.
+    let span = tracing::info_span!(parent: None, "group_commit", requests = jobs.len(), interactions = size);
+    let mut requests = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        span.follows_from(&job.span);
+        requests.push(job.interactions);
+        replies.push(job.reply);
+    }
     let started = std::time::Instant::now();
-    match store.append(requests, crate::wall_clock()).await {
+    match store
+        .append(requests, crate::wall_clock())
+        .instrument(span)
+        .await
+    {
         Ok(committed) => {
             let elapsed = started.elapsed();
             debug!(

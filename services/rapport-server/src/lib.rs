@@ -12,7 +12,7 @@
 //! - `convert`: wire types to domain types and back.
 //! - [`auth`]: bearer tokens, scopes and communities of every call.
 //! - `prometheus`: Prometheus `/metrics` on the admin port, RED per method.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logs and OTLP traces.
 //!
 //! Start-up: the listener serves health and reflection at once; the store
 //! connects and migrates in the background (retrying while the database is
@@ -207,7 +207,7 @@ pub async fn run(
         server = server.tls_config(tls)?;
     }
     let serve = server
-        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .trace_fn(telemetry::grpc_span)
         // Outermost first: count every call, then authenticate, then shed
         // what is over the limit.
         .layer(

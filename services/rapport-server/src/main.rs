@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    let telemetry = telemetry::init(config.log_format);
     let addr = config.effective_listen();
     if config.tokens_file.is_none() {
         tracing::warn!(
@@ -28,13 +28,16 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match run(listener, config, shutdown_signal()).await {
+    let code = match run(listener, config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = ?error, "server failed");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Off the runtime's worker: the flush blocks until the export is done.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
