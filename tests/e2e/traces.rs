@@ -201,3 +201,40 @@ fn hex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// Without a collector nothing is exported, and log lines still carry the
+/// caller's trace id, to find them from the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_collector_logs_still_carry_the_callers_trace_id() {
+    let db = fresh_database(Backend::Sqlite, "traces_off").await.unwrap();
+    let url = db.url.clone();
+    let app = start_with_env(&url, Some(db), &[], &[]);
+    app.wait_serving().await;
+    let policy = app
+        .advocacy()
+        .await
+        .get_scoring_policy(pb::GetScoringPolicyRequest {
+            community_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+    app.advocacy()
+        .await
+        .set_scoring_policy(traced(pb::SetScoringPolicyRequest {
+            community_id: "acme".into(),
+            policy,
+        }))
+        .await
+        .unwrap();
+    let log = app.log.lock().unwrap().join("\n");
+    assert!(
+        log.lines().any(
+            |l| l.contains("scoring policy set") && l.contains(&format!("trace_id={TRACE_ID}"))
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("exporting traces"), "{log}");
+}

@@ -195,6 +195,29 @@ mod tests {
         );
     }
 
+    /// docs/operations.md is the configuration reference: it must name
+    /// every flag and its variable.
+    #[test]
+    fn the_operations_guide_documents_every_flag() {
+        use clap::CommandFactory;
+        let guide = include_str!("../../../docs/operations.md");
+        let mut documented = 0;
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().expect("every flag has a variable");
+            let row = format!("| `--{long}` | `{}` |", env.to_string_lossy());
+            assert!(
+                guide.contains(&row),
+                "docs/operations.md lacks the row {row}"
+            );
+            documented += 1;
+        }
+        assert!(documented >= 18, "only {documented} flags");
+    }
+
     #[test]
     fn a_database_url_wins_over_the_data_dir() {
         let config =

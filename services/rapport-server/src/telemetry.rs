@@ -51,18 +51,18 @@ pub fn init(format: LogFormat) -> Telemetry {
         }
         None => false,
     };
-    // Without an exporter spans still get ids (so logs carry the caller's
-    // trace id) but go nowhere.
     let provider = provider.build();
-    let tracer = provider.tracer("rapport-server");
+    // Without an exporter there is no OpenTelemetry layer at all: building
+    // spans nobody exports cost ingest a few percent (docs/performance.md).
+    // Logs still carry the caller's trace id (see `grpc_span`).
+    let otel = exporting
+        .then(|| tracing_opentelemetry::layer().with_tracer(provider.tracer("rapport-server")));
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     match format {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
@@ -113,7 +113,8 @@ fn resource() -> opentelemetry_sdk::Resource {
 
 /// The span of one gRPC call: named after the method (OpenTelemetry's RPC
 /// conventions), a child of the caller's `traceparent` when it sends one,
-/// its trace id recorded for the log lines inside it.
+/// its trace id recorded for the log lines inside it (the caller's when
+/// traces are not exported).
 pub fn grpc_span<B>(request: &http::Request<B>) -> tracing::Span {
     let path = request.uri().path();
     let (service, method) = path
@@ -131,10 +132,16 @@ pub fn grpc_span<B>(request: &http::Request<B>) -> tracing::Span {
     );
     let parent = TraceContextPropagator::new()
         .extract(&opentelemetry_http::HeaderExtractor(request.headers()));
+    let callers = parent.span().span_context().trace_id();
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
-    let trace_id = span.context().span().span_context().trace_id();
+    let own = span.context().span().span_context().trace_id();
+    let trace_id = if own != opentelemetry::TraceId::INVALID {
+        own
+    } else {
+        callers
+    };
     if trace_id != opentelemetry::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
     }
