@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rapport/v1/admin_service.proto",
         "rapport/v1/scoring.proto",
         "rapport/v1/advocacy_service.proto",
+        "rapport/v1/member_service.proto",
     ];
     println!("cargo:rerun-if-changed={}", proto_root.display());
 

@@ -85,7 +85,12 @@ pub fn start_with_env(
     env: &[(&str, &str)],
 ) -> TestApp {
     let mut process = Command::new(env!("CARGO_BIN_EXE_rapport-server"))
-        .args(["--listen", "127.0.0.1:0", "--database-url", url])
+        .args(if extra_args.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        })
+        .args(["--database-url", url])
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(extra_args)
         .env("RUST_LOG", "info")

@@ -82,12 +82,17 @@ enum Rpc {
     SetMemberRole,
     ListProjections,
     RebuildProjection,
+    GetMember,
+    FindMember,
+    LinkIdentity,
+    UnlinkIdentity,
+    MemberSetMemberRole,
 }
 
 /// Every RPC of the API (auth.rs's unit test checks that the server knows a
 /// scope for every method of the descriptor set; this list is checked
 /// against it by count).
-const EVERY_RPC: [Rpc; 15] = [
+const EVERY_RPC: [Rpc; 20] = [
     Rpc::RecordInteraction,
     Rpc::RecordInteractions,
     Rpc::ReadEvents,
@@ -103,6 +108,11 @@ const EVERY_RPC: [Rpc; 15] = [
     Rpc::SetMemberRole,
     Rpc::ListProjections,
     Rpc::RebuildProjection,
+    Rpc::GetMember,
+    Rpc::FindMember,
+    Rpc::LinkIdentity,
+    Rpc::UnlinkIdentity,
+    Rpc::MemberSetMemberRole,
 ];
 
 impl Rpc {
@@ -111,7 +121,8 @@ impl Rpc {
         use Rpc::*;
         match self {
             RecordInteraction | RecordInteractions => "ingest",
-            SetScoringPolicy | SetMemberRole | ListProjections | RebuildProjection => "admin",
+            SetScoringPolicy | SetMemberRole | ListProjections | RebuildProjection
+            | LinkIdentity | UnlinkIdentity | MemberSetMemberRole => "admin",
             _ => "read",
         }
     }
@@ -129,6 +140,9 @@ impl Rpc {
                 channel: "forum".into(),
                 handle: "ana".into(),
             })
+        };
+        let members = || async {
+            rapport_proto::v1::member_service_client::MemberServiceClient::new(app.channel().await)
         };
         let result = match self {
             Rpc::RecordInteraction => {
@@ -319,6 +333,69 @@ impl Rpc {
                 ))
                 .await
                 .map(|_| ()),
+            Rpc::GetMember => members()
+                .await
+                .get_member(authed(
+                    pb::GetMemberRequest {
+                        community_id: community.to_owned(),
+                        member_id: "m-nobody".into(),
+                        min_position: 0,
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::FindMember => members()
+                .await
+                .find_member(authed(
+                    pb::FindMemberRequest {
+                        community_id: community.to_owned(),
+                        email: "ana@example.org".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::LinkIdentity => members()
+                .await
+                .link_identity(authed(
+                    pb::LinkIdentityRequest {
+                        community_id: community.to_owned(),
+                        member_id: "m-nobody".into(),
+                        email: "ana@example.org".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::UnlinkIdentity => members()
+                .await
+                .unlink_identity(authed(
+                    pb::UnlinkIdentityRequest {
+                        community_id: community.to_owned(),
+                        member_id: "m-nobody".into(),
+                        email: "ana@example.org".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::MemberSetMemberRole => members()
+                .await
+                .set_member_role(authed(
+                    pb::SetMemberRoleRequest {
+                        community_id: community.to_owned(),
+                        member_id: "m-nobody".into(),
+                        role: pb::MemberRole::Bot as i32,
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
         };
         match result {
             Ok(()) => Code::Ok,
@@ -390,7 +467,7 @@ async fn every_rpc_checks_its_token_scope_and_community(backend: Backend) {
         expect(Some(ALL_STAR), "globex", None).await;
         checked += 1;
     }
-    assert_eq!(checked, 15);
+    assert_eq!(checked, EVERY_RPC.len());
 
     // Health and reflection need no token.
     assert_eq!(
@@ -562,6 +639,19 @@ async fn no_rpc_shows_one_community_to_another(backend: Backend) {
                 .map(|_| ()),
         );
         not_found(
+            rapport_proto::v1::member_service_client::MemberServiceClient::new(app.channel().await)
+                .get_member(authed(
+                    pb::GetMemberRequest {
+                        community_id: "acme".into(),
+                        member_id: member_id.clone(),
+                        min_position: head,
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        );
+        not_found(
             app.advocacy()
                 .await
                 .set_member_role(authed(
@@ -720,4 +810,18 @@ async fn tls_serves_clients_that_trust_the_certificate() {
     };
     let result: Result<_, Box<dyn std::error::Error>> = plaintext.await;
     assert!(result.is_err(), "a plaintext client gets nothing");
+}
+
+/// Without a tokens file the server is open, so it listens on loopback only,
+/// whatever address it was given, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_server_listens_on_loopback_only_and_warns() {
+    let db = fresh_database(Backend::Sqlite, "open_loopback")
+        .await
+        .unwrap();
+    let app = start(db, &["--listen", "0.0.0.0:0"]).await;
+    assert!(app.addr.ip().is_loopback(), "listening on {}", app.addr);
+    app.wait_serving().await;
+    let log = app.log.lock().unwrap().join("\n");
+    assert!(log.contains("no --tokens-file"), "{log}");
 }

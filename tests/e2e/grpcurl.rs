@@ -176,7 +176,8 @@ fn the_readme_parser_finds_multi_line_commands() {
             "InvalidArgument",
             "DeadlineExceeded",
             "NotFound",
-            "InvalidArgument"
+            "InvalidArgument",
+            "FailedPrecondition"
         ]
     );
     let preview = examples

@@ -14,6 +14,7 @@ mod grpcurl;
 mod health;
 mod ingest;
 mod limits;
+mod members;
 mod metrics;
 mod reflection;
 mod subscribe;

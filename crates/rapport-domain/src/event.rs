@@ -23,8 +23,15 @@ pub struct Event {
 pub enum EventBody {
     /// A member came into being at the first sighting of one of its identities.
     MemberRegistered { member_id: String },
-    /// An identity was attached to a member.
+    /// An identity was attached to a member: at its first sighting, or by
+    /// a community manager (`LinkIdentity`).
     IdentityLinked {
+        member_id: String,
+        identity: Identity,
+    },
+    /// An identity was detached from a member (`UnlinkIdentity`): it no
+    /// longer resolves to the member; its next sighting registers a new one.
+    IdentityUnlinked {
         member_id: String,
         identity: Identity,
     },
@@ -80,6 +87,7 @@ pub enum EventType {
     InteractionRecorded = 3,
     MemberRoleSet = 4,
     ScoringPolicySet = 5,
+    IdentityUnlinked = 6,
 }
 
 impl EventType {
@@ -90,6 +98,7 @@ impl EventType {
             3 => Some(Self::InteractionRecorded),
             4 => Some(Self::MemberRoleSet),
             5 => Some(Self::ScoringPolicySet),
+            6 => Some(Self::IdentityUnlinked),
             _ => None,
         }
     }
@@ -100,6 +109,7 @@ impl EventBody {
         match self {
             EventBody::MemberRegistered { .. } => EventType::MemberRegistered,
             EventBody::IdentityLinked { .. } => EventType::IdentityLinked,
+            EventBody::IdentityUnlinked { .. } => EventType::IdentityUnlinked,
             EventBody::InteractionRecorded { .. } => EventType::InteractionRecorded,
             EventBody::MemberRoleSet { .. } => EventType::MemberRoleSet,
             EventBody::ScoringPolicySet { .. } => EventType::ScoringPolicySet,
@@ -113,6 +123,7 @@ impl EventBody {
         match self {
             EventBody::MemberRegistered { member_id }
             | EventBody::IdentityLinked { member_id, .. }
+            | EventBody::IdentityUnlinked { member_id, .. }
             | EventBody::InteractionRecorded { member_id, .. }
             | EventBody::MemberRoleSet { member_id, .. } => member_id,
             EventBody::ScoringPolicySet { .. } => "",
@@ -126,6 +137,32 @@ impl EventBody {
             _ => None,
         }
     }
+}
+
+/// A member's identities now, from its identity events in stream order:
+/// each link adds one, each unlink removes it (compared as identity
+/// resolution compares them).
+pub fn current_identities<'a>(bodies: impl IntoIterator<Item = &'a EventBody>) -> Vec<Identity> {
+    let same = |a: &Identity, b: &Identity| {
+        a.channel == b.channel
+            && crate::interaction::normalize_handle(&a.channel, &a.handle)
+                == crate::interaction::normalize_handle(&b.channel, &b.handle)
+    };
+    let mut identities: Vec<Identity> = Vec::new();
+    for body in bodies {
+        match body {
+            EventBody::IdentityLinked { identity, .. }
+                if !identities.iter().any(|i| same(i, identity)) =>
+            {
+                identities.push(identity.clone());
+            }
+            EventBody::IdentityUnlinked { identity, .. } => {
+                identities.retain(|i| !same(i, identity));
+            }
+            _ => {}
+        }
+    }
+    identities
 }
 
 /// The stream of a member's events.
@@ -151,20 +188,48 @@ pub enum Command {
         community_id: String,
         policy: Policy,
     },
+    /// Attach an identity to a member. The store refuses it when another
+    /// member owns the identity (that is a merge) and appends nothing when
+    /// the member already owns it.
+    LinkIdentity {
+        community_id: String,
+        member_id: String,
+        identity: Identity,
+    },
+    /// Detach an identity the member owns.
+    UnlinkIdentity {
+        community_id: String,
+        member_id: String,
+        identity: Identity,
+    },
 }
 
 impl Command {
     pub fn community_id(&self) -> &str {
         match self {
             Command::SetMemberRole { community_id, .. }
-            | Command::SetScoringPolicy { community_id, .. } => community_id,
+            | Command::SetScoringPolicy { community_id, .. }
+            | Command::LinkIdentity { community_id, .. }
+            | Command::UnlinkIdentity { community_id, .. } => community_id,
+        }
+    }
+
+    /// The identity a link or unlink is about.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            Command::LinkIdentity { identity, .. } | Command::UnlinkIdentity { identity, .. } => {
+                Some(identity)
+            }
+            _ => None,
         }
     }
 
     /// The member that must exist in the community for the command to apply.
     pub fn member_id(&self) -> Option<&str> {
         match self {
-            Command::SetMemberRole { member_id, .. } => Some(member_id),
+            Command::SetMemberRole { member_id, .. }
+            | Command::LinkIdentity { member_id, .. }
+            | Command::UnlinkIdentity { member_id, .. } => Some(member_id),
             Command::SetScoringPolicy { .. } => None,
         }
     }
@@ -172,7 +237,9 @@ impl Command {
     /// The stream the command's event goes to.
     pub fn stream_id(&self) -> String {
         match self {
-            Command::SetMemberRole { member_id, .. } => member_stream_id(member_id),
+            Command::SetMemberRole { member_id, .. }
+            | Command::LinkIdentity { member_id, .. }
+            | Command::UnlinkIdentity { member_id, .. } => member_stream_id(member_id),
             Command::SetScoringPolicy { community_id, .. } => community_stream_id(community_id),
         }
     }
@@ -190,6 +257,22 @@ impl Command {
             Command::SetScoringPolicy { policy, .. } => EventBody::ScoringPolicySet {
                 policy: Box::new(policy.clone()),
             },
+            Command::LinkIdentity {
+                member_id,
+                identity,
+                ..
+            } => EventBody::IdentityLinked {
+                member_id: member_id.clone(),
+                identity: identity.clone(),
+            },
+            Command::UnlinkIdentity {
+                member_id,
+                identity,
+                ..
+            } => EventBody::IdentityUnlinked {
+                member_id: member_id.clone(),
+                identity: identity.clone(),
+            },
         };
         Event {
             position: head + 1,
@@ -199,5 +282,50 @@ impl Command {
             recorded_at,
             body,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(channel: &str, handle: &str) -> Identity {
+        Identity {
+            channel: channel.into(),
+            handle: handle.into(),
+        }
+    }
+
+    #[test]
+    fn identities_are_the_links_minus_the_unlinks() {
+        let linked = |c, h| EventBody::IdentityLinked {
+            member_id: "m".into(),
+            identity: identity(c, h),
+        };
+        let unlinked = |c, h| EventBody::IdentityUnlinked {
+            member_id: "m".into(),
+            identity: identity(c, h),
+        };
+        let events = [
+            linked("discord", "ana#1234"),
+            linked("github", "AnaDev"),
+            linked("email", "ana@example.org"),
+            unlinked("github", "anadev"),
+            EventBody::MemberRoleSet {
+                member_id: "m".into(),
+                role: MemberRole::Staff,
+            },
+            linked("slack", "U123"),
+            unlinked("slack", "u123"),
+        ];
+        assert_eq!(
+            current_identities(&events),
+            [
+                identity("discord", "ana#1234"),
+                identity("email", "ana@example.org"),
+                identity("slack", "U123"),
+            ],
+            "unlinks match as resolution does: github ignores case, slack does not"
+        );
     }
 }

@@ -30,7 +30,9 @@ pub mod time;
 pub mod timeline;
 pub mod validate;
 
-pub use event::{Command, Event, EventBody, EventType, MemberRole};
+pub use event::{
+    Command, Event, EventBody, EventType, MemberRole, current_identities, member_stream_id,
+};
 pub use interaction::{Identity, IdentityKey, Interaction, InteractionKind, Target};
 pub use time::Timestamp;
 pub use validate::{FieldViolation, InteractionInput, TargetInput};

@@ -95,6 +95,10 @@ pub fn timeline_rows(event: &Event) -> Vec<TimelineRow> {
         EventBody::IdentityLinked {
             member_id,
             identity,
+        }
+        | EventBody::IdentityUnlinked {
+            member_id,
+            identity,
         } => vec![row(
             member_id,
             Role::Subject,

@@ -386,7 +386,9 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
                     ((**policy).clone(), event.position),
                 );
             }
-            EventBody::MemberRegistered { .. } | EventBody::IdentityLinked { .. } => {}
+            EventBody::MemberRegistered { .. }
+            | EventBody::IdentityLinked { .. }
+            | EventBody::IdentityUnlinked { .. } => {}
         }
     }
     insert_activities(tx, g, &activities).await?;

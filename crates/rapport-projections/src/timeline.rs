@@ -518,6 +518,30 @@ impl Projections {
             .collect()
     }
 
+    /// A member's interactions as the actor: how many, the first's and the
+    /// latest's times (microseconds; `None` before any).
+    pub async fn member_activity(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+    ) -> Result<(u64, Option<i64>, Option<i64>), ProjectionError> {
+        let pool = self.store.projections_pool();
+        let sql = format!(
+            "SELECT COUNT(*), MIN(occurred_at), MAX(occurred_at) FROM timeline_entries_g{g} \
+             WHERE community_id = $1 AND member_id = $2 AND role = $3"
+        );
+        let (count, first, last): (i64, Option<i64>, Option<i64>) = on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .bind(member_id)
+                .bind(Role::Actor as i16)
+                .fetch_one(p)
+                .await?
+        });
+        Ok((from_db(count)?, first, last))
+    }
+
     /// Exchange counts per kind between `member_id` and `other_member_id`.
     pub async fn relationship_counts(
         &self,

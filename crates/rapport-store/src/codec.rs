@@ -180,7 +180,8 @@ const TARGET_BRAND: i32 = 3;
 pub(crate) fn encode(body: &EventBody) -> (Vec<u8>, Option<Vec<u8>>) {
     match body {
         EventBody::MemberRegistered { .. } => (Vec::new(), None),
-        EventBody::IdentityLinked { identity, .. } => (
+        EventBody::IdentityLinked { identity, .. }
+        | EventBody::IdentityUnlinked { identity, .. } => (
             StoredIdentityLinked {
                 channel: identity.channel.clone(),
             }
@@ -255,14 +256,22 @@ pub(crate) fn decode(
     };
     match EventType::from_i32(event_type) {
         Some(EventType::MemberRegistered) => Ok(EventBody::MemberRegistered { member_id }),
-        Some(EventType::IdentityLinked) => {
+        Some(t @ (EventType::IdentityLinked | EventType::IdentityUnlinked)) => {
             let p = StoredIdentityLinked::decode(payload).map_err(|_| corrupt("payload"))?;
-            Ok(EventBody::IdentityLinked {
-                member_id,
-                identity: Identity {
-                    channel: p.channel,
-                    handle: personal.handle,
-                },
+            let identity = Identity {
+                channel: p.channel,
+                handle: personal.handle,
+            };
+            Ok(if t == EventType::IdentityLinked {
+                EventBody::IdentityLinked {
+                    member_id,
+                    identity,
+                }
+            } else {
+                EventBody::IdentityUnlinked {
+                    member_id,
+                    identity,
+                }
             })
         }
         Some(EventType::InteractionRecorded) => {
@@ -349,6 +358,13 @@ mod tests {
             identity: Identity {
                 channel: "discord".into(),
                 handle: "ana#1234".into(),
+            },
+        });
+        round_trip(EventBody::IdentityUnlinked {
+            member_id: "m1".into(),
+            identity: Identity {
+                channel: "email".into(),
+                handle: "ana@example.org".into(),
             },
         });
         for target in [

@@ -115,6 +115,33 @@ pub enum CommandOutcome {
     Appended(Event),
     /// The member it names is not a member of its community: nothing written.
     UnknownMember,
+    /// `LinkIdentity`: another member owns the identity (merging them is
+    /// the way to join the two): nothing written.
+    IdentityOwned { member_id: String },
+    /// `LinkIdentity`: the member already owns the identity: nothing written.
+    AlreadyLinked,
+    /// `UnlinkIdentity`: the member does not own the identity: nothing written.
+    NotLinked,
+}
+
+/// Whether a link or unlink may go ahead, given who owns its identity now
+/// (read under the log's lock); `Some` is the refusal to answer.
+pub(crate) fn identity_precondition(
+    command: &Command,
+    owner: Option<&str>,
+) -> Option<CommandOutcome> {
+    match (command, owner) {
+        (Command::LinkIdentity { member_id, .. }, Some(owner)) if owner == member_id => {
+            Some(CommandOutcome::AlreadyLinked)
+        }
+        (Command::LinkIdentity { .. }, Some(owner)) => Some(CommandOutcome::IdentityOwned {
+            member_id: owner.to_owned(),
+        }),
+        (Command::UnlinkIdentity { member_id, .. }, owner) if owner != Some(member_id.as_str()) => {
+            Some(CommandOutcome::NotLinked)
+        }
+        _ => None,
+    }
 }
 
 /// Connection settings.
@@ -178,6 +205,17 @@ pub struct EventPage {
     /// The last committed position when the page was read; the page only
     /// holds events up to it.
     pub head: u64,
+}
+
+/// How many of a member's latest interactions [`Store::member_profile`]
+/// looks through for a display name.
+pub const DISPLAY_NAME_LOOKBACK: i64 = 50;
+
+/// A member as its own stream describes it (see [`Store::member_profile`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MemberProfile {
+    pub identities: Vec<rapport_domain::Identity>,
+    pub display_name: String,
 }
 
 /// How busy a connection pool is, for metrics.
@@ -309,6 +347,45 @@ impl Store {
             Store::Sqlite(s) => s.read_events(query).await,
             Store::Postgres(s) => s.read_events(query).await,
         }
+    }
+
+    /// What a member's stream says about the member now: its identities (in
+    /// link order) and the display name of its latest interaction that
+    /// carried one (among its last [`DISPLAY_NAME_LOOKBACK`]).
+    #[tracing::instrument(name = "db.member_profile", level = "info", skip_all, fields(db.system = self.backend()))]
+    pub async fn member_profile(&self, member_id: &str) -> Result<MemberProfile, StoreError> {
+        let stream = rapport_domain::member_stream_id(member_id);
+        let identity_types = [EventType::IdentityLinked, EventType::IdentityUnlinked];
+        let interaction_types = [EventType::InteractionRecorded];
+        let (identity_events, interactions) = match self {
+            Store::Sqlite(s) => (
+                s.stream_events(&stream, &identity_types, false, i64::MAX)
+                    .await?,
+                s.stream_events(&stream, &interaction_types, true, DISPLAY_NAME_LOOKBACK)
+                    .await?,
+            ),
+            Store::Postgres(s) => (
+                s.stream_events(&stream, &identity_types, false, i64::MAX)
+                    .await?,
+                s.stream_events(&stream, &interaction_types, true, DISPLAY_NAME_LOOKBACK)
+                    .await?,
+            ),
+        };
+        let display_name = interactions
+            .iter()
+            .find_map(|e| match &e.body {
+                rapport_domain::EventBody::InteractionRecorded { interaction, .. }
+                    if !interaction.actor_display_name.is_empty() =>
+                {
+                    Some(interaction.actor_display_name.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(MemberProfile {
+            identities: rapport_domain::current_identities(identity_events.iter().map(|e| &e.body)),
+            display_name,
+        })
     }
 
     /// The events at these positions, in position order; positions that do

@@ -114,6 +114,21 @@ impl PgStore {
                 return Ok(CommandOutcome::UnknownMember);
             }
         }
+        let identity_key = command.identity().map(|i| i.key(command.community_id()));
+        if let Some(key) = &identity_key {
+            let owner: Option<String> = sqlx::query_scalar(
+                "SELECT member_id FROM identities \
+                 WHERE community_id = $1 AND channel = $2 AND handle_key = $3",
+            )
+            .bind(&key.community_id)
+            .bind(&key.channel)
+            .bind(&key.handle_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(refused) = crate::identity_precondition(command, owner.as_deref()) {
+                return Ok(refused);
+            }
+        }
         let (head, version): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT COALESCE(MAX(position), 0) FROM events),              (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1)",
         )
@@ -141,6 +156,26 @@ impl PgStore {
         .bind(event.position.to_string())
         .execute(&mut *tx)
         .await?;
+        let change = match command {
+            Command::LinkIdentity { .. } => Some(
+                "INSERT INTO identities (community_id, channel, handle_key, member_id) \
+                 VALUES ($1, $2, $3, $4)",
+            ),
+            Command::UnlinkIdentity { .. } => Some(
+                "DELETE FROM identities \
+                 WHERE community_id = $1 AND channel = $2 AND handle_key = $3 AND member_id = $4",
+            ),
+            _ => None,
+        };
+        if let (Some(sql), Some(key)) = (change, &identity_key) {
+            sqlx::query(sql)
+                .bind(&key.community_id)
+                .bind(&key.channel)
+                .bind(&key.handle_key)
+                .bind(event.body.member_id())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(CommandOutcome::Appended(event))
     }
@@ -154,6 +189,20 @@ impl PgStore {
         let page = sql::read_events::<Postgres>(&mut tx, query).await?;
         tx.commit().await?;
         Ok(page)
+    }
+
+    pub(crate) async fn stream_events(
+        &self,
+        stream_id: &str,
+        types: &[rapport_domain::EventType],
+        newest_first: bool,
+        limit: i64,
+    ) -> Result<Vec<rapport_domain::Event>, StoreError> {
+        let rows = sql::select_stream_events::<Postgres>(stream_id, types, newest_first, limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::event_from_row).collect()
     }
 
     pub(crate) async fn events_at(

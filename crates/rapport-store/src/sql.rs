@@ -156,6 +156,36 @@ where
     Ok(crate::EventPage { events, head })
 }
 
+/// `SELECT` of a stream's events of some types, in stream order (or
+/// newest first), at most `limit`.
+pub(crate) fn select_stream_events<DB>(
+    stream_id: &str,
+    types: &[rapport_domain::EventType],
+    newest_first: bool,
+    limit: i64,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    for<'e> i64: Encode<'e, DB> + Type<DB>,
+    for<'e> String: Encode<'e, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = "
+    ));
+    qb.push_bind(stream_id.to_owned());
+    qb.push(" AND event_type IN (");
+    let mut list = qb.separated(", ");
+    for t in types {
+        list.push_bind(*t as i64);
+    }
+    qb.push(format!(
+        ") ORDER BY stream_version {} LIMIT ",
+        if newest_first { "DESC" } else { "ASC" }
+    ));
+    qb.push_bind(limit);
+    qb
+}
+
 /// `SELECT` of the events at `positions`, in position order.
 pub(crate) fn select_events_at<DB>(positions: &[u64]) -> QueryBuilder<DB>
 where

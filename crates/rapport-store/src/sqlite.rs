@@ -239,6 +239,20 @@ impl SqliteStore {
             .await
     }
 
+    pub(crate) async fn stream_events(
+        &self,
+        stream_id: &str,
+        types: &[rapport_domain::EventType],
+        newest_first: bool,
+        limit: i64,
+    ) -> Result<Vec<rapport_domain::Event>, StoreError> {
+        let rows = sql::select_stream_events::<Sqlite>(stream_id, types, newest_first, limit)
+            .build()
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(sql::event_from_row).collect()
+    }
+
     pub(crate) async fn events_at(
         &self,
         positions: &[u64],
@@ -490,6 +504,20 @@ fn command_blocking(
             return Ok(CommandOutcome::UnknownMember);
         }
     }
+    let identity_key = command.identity().map(|i| i.key(command.community_id()));
+    if let Some(key) = &identity_key {
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT member_id FROM identities \
+                 WHERE community_id = ?1 AND channel = ?2 AND handle_key = ?3",
+                params![key.community_id, key.channel, key.handle_key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(refused) = crate::identity_precondition(command, owner.as_deref()) {
+            return Ok(refused);
+        }
+    }
     let (head, version): (i64, i64) = tx.query_row(
         "SELECT (SELECT COALESCE(MAX(position), 0) FROM events), \
          (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?1)",
@@ -498,6 +526,23 @@ fn command_blocking(
     )?;
     let event = command.event(from_db(head)?, from_db(version)?, recorded_at);
     insert_events(&tx, std::slice::from_ref(&event))?;
+    match (command, &identity_key) {
+        (Command::LinkIdentity { member_id, .. }, Some(key)) => {
+            tx.execute(
+                "INSERT INTO identities (community_id, channel, handle_key, member_id) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![key.community_id, key.channel, key.handle_key, member_id],
+            )?;
+        }
+        (Command::UnlinkIdentity { .. }, Some(key)) => {
+            tx.execute(
+                "DELETE FROM identities \
+                 WHERE community_id = ?1 AND channel = ?2 AND handle_key = ?3",
+                params![key.community_id, key.channel, key.handle_key],
+            )?;
+        }
+        _ => {}
+    }
     tx.commit()?;
     Ok(CommandOutcome::Appended(event))
 }

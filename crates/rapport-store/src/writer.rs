@@ -181,7 +181,8 @@ async fn run_command(
     let outcome = store.append_command(command, crate::wall_clock()).await;
     match &outcome {
         Ok(CommandOutcome::Appended(event)) => feed.publish(vec![event.clone()]),
-        Ok(CommandOutcome::UnknownMember) => {}
+        // Refused: nothing written, the caller hears why.
+        Ok(_) => {}
         Err(error) => warn!(error = %error, "command failed, nothing written"),
     }
     let _ = reply.send(outcome);

@@ -16,7 +16,7 @@ fn identity_in(identity: pb::Identity) -> domain::Identity {
     }
 }
 
-fn identity_out(identity: domain::Identity) -> pb::Identity {
+pub fn identity_out(identity: domain::Identity) -> pb::Identity {
     pb::Identity {
         channel: identity.channel,
         handle: identity.handle,
@@ -90,6 +90,13 @@ pub fn event_out(e: domain::Event) -> pb::Event {
             member_id,
             identity: Some(identity_out(identity)),
         }),
+        domain::EventBody::IdentityUnlinked {
+            member_id,
+            identity,
+        } => Payload::IdentityUnlinked(pb::IdentityUnlinked {
+            member_id,
+            identity: Some(identity_out(identity)),
+        }),
         domain::EventBody::InteractionRecorded {
             member_id,
             interaction,
@@ -142,7 +149,8 @@ pub fn timeline_entry_out(
     };
     match event.body {
         domain::EventBody::MemberRegistered { .. } => {}
-        domain::EventBody::IdentityLinked { identity, .. } => {
+        domain::EventBody::IdentityLinked { identity, .. }
+        | domain::EventBody::IdentityUnlinked { identity, .. } => {
             out.channel = identity.channel.clone();
             out.identity = Some(identity_out(identity));
         }

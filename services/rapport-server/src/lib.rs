@@ -7,7 +7,7 @@
 //!   and tests call it the same way with port 0.
 //! - [`config`]: flags and environment variables.
 //! - `api`: the gRPC services (`InteractionService`, `EventLogService`,
-//!   `TimelineService`, `AdvocacyService`, `AdminService`).
+//!   `TimelineService`, `AdvocacyService`, `MemberService`, `AdminService`).
 //! - [`error`]: every client-visible error and its gRPC status, in one place.
 //! - `convert`: wire types to domain types and back.
 //! - [`auth`]: bearer tokens, scopes and communities of every call.
@@ -37,6 +37,7 @@ use rapport_projections::{Projections, RunnerOptions};
 use rapport_proto::v1::admin_service_server::AdminServiceServer;
 use rapport_proto::v1::advocacy_service_server::AdvocacyServiceServer;
 use rapport_proto::v1::interaction_service_server::InteractionServiceServer;
+use rapport_proto::v1::member_service_server::MemberServiceServer;
 use rapport_proto::v1::timeline_service_server::TimelineServiceServer;
 use rapport_store::{Feed, Store, StoreError, StoreOptions, Writer, WriterConfig};
 use tokio::net::TcpListener;
@@ -48,7 +49,8 @@ use tracing::{info, warn};
 pub use config::Config;
 
 use api::{
-    Admin, Advocacy, AppState, EventLogRoutes, Interactions, Ready, Subscriptions, Timelines,
+    Admin, Advocacy, AppState, EventLogRoutes, Interactions, Members, Ready, Subscriptions,
+    Timelines,
 };
 
 /// Largest `RecordInteractions` request: 1,000 interactions of a few KiB each.
@@ -67,12 +69,13 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// The gRPC services whose health follows the database.
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     <InteractionServiceServer<Interactions> as tonic::server::NamedService>::NAME,
     <EventLogRoutes as tonic::server::NamedService>::NAME,
     <TimelineServiceServer<Timelines> as tonic::server::NamedService>::NAME,
     <AdvocacyServiceServer<Advocacy> as tonic::server::NamedService>::NAME,
     <AdminServiceServer<Admin> as tonic::server::NamedService>::NAME,
+    <MemberServiceServer<Members> as tonic::server::NamedService>::NAME,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +185,10 @@ pub async fn run(
         state: state.clone(),
     })
     .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
+    let members = MemberServiceServer::new(Members {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(MAX_QUERY_REQUEST_BYTES);
 
     // The shutdown signal flips health first, then stops the listener; the
     // drain that follows is bounded, so a client that never closes its
@@ -227,6 +234,7 @@ pub async fn run(
         .add_service(timelines)
         .add_service(advocacy)
         .add_service(admin)
+        .add_service(members)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_accepting.wait_for(|stop| *stop).await;
         });

@@ -504,42 +504,50 @@ impl AdvocacyService for Advocacy {
         &self,
         request: Request<pb::SetMemberRoleRequest>,
     ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
-        let guard = Guard::of(&request);
-        let r = request.into_inner();
-        guard.community(&r.community_id)?;
-        let mut v = Violations::default();
-        v.community(&r.community_id);
-        let member = v.member("member_id", r.member_id, "identity", r.identity);
-        let role = MemberRole::from_i32(r.role);
-        if role.is_none() {
-            v.add(
-                "role",
-                "must be MEMBER_ROLE_MEMBER, MEMBER_ROLE_STAFF or MEMBER_ROLE_BOT",
-            );
+        set_member_role(&self.state, request).await
+    }
+}
+
+/// `SetMemberRole`, served by AdvocacyService and MemberService alike.
+pub(super) async fn set_member_role(
+    state: &AppState,
+    request: Request<pb::SetMemberRoleRequest>,
+) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
+    let guard = Guard::of(&request);
+    let r = request.into_inner();
+    guard.community(&r.community_id)?;
+    let mut v = Violations::default();
+    v.community(&r.community_id);
+    let member = v.member("member_id", r.member_id, "identity", r.identity);
+    let role = MemberRole::from_i32(r.role);
+    if role.is_none() {
+        v.add(
+            "role",
+            "must be MEMBER_ROLE_MEMBER, MEMBER_ROLE_STAFF or MEMBER_ROLE_BOT",
+        );
+    }
+    v.check()?;
+    let ready = state.ready()?;
+    let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
+    let outcome = ready
+        .writer
+        .command(Command::SetMemberRole {
+            community_id: r.community_id.clone(),
+            member_id: member_id.clone(),
+            role: role.expect("validated"),
+        })
+        .await
+        .map_err(ApiError::from)?;
+    match outcome {
+        CommandOutcome::Appended(event) => Ok(Response::new(pb::SetMemberRoleResponse {
+            member_id,
+            position: event.position,
+        })),
+        _ => Err(ApiError::NotFound {
+            what: format!("member_id {member_id:?} in community {:?}", r.community_id),
+            reason: "MEMBER_NOT_FOUND",
         }
-        v.check()?;
-        let ready = self.state.ready()?;
-        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
-        let outcome = ready
-            .writer
-            .command(Command::SetMemberRole {
-                community_id: r.community_id.clone(),
-                member_id: member_id.clone(),
-                role: role.expect("validated"),
-            })
-            .await
-            .map_err(ApiError::from)?;
-        match outcome {
-            CommandOutcome::Appended(event) => Ok(Response::new(pb::SetMemberRoleResponse {
-                member_id,
-                position: event.position,
-            })),
-            CommandOutcome::UnknownMember => Err(ApiError::NotFound {
-                what: format!("member_id {member_id:?} in community {:?}", r.community_id),
-                reason: "MEMBER_NOT_FOUND",
-            }
-            .into()),
-        }
+        .into()),
     }
 }
 
@@ -562,7 +570,11 @@ fn channel_filter(v: &mut Violations, channel: &str) {
     }
 }
 
-async fn current_policy(ready: &Ready, g: u64, community_id: &str) -> Result<Policy, ApiError> {
+pub(super) async fn current_policy(
+    ready: &Ready,
+    g: u64,
+    community_id: &str,
+) -> Result<Policy, ApiError> {
     Ok(ready
         .projections
         .scoring_policy(g, community_id)

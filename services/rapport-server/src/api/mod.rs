@@ -5,6 +5,7 @@ mod admin;
 mod advocacy;
 mod event_log;
 mod interaction;
+mod member;
 mod request;
 mod subscription;
 mod timeline;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 pub use admin::Admin;
 pub use advocacy::Advocacy;
 pub use interaction::Interactions;
+pub use member::Members;
 pub use subscription::{EventLogRoutes, Subscriptions};
 pub use timeline::Timelines;
 

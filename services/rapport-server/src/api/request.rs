@@ -10,6 +10,9 @@ use super::Ready;
 use super::timeline::MAX_PAGE_SIZE;
 use crate::error::ApiError;
 
+/// The channel of email addresses as identities.
+pub(super) const EMAIL_CHANNEL: &str = "email";
+
 /// A member as a request names it.
 pub(super) enum MemberRef {
     Id(String),
@@ -106,6 +109,54 @@ impl Violations {
                     channel: identity.channel,
                     handle: identity.handle,
                 }))
+            }
+        }
+    }
+
+    /// An identity given as a (channel, handle) or as an email address (the
+    /// identity on the channel "email"): exactly one of the two.
+    pub(super) fn identity_or_email(
+        &mut self,
+        identity: Option<pb::Identity>,
+        email: String,
+    ) -> Option<Identity> {
+        match (identity, email.trim()) {
+            (None, "") => {
+                self.add("identity", "is required (or give email)");
+                None
+            }
+            (Some(_), _) if !email.is_empty() => {
+                self.add("email", "give identity or email, not both");
+                None
+            }
+            (Some(identity), _) => {
+                let before = self.0.len();
+                if !is_channel_slug(&identity.channel) {
+                    self.add("identity.channel", "must be a lowercase channel slug");
+                }
+                if identity.handle.trim().is_empty() {
+                    self.add("identity.handle", "is required");
+                }
+                (self.0.len() == before).then_some(Identity {
+                    channel: identity.channel,
+                    handle: identity.handle,
+                })
+            }
+            (None, email) => {
+                let valid = email.len() <= 254
+                    && email
+                        .split_once('@')
+                        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+                    && !email.contains(char::is_whitespace);
+                if valid {
+                    Some(Identity {
+                        channel: EMAIL_CHANNEL.to_owned(),
+                        handle: email.to_owned(),
+                    })
+                } else {
+                    self.add("email", "must be an address like name@example.org");
+                    None
+                }
             }
         }
     }

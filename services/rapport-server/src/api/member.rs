@@ -1,0 +1,268 @@
+//! `rapport.v1.MemberService`: members and their identities.
+//!
+//! A member is put together from three places, each authoritative for its
+//! part: its own stream in the log (identities, display name: personal
+//! data stays in the log), the timeline (first and last seen, interaction
+//! count) and the scores (role, tier).
+
+use std::collections::HashMap;
+
+use rapport_domain::{Command, Identity, Timestamp};
+use rapport_projections::{scores, timeline};
+use rapport_proto::v1 as pb;
+use rapport_proto::v1::member_service_server::MemberService;
+use rapport_store::CommandOutcome;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::advocacy::{current_policy, set_member_role};
+use super::request::{MemberRef, Violations, resolve};
+use super::{AppState, Ready, wait_deadline};
+use crate::auth::Guard;
+use crate::convert::{identity_out, timestamp};
+use crate::error::{ApiError, ERROR_DOMAIN};
+
+pub struct Members {
+    pub state: AppState,
+}
+
+#[tonic::async_trait]
+impl MemberService for Members {
+    async fn get_member(
+        &self,
+        request: Request<pb::GetMemberRequest>,
+    ) -> Result<Response<pb::GetMemberResponse>, Status> {
+        let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        if r.member_id.is_empty() {
+            v.add("member_id", "is required");
+        }
+        v.check()?;
+        let ready = self.state.ready()?;
+        let member_id = resolve(
+            ready,
+            &r.community_id,
+            Some(MemberRef::Id(r.member_id)),
+            "member_id",
+        )
+        .await?;
+        let member =
+            member_out(ready, &r.community_id, member_id, r.min_position, deadline).await?;
+        Ok(Response::new(pb::GetMemberResponse {
+            member: Some(member),
+        }))
+    }
+
+    async fn find_member(
+        &self,
+        request: Request<pb::FindMemberRequest>,
+    ) -> Result<Response<pb::FindMemberResponse>, Status> {
+        let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        let identity = v.identity_or_email(r.identity, r.email);
+        v.check()?;
+        let ready = self.state.ready()?;
+        let member_id = resolve(
+            ready,
+            &r.community_id,
+            identity.map(MemberRef::Identity),
+            "identity",
+        )
+        .await?;
+        let member =
+            member_out(ready, &r.community_id, member_id, r.min_position, deadline).await?;
+        Ok(Response::new(pb::FindMemberResponse {
+            member: Some(member),
+        }))
+    }
+
+    async fn link_identity(
+        &self,
+        request: Request<pb::LinkIdentityRequest>,
+    ) -> Result<Response<pb::LinkIdentityResponse>, Status> {
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let (community_id, member, identity) =
+            identity_change(r.community_id, r.member_id, r.member, r.identity, r.email)?;
+        let ready = self.state.ready()?;
+        let member_id = resolve(ready, &community_id, Some(member), "member_id").await?;
+        let outcome = ready
+            .writer
+            .command(Command::LinkIdentity {
+                community_id: community_id.clone(),
+                member_id: member_id.clone(),
+                identity: identity.clone(),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let position = match outcome {
+            CommandOutcome::Appended(event) => event.position,
+            CommandOutcome::AlreadyLinked => {
+                return Ok(Response::new(pb::LinkIdentityResponse {
+                    position: *ready.writer.committed().borrow(),
+                    already_linked: true,
+                }));
+            }
+            CommandOutcome::IdentityOwned { member_id: owner } => {
+                return Err(identity_owned(&identity, &owner));
+            }
+            CommandOutcome::UnknownMember | CommandOutcome::NotLinked => {
+                return Err(member_not_found(&member_id, &community_id).into());
+            }
+        };
+        tracing::info!(community = %community_id, member = %member_id, position, "identity linked");
+        Ok(Response::new(pb::LinkIdentityResponse {
+            position,
+            already_linked: false,
+        }))
+    }
+
+    async fn unlink_identity(
+        &self,
+        request: Request<pb::UnlinkIdentityRequest>,
+    ) -> Result<Response<pb::UnlinkIdentityResponse>, Status> {
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let (community_id, member, identity) =
+            identity_change(r.community_id, r.member_id, r.member, r.identity, r.email)?;
+        let ready = self.state.ready()?;
+        let member_id = resolve(ready, &community_id, Some(member), "member_id").await?;
+        let outcome = ready
+            .writer
+            .command(Command::UnlinkIdentity {
+                community_id: community_id.clone(),
+                member_id: member_id.clone(),
+                identity: identity.clone(),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        match outcome {
+            CommandOutcome::Appended(event) => {
+                tracing::info!(community = %community_id, member = %member_id, position = event.position, "identity unlinked");
+                Ok(Response::new(pb::UnlinkIdentityResponse {
+                    position: event.position,
+                }))
+            }
+            CommandOutcome::NotLinked => Err(ApiError::NotFound {
+                what: format!(
+                    "identity {:?} on {:?} of member {member_id:?}",
+                    identity.handle, identity.channel
+                ),
+                reason: "IDENTITY_NOT_LINKED",
+            }
+            .into()),
+            _ => Err(member_not_found(&member_id, &community_id).into()),
+        }
+    }
+
+    async fn set_member_role(
+        &self,
+        request: Request<pb::SetMemberRoleRequest>,
+    ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
+        set_member_role(&self.state, request).await
+    }
+}
+
+/// The validated parts of a link or unlink.
+fn identity_change(
+    community_id: String,
+    member_id: String,
+    member: Option<pb::Identity>,
+    identity: Option<pb::Identity>,
+    email: String,
+) -> Result<(String, MemberRef, Identity), ApiError> {
+    let mut v = Violations::default();
+    v.community(&community_id);
+    let member = v.member("member_id", member_id, "member", member);
+    let identity = v.identity_or_email(identity, email);
+    v.check()?;
+    Ok((
+        community_id,
+        member.expect("validated"),
+        identity.expect("validated"),
+    ))
+}
+
+fn member_not_found(member_id: &str, community_id: &str) -> ApiError {
+    ApiError::NotFound {
+        what: format!("member_id {member_id:?} in community {community_id:?}"),
+        reason: "MEMBER_NOT_FOUND",
+    }
+}
+
+/// FAILED_PRECONDITION naming the owner, in the message and in the
+/// ErrorInfo, so a tool can offer the merge.
+fn identity_owned(identity: &Identity, owner: &str) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_error_info(
+        "IDENTITY_OWNED_BY_ANOTHER_MEMBER",
+        ERROR_DOMAIN,
+        HashMap::from([("owner_member_id".to_owned(), owner.to_owned())]),
+    );
+    Status::with_error_details(
+        tonic::Code::FailedPrecondition,
+        format!(
+            "identity {:?} on {:?} belongs to member {owner:?}: merge the two members instead",
+            identity.handle, identity.channel
+        ),
+        details,
+    )
+}
+
+/// The member as `GetMember` shows it, once the read models have applied
+/// the log up to `min_position`.
+async fn member_out(
+    ready: &Ready,
+    community_id: &str,
+    member_id: String,
+    min_position: u64,
+    deadline: Instant,
+) -> Result<pb::Member, ApiError> {
+    let timelines = ready
+        .projections
+        .wait_for(timeline::NAME, min_position, deadline)
+        .await?;
+    let scored = ready
+        .projections
+        .wait_for(scores::NAME, min_position, deadline)
+        .await?;
+    let profile = ready.store.member_profile(&member_id).await?;
+    let (interactions, first, last) = ready
+        .projections
+        .member_activity(timelines.generation, community_id, &member_id)
+        .await?;
+    let g = scored.generation;
+    let role = ready
+        .projections
+        .member_role(g, community_id, &member_id)
+        .await?;
+    let state = ready
+        .projections
+        .score_state(g, community_id, &member_id, scores::ALL_CHANNELS)
+        .await?
+        .unwrap_or_default();
+    let policy = current_policy(ready, g, community_id).await?;
+    let now = rapport_store::wall_clock().max(Timestamp::from_micros(state.at.unwrap_or(i64::MIN)));
+    let (_, tier) = state.at_time(&policy, now);
+    Ok(pb::Member {
+        member_id,
+        community_id: community_id.to_owned(),
+        identities: profile.identities.into_iter().map(identity_out).collect(),
+        display_name: profile.display_name,
+        role: role as i32,
+        first_seen: first.map(|t| timestamp(Timestamp::from_micros(t))),
+        last_seen: last.map(|t| timestamp(Timestamp::from_micros(t))),
+        interactions,
+        tier: tier.as_i32(),
+    })
+}

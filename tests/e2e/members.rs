@@ -1,0 +1,375 @@
+//! MemberService: a member put together from the log and the read models;
+//! identities linked, refused when another member owns them, unlinked.
+
+use rapport_proto::v1 as pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::app::{Backend, TestApp, spawn_app};
+use crate::ingest::violated_fields;
+use crate::on_both_backends;
+
+on_both_backends!(
+    a_member_shows_its_identities_role_tier_and_activity,
+    an_identity_another_member_owns_is_refused_naming_the_owner,
+    an_unlinked_identity_starts_a_new_member_when_seen_again,
+    bad_requests_are_field_violations_and_other_communities_not_found,
+);
+
+fn identity(channel: &str, handle: &str) -> pb::Identity {
+    pb::Identity {
+        channel: channel.into(),
+        handle: handle.into(),
+    }
+}
+
+/// An answer by `actor` on `channel`, `seconds` after 2026-01-01.
+fn act(id: &str, channel: &str, handle: &str, display_name: &str, seconds: i64) -> pb::Interaction {
+    pb::Interaction {
+        community_id: "acme".into(),
+        interaction_id: id.into(),
+        channel: channel.into(),
+        kind: pb::InteractionKind::Answer as i32,
+        actor: Some(identity(channel, handle)),
+        actor_display_name: display_name.into(),
+        occurred_at: Some(at(seconds)),
+        ..Default::default()
+    }
+}
+
+fn at(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: 1_767_225_600 + seconds,
+        nanos: 0,
+    }
+}
+
+async fn record(app: &TestApp, interaction: pb::Interaction) -> pb::RecordInteractionResponse {
+    app.interactions()
+        .await
+        .record_interaction(pb::RecordInteractionRequest {
+            interaction: Some(interaction),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn members(
+    app: &TestApp,
+) -> pb::member_service_client::MemberServiceClient<tonic::transport::Channel> {
+    pb::member_service_client::MemberServiceClient::new(app.channel().await)
+}
+
+async fn link(
+    app: &TestApp,
+    member_id: &str,
+    identity: Option<pb::Identity>,
+    email: &str,
+) -> Result<pb::LinkIdentityResponse, tonic::Status> {
+    members(app)
+        .await
+        .link_identity(pb::LinkIdentityRequest {
+            community_id: "acme".into(),
+            member_id: member_id.into(),
+            member: None,
+            identity,
+            email: email.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn find(
+    app: &TestApp,
+    identity: Option<pb::Identity>,
+    email: &str,
+    min_position: u64,
+) -> Result<pb::Member, tonic::Status> {
+    members(app)
+        .await
+        .find_member(pb::FindMemberRequest {
+            community_id: "acme".into(),
+            identity,
+            email: email.into(),
+            min_position,
+        })
+        .await
+        .map(|r| r.into_inner().member.expect("a member"))
+}
+
+async fn a_member_shows_its_identities_role_tier_and_activity(backend: Backend) {
+    let Some(app) = spawn_app(backend, "member_read").await else {
+        return;
+    };
+    let first = record(&app, act("d-1", "discord", "ana#1234", "Ana", 100)).await;
+    record(&app, act("d-2", "discord", "ana#1234", "", 300)).await;
+    record(&app, act("d-3", "discord", "ana#1234", "Ana L.", 200)).await;
+    let ana = first.member_id;
+
+    link(&app, &ana, Some(identity("github", "AnaDev")), "")
+        .await
+        .unwrap();
+    // The member named by one of its identities rather than by id.
+    let linked = members(&app)
+        .await
+        .link_identity(pb::LinkIdentityRequest {
+            community_id: "acme".into(),
+            member: Some(identity("discord", "ANA#1234")),
+            email: "Ana@Example.org".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!linked.already_linked);
+    let again = link(&app, &ana, Some(identity("github", "anadev")), "")
+        .await
+        .unwrap();
+    assert!(
+        again.already_linked,
+        "github handles match case-insensitively"
+    );
+
+    // Found by each identity, case-insensitively, and by the email.
+    let by_github = find(
+        &app,
+        Some(identity("github", "ANADEV")),
+        "",
+        linked.position,
+    )
+    .await
+    .unwrap();
+    let by_email = find(&app, None, "ana@example.org", linked.position)
+        .await
+        .unwrap();
+    assert_eq!(by_github, by_email);
+    let member = by_github;
+    assert_eq!(member.member_id, ana);
+    assert_eq!(member.community_id, "acme");
+    assert_eq!(
+        member.identities,
+        [
+            identity("discord", "ana#1234"),
+            identity("github", "AnaDev"),
+            identity("email", "Ana@Example.org"),
+        ]
+    );
+    // The latest interaction by stream order that carried a name.
+    assert_eq!(member.display_name, "Ana L.");
+    assert_eq!(member.interactions, 3);
+    assert_eq!(member.first_seen, Some(at(100)));
+    assert_eq!(member.last_seen, Some(at(300)));
+    assert_eq!(member.role, pb::MemberRole::Member as i32);
+    let score = app
+        .advocacy()
+        .await
+        .get_advocate_score(pb::GetAdvocateScoreRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            min_position: linked.position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(member.tier, score.tier);
+
+    // A linked identity resolves at ingest: the member's own interaction.
+    let via_github = record(&app, act("g-1", "github", "anadev", "", 400)).await;
+    assert_eq!(via_github.member_id, ana);
+
+    let role = members(&app)
+        .await
+        .set_member_role(pb::SetMemberRoleRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            role: pb::MemberRole::Staff as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let member = members(&app)
+        .await
+        .get_member(pb::GetMemberRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            min_position: role.position,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(member.role, pb::MemberRole::Staff as i32);
+    assert_eq!(member.interactions, 4);
+    assert_eq!(member.last_seen, Some(at(400)));
+}
+
+async fn an_identity_another_member_owns_is_refused_naming_the_owner(backend: Backend) {
+    let Some(app) = spawn_app(backend, "member_link_owned").await else {
+        return;
+    };
+    let ana = record(&app, act("a-1", "discord", "ana#1234", "", 0))
+        .await
+        .member_id;
+    let bob = record(&app, act("b-1", "github", "bobby", "", 0)).await;
+    let status = link(&app, &ana, Some(identity("github", "Bobby")), "")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains(&bob.member_id),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("merge"), "{}", status.message());
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "IDENTITY_OWNED_BY_ANOTHER_MEMBER");
+    assert_eq!(info.metadata["owner_member_id"], bob.member_id);
+
+    // Nothing was written, and the identity still resolves to bob.
+    let head = app
+        .event_log()
+        .await
+        .read_events(pb::ReadEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .head_position;
+    assert_eq!(head, bob.position);
+    let owner = find(&app, Some(identity("github", "bobby")), "", head)
+        .await
+        .unwrap();
+    assert_eq!(owner.member_id, bob.member_id);
+}
+
+async fn an_unlinked_identity_starts_a_new_member_when_seen_again(backend: Backend) {
+    let Some(app) = spawn_app(backend, "member_unlink").await else {
+        return;
+    };
+    let ana = record(&app, act("a-1", "discord", "ana#1234", "", 0))
+        .await
+        .member_id;
+    link(&app, &ana, Some(identity("github", "anadev")), "")
+        .await
+        .unwrap();
+    let unlinked = members(&app)
+        .await
+        .unlink_identity(pb::UnlinkIdentityRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            member: None,
+            identity: Some(identity("github", "AnaDev")),
+            email: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let status = find(
+        &app,
+        Some(identity("github", "anadev")),
+        "",
+        unlinked.position,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let member = find(
+        &app,
+        Some(identity("discord", "ana#1234")),
+        "",
+        unlinked.position,
+    )
+    .await
+    .unwrap();
+    assert_eq!(member.identities, [identity("discord", "ana#1234")]);
+
+    // The event is in the log and in the member's timeline.
+    let timeline = app
+        .timelines()
+        .await
+        .get_timeline(pb::GetTimelineRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            min_position: unlinked.position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let newest = &timeline.entries[0];
+    assert_eq!(newest.position, unlinked.position);
+    assert_eq!(newest.r#type, pb::EventType::IdentityUnlinked as i32);
+    assert_eq!(newest.identity, Some(identity("github", "AnaDev")));
+
+    // Seen again, the identity is a new member: ana's history stays hers.
+    let again = record(&app, act("g-1", "github", "anadev", "", 10)).await;
+    assert_ne!(again.member_id, ana);
+
+    // Unlinking what the member does not own is NOT_FOUND.
+    let status = members(&app)
+        .await
+        .unlink_identity(pb::UnlinkIdentityRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            member: None,
+            identity: Some(identity("github", "anadev")),
+            email: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.get_error_details().error_info().unwrap().reason,
+        "IDENTITY_NOT_LINKED"
+    );
+}
+
+async fn bad_requests_are_field_violations_and_other_communities_not_found(backend: Backend) {
+    let Some(app) = spawn_app(backend, "member_bad").await else {
+        return;
+    };
+    let ana = record(&app, act("a-1", "discord", "ana#1234", "", 0))
+        .await
+        .member_id;
+    let cases: [(Option<pb::Identity>, &str, &str, &str); 5] = [
+        (Some(identity("github", "x")), "x@example.org", "m", "email"),
+        (None, "", "m", "identity"),
+        (None, "not-an-address", "m", "email"),
+        (Some(identity("GitHub", "x")), "", "m", "identity.channel"),
+        (Some(identity("github", "x")), "", "", "member_id"),
+    ];
+    for (identity, email, member_id, field) in cases {
+        let status = link(&app, member_id, identity, email).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(violated_fields(&status), [field]);
+    }
+    // A member of acme is not found through globex, nor is an unknown id.
+    for (community, member_id) in [("globex", ana.as_str()), ("acme", "m-nobody")] {
+        let status = members(&app)
+            .await
+            .get_member(pb::GetMemberRequest {
+                community_id: community.into(),
+                member_id: member_id.into(),
+                min_position: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{community} {member_id}");
+        let status = members(&app)
+            .await
+            .link_identity(pb::LinkIdentityRequest {
+                community_id: community.into(),
+                member_id: member_id.into(),
+                member: None,
+                identity: Some(identity("github", "fresh")),
+                email: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{community} {member_id}");
+    }
+}
