@@ -95,25 +95,7 @@ async fn spans_reach_an_otlp_receiver_as_children_of_the_callers_trace() {
         .await
         .unwrap();
     // A call that logs inside its span, to find the trace id in the log.
-    let policy = app
-        .advocacy()
-        .await
-        .get_scoring_policy(pb::GetScoringPolicyRequest {
-            community_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .policy;
-    app.advocacy()
-        .await
-        .set_scoring_policy(traced(pb::SetScoringPolicyRequest {
-            community_id: "acme".into(),
-            policy,
-        }))
-        .await
-        .unwrap();
+    set_the_policy_again_traced(&app).await;
 
     let trace_id = hex(TRACE_ID);
     let find = |name: &str| -> Option<(String, Span)> {
@@ -195,21 +177,9 @@ async fn spans_reach_an_otlp_receiver_as_children_of_the_callers_trace() {
     receiver.abort();
 }
 
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// Without a collector nothing is exported, and log lines still carry the
-/// caller's trace id, to find them from the caller's trace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_collector_logs_still_carry_the_callers_trace_id() {
-    let db = fresh_database(Backend::Sqlite, "traces_off").await.unwrap();
-    let url = db.url.clone();
-    let app = start_with_env(&url, Some(db), &[], &[]);
-    app.wait_serving().await;
+/// SetScoringPolicy (with the current policy) under the caller's trace: a
+/// call that logs inside its span.
+async fn set_the_policy_again_traced(app: &crate::app::TestApp) {
     let policy = app
         .advocacy()
         .await
@@ -229,6 +199,24 @@ async fn without_a_collector_logs_still_carry_the_callers_trace_id() {
         }))
         .await
         .unwrap();
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Without a collector nothing is exported, and log lines still carry the
+/// caller's trace id, to find them from the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_collector_logs_still_carry_the_callers_trace_id() {
+    let db = fresh_database(Backend::Sqlite, "traces_off").await.unwrap();
+    let url = db.url.clone();
+    let app = start_with_env(&url, Some(db), &[], &[]);
+    app.wait_serving().await;
+    set_the_policy_again_traced(&app).await;
     let log = app.log.lock().unwrap().join("\n");
     assert!(
         log.lines().any(

@@ -90,40 +90,34 @@ impl MemberService for Members {
     ) -> Result<Response<pb::LinkIdentityResponse>, Status> {
         let guard = Guard::of(&request);
         let r = request.into_inner();
-        guard.community(&r.community_id)?;
-        let (community_id, member, identity) =
-            identity_change(r.community_id, r.member_id, r.member, r.identity, r.email)?;
-        let ready = self.state.ready()?;
-        let member_id = resolve(ready, &community_id, Some(member), "member_id").await?;
-        let outcome = ready
-            .writer
-            .command(Command::LinkIdentity {
-                community_id: community_id.clone(),
-                member_id: member_id.clone(),
-                identity: identity.clone(),
-            })
-            .await
-            .map_err(ApiError::from)?;
-        let position = match outcome {
-            CommandOutcome::Appended(event) => event.position,
-            CommandOutcome::AlreadyLinked => {
-                return Ok(Response::new(pb::LinkIdentityResponse {
-                    position: *ready.writer.committed().borrow(),
-                    already_linked: true,
-                }));
+        let change = IdentityChange::new(
+            guard,
+            r.community_id,
+            r.member_id,
+            r.member,
+            r.identity,
+            r.email,
+        )?;
+        let (ready, done) = change.run(&self.state, true).await?;
+        match done.outcome {
+            CommandOutcome::Appended(event) => {
+                tracing::info!(community = %done.community_id, member = %done.member_id, position = event.position, "identity linked");
+                Ok(Response::new(pb::LinkIdentityResponse {
+                    position: event.position,
+                    already_linked: false,
+                }))
             }
+            CommandOutcome::AlreadyLinked => Ok(Response::new(pb::LinkIdentityResponse {
+                position: *ready.writer.committed().borrow(),
+                already_linked: true,
+            })),
             CommandOutcome::IdentityOwned { member_id: owner } => {
-                return Err(identity_owned(&identity, &owner));
+                Err(identity_owned(&done.identity, &owner))
             }
             CommandOutcome::UnknownMember | CommandOutcome::NotLinked => {
-                return Err(member_not_found(&member_id, &community_id).into());
+                Err(member_not_found(&done.member_id, &done.community_id).into())
             }
-        };
-        tracing::info!(community = %community_id, member = %member_id, position, "identity linked");
-        Ok(Response::new(pb::LinkIdentityResponse {
-            position,
-            already_linked: false,
-        }))
+        }
     }
 
     async fn unlink_identity(
@@ -132,36 +126,31 @@ impl MemberService for Members {
     ) -> Result<Response<pb::UnlinkIdentityResponse>, Status> {
         let guard = Guard::of(&request);
         let r = request.into_inner();
-        guard.community(&r.community_id)?;
-        let (community_id, member, identity) =
-            identity_change(r.community_id, r.member_id, r.member, r.identity, r.email)?;
-        let ready = self.state.ready()?;
-        let member_id = resolve(ready, &community_id, Some(member), "member_id").await?;
-        let outcome = ready
-            .writer
-            .command(Command::UnlinkIdentity {
-                community_id: community_id.clone(),
-                member_id: member_id.clone(),
-                identity: identity.clone(),
-            })
-            .await
-            .map_err(ApiError::from)?;
-        match outcome {
+        let change = IdentityChange::new(
+            guard,
+            r.community_id,
+            r.member_id,
+            r.member,
+            r.identity,
+            r.email,
+        )?;
+        let (_, done) = change.run(&self.state, false).await?;
+        match done.outcome {
             CommandOutcome::Appended(event) => {
-                tracing::info!(community = %community_id, member = %member_id, position = event.position, "identity unlinked");
+                tracing::info!(community = %done.community_id, member = %done.member_id, position = event.position, "identity unlinked");
                 Ok(Response::new(pb::UnlinkIdentityResponse {
                     position: event.position,
                 }))
             }
             CommandOutcome::NotLinked => Err(ApiError::NotFound {
                 what: format!(
-                    "identity {:?} on {:?} of member {member_id:?}",
-                    identity.handle, identity.channel
+                    "identity {:?} on {:?} of member {:?}",
+                    done.identity.handle, done.identity.channel, done.member_id
                 ),
                 reason: "IDENTITY_NOT_LINKED",
             }
             .into()),
-            _ => Err(member_not_found(&member_id, &community_id).into()),
+            _ => Err(member_not_found(&done.member_id, &done.community_id).into()),
         }
     }
 
@@ -173,24 +162,73 @@ impl MemberService for Members {
     }
 }
 
-/// The validated parts of a link or unlink.
-fn identity_change(
+/// A link or unlink, validated: the community, the member as the request
+/// names it, the identity.
+struct IdentityChange {
+    community_id: String,
+    member: MemberRef,
+    identity: Identity,
+}
+
+/// What a link or unlink did, for the member it resolved to.
+struct Changed {
+    outcome: CommandOutcome,
     community_id: String,
     member_id: String,
-    member: Option<pb::Identity>,
-    identity: Option<pb::Identity>,
-    email: String,
-) -> Result<(String, MemberRef, Identity), ApiError> {
-    let mut v = Violations::default();
-    v.community(&community_id);
-    let member = v.member("member_id", member_id, "member", member);
-    let identity = v.identity_or_email(identity, email);
-    v.check()?;
-    Ok((
-        community_id,
-        member.expect("validated"),
-        identity.expect("validated"),
-    ))
+    identity: Identity,
+}
+
+impl IdentityChange {
+    fn new(
+        guard: Guard,
+        community_id: String,
+        member_id: String,
+        member: Option<pb::Identity>,
+        identity: Option<pb::Identity>,
+        email: String,
+    ) -> Result<IdentityChange, ApiError> {
+        guard.community(&community_id)?;
+        let mut v = Violations::default();
+        v.community(&community_id);
+        let member = v.member("member_id", member_id, "member", member);
+        let identity = v.identity_or_email(identity, email);
+        v.check()?;
+        Ok(IdentityChange {
+            community_id,
+            member: member.expect("validated"),
+            identity: identity.expect("validated"),
+        })
+    }
+
+    /// Resolves the member and runs the command through the writer.
+    async fn run(self, state: &AppState, link: bool) -> Result<(&Ready, Changed), ApiError> {
+        let ready = state.ready()?;
+        let member_id = resolve(ready, &self.community_id, Some(self.member), "member_id").await?;
+        let (community_id, identity) = (self.community_id, self.identity);
+        let command = if link {
+            Command::LinkIdentity {
+                community_id: community_id.clone(),
+                member_id: member_id.clone(),
+                identity: identity.clone(),
+            }
+        } else {
+            Command::UnlinkIdentity {
+                community_id: community_id.clone(),
+                member_id: member_id.clone(),
+                identity: identity.clone(),
+            }
+        };
+        let outcome = ready.writer.command(command).await?;
+        Ok((
+            ready,
+            Changed {
+                outcome,
+                community_id,
+                member_id,
+                identity,
+            },
+        ))
+    }
 }
 
 fn member_not_found(member_id: &str, community_id: &str) -> ApiError {
