@@ -14,6 +14,9 @@ LOADGEN=$BIN_DIR/rapport-loadgen
 ADDR="http://127.0.0.1:$PORT"
 SERVER_PID=""
 
+# A benchmark's own master key (PostgreSQL needs one; SQLite would make its own).
+export RAPPORT_MASTER_KEY="${RAPPORT_MASTER_KEY:-$(head -c 32 /dev/urandom | base64)}"
+
 start_server() { # url: starts the server on it and waits until the database is ready
   "$SERVER" --listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 --database-url "$1" >"$RESULTS/server.log" 2>&1 &
   SERVER_PID=$!

@@ -154,6 +154,16 @@ def check_overlay(overlay, docs):
         check(url.get("name") == "rapport-postgres", "production: PostgreSQL URL from a secret")
         check("OTEL_EXPORTER_OTLP_ENDPOINT" in config, "production: an OTLP endpoint")
         check("Secret" not in by_kind, "production: no secret in the repository")
+        key = next((v for v in pod["volumes"] if v["name"] == "master-key"), {})
+        check(
+            key.get("secret", {}).get("secretName") == "rapport-master-key",
+            "production: the master key comes from the rapport-master-key secret",
+        )
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        check(
+            config.get("RAPPORT_MASTER_KEY_FILE", "").startswith(mounts.get("master-key", "?") + "/"),
+            "production: RAPPORT_MASTER_KEY_FILE is in the master key's mount",
+        )
 
 
 def main():

@@ -94,6 +94,8 @@ pub fn start_with_env(
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(extra_args)
         .env("RUST_LOG", "info")
+        .env("RAPPORT_MASTER_KEY", rapport_testkit::TEST_MASTER_KEY)
+        .env_remove("RAPPORT_MASTER_KEY_FILE")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .envs(env.iter().copied())

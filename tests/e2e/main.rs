@@ -16,6 +16,7 @@ mod ingest;
 mod limits;
 mod members;
 mod metrics;
+mod personal;
 mod reflection;
 mod subscribe;
 mod timeline;

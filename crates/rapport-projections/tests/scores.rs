@@ -29,9 +29,11 @@ async fn fresh(backend: Backend, test: &str) -> Option<(TestDatabase, Store)> {
         Backend::Sqlite => TestDatabase::sqlite(),
         Backend::Postgres => TestDatabase::postgres(test).await?,
     };
-    let store = Store::connect(&StoreOptions::new(&db.url))
-        .await
-        .expect("connect");
+    let store = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .expect("connect");
     store.migrate().await.expect("migrate");
     Some((db, store))
 }

@@ -176,6 +176,16 @@ const TARGET_MEMBER: i32 = 1;
 const TARGET_CONTENT: i32 = 2;
 const TARGET_BRAND: i32 = 3;
 
+/// Whether an event of this body has a personal part (to seal).
+pub(crate) fn has_personal(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::IdentityLinked { .. }
+            | EventBody::IdentityUnlinked { .. }
+            | EventBody::InteractionRecorded { .. }
+    )
+}
+
 /// The stored form of an event body: (payload, personal part if any).
 pub(crate) fn encode(body: &EventBody) -> (Vec<u8>, Option<Vec<u8>>) {
     match body {

@@ -21,6 +21,7 @@
 
 mod cache;
 mod codec;
+pub mod crypto;
 mod feed;
 pub mod follow;
 mod postgres;
@@ -28,6 +29,7 @@ mod sql;
 mod sqlite;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,7 @@ use std::time::Duration;
 use rapport_domain::ingest::{Conflict, Recorded};
 use rapport_domain::{Command, Event, EventType, Interaction, Timestamp};
 
+pub use crypto::{Keyring, MasterKey};
 pub use feed::{Chunk, Encode, Feed};
 pub use follow::{Followed, FollowedEvent, Follower};
 pub use writer::{Writer, WriterConfig};
@@ -71,6 +74,10 @@ pub enum StoreError {
     /// The group-commit writer has stopped (the server is shutting down).
     #[error("the writer has shut down")]
     Closed,
+    /// The master key is missing, unreadable or not the one that wrapped
+    /// the stored data keys.
+    #[error("master key: {0}")]
+    MasterKey(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -153,6 +160,10 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long to wait for a connection before answering UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// Wraps every member's data key (see [`crypto`]). `None`: on SQLite,
+    /// `master.key` beside the database file, created on first use; on
+    /// PostgreSQL an error (replicas must share one key: configure it).
+    pub master_key: Option<MasterKey>,
 }
 
 impl StoreOptions {
@@ -161,7 +172,13 @@ impl StoreOptions {
             url: url.into(),
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
+            master_key: None,
         }
+    }
+
+    pub fn with_master_key(mut self, key: MasterKey) -> Self {
+        self.master_key = Some(key);
+        self
     }
 }
 
@@ -205,6 +222,86 @@ pub struct EventPage {
     /// The last committed position when the page was read; the page only
     /// holds events up to it.
     pub head: u64,
+}
+
+/// The data keys a batch of events needs, and the rows to add to
+/// `member_keys` for members that have none yet.
+#[derive(Default)]
+pub(crate) struct BatchKeys {
+    pub keys: HashMap<String, crypto::DataKey>,
+    /// (member, community, wrapped key): to insert with the batch, and to
+    /// remember once it commits.
+    pub new: Vec<(String, String, Vec<u8>)>,
+}
+
+impl BatchKeys {
+    /// Which members of `events` need a key (their events carry personal
+    /// data), with their community; those `keyring` knows are filled in.
+    pub(crate) fn start(keyring: &Keyring, events: &[Event]) -> (BatchKeys, Vec<(String, String)>) {
+        let mut batch = BatchKeys::default();
+        let mut unknown = Vec::new();
+        for event in events {
+            if !codec::has_personal(&event.body) {
+                continue;
+            }
+            let member = event.body.member_id();
+            if batch.keys.contains_key(member) || unknown.iter().any(|(m, _)| m == member) {
+                continue;
+            }
+            match keyring.write_key(member) {
+                Some(key) => {
+                    batch.keys.insert(member.to_owned(), key);
+                }
+                None => unknown.push((member.to_owned(), event.community_id.clone())),
+            }
+        }
+        (batch, unknown)
+    }
+
+    /// A member's stored key, read from `member_keys`.
+    pub(crate) fn found(
+        &mut self,
+        keyring: &Keyring,
+        member: &str,
+        wrapped: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = keyring.data_key(wrapped, member)?;
+        keyring.remember([(member.to_owned(), key.clone())]);
+        self.keys.insert(member.to_owned(), key);
+        Ok(())
+    }
+
+    /// A member without a key yet: a new one, stored with the batch.
+    pub(crate) fn create(&mut self, keyring: &Keyring, member: String, community: String) {
+        let (key, wrapped) = keyring.master().new_data_key(&member);
+        self.keys.insert(member.clone(), key);
+        self.new.push((member, community, wrapped));
+    }
+
+    /// The events' stored columns, personal parts sealed.
+    pub(crate) fn encode(&self, events: &[Event]) -> (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) {
+        events
+            .iter()
+            .map(|event| {
+                let member = event.body.member_id();
+                let (payload, personal) = codec::encode(&event.body);
+                let sealed = personal.map(|p| {
+                    self.keys
+                        .get(member)
+                        .expect("BatchKeys holds a key for every member with personal data")
+                        .seal(&p, member)
+                });
+                (payload, sealed)
+            })
+            .unzip()
+    }
+
+    /// After the commit: the new keys are stored, use them from now on.
+    pub(crate) fn committed(self, keyring: &Keyring) {
+        let new: std::collections::HashSet<String> =
+            self.new.into_iter().map(|(m, _, _)| m).collect();
+        keyring.remember(self.keys.into_iter().filter(|(m, _)| new.contains(m)));
+    }
 }
 
 /// How many of a member's latest interactions [`Store::member_profile`]
@@ -264,6 +361,13 @@ impl Store {
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
+    }
+
+    /// Where the embedded default keeps its master key for a `sqlite:PATH`
+    /// url (`master.key` beside the file); `None` for PostgreSQL.
+    pub fn embedded_master_key_path(url: &str) -> Option<std::path::PathBuf> {
+        let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+        Some(sqlite::master_key_path(path))
     }
 
     /// `"sqlite"` or `"postgres"`, for logs.

@@ -16,10 +16,11 @@ use tracing::{debug, warn};
 
 use std::sync::{Arc, Mutex};
 
+use crate::BatchKeys;
 use crate::cache::{CacheUpdate, WriterCache};
+use crate::crypto::Keyring;
 use crate::{
-    CommandOutcome, Committed, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
-    sql, to_db,
+    CommandOutcome, Committed, EventPage, EventQuery, StoreError, StoreOptions, from_db, sql, to_db,
 };
 
 /// The `NOTIFY` channel: every append notifies it at commit with the new
@@ -34,10 +35,18 @@ pub struct PgStore {
     pool: PgPool,
     /// Identities and stream versions this replica's writer committed.
     cache: Arc<Mutex<WriterCache>>,
+    keyring: Keyring,
 }
 
 impl PgStore {
     pub(crate) async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        let master = options.master_key.clone().ok_or_else(|| {
+            StoreError::MasterKey(
+                "PostgreSQL needs a master key shared by every replica: \
+                 set --master-key-file or RAPPORT_MASTER_KEY"
+                    .into(),
+            )
+        })?;
         // No ping before each use: it would add a round trip to every batch.
         // A connection that broke fails its batch with UNAVAILABLE (callers
         // retry, idempotently) and is dropped from the pool.
@@ -50,6 +59,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             cache: Arc::default(),
+            keyring: Keyring::new(master),
         })
     }
 
@@ -83,12 +93,16 @@ impl PgStore {
         // several statements.
         let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
         let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
-        let appended = append_in_transaction(&mut tx, &self.cache, requests, recorded_at).await;
+        let appended =
+            append_in_transaction(&mut tx, &self.cache, &self.keyring, requests, recorded_at).await;
         let committed = match appended {
-            Ok(appended) => tx
+            Ok((appended, keys)) => tx
                 .commit()
                 .await
-                .map(|()| appended)
+                .map(|()| {
+                    keys.committed(&self.keyring);
+                    appended
+                })
                 .map_err(StoreError::from),
             Err(e) => Err(e),
         };
@@ -136,7 +150,10 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let event = command.event(from_db(head)?, from_db(version)?, recorded_at);
-        let (payload, personal) = codec::encode(&event.body);
+        let events = std::slice::from_ref(&event);
+        let keys = batch_keys(&mut tx, &self.keyring, events, &[]).await?;
+        let (mut payloads, mut personals) = keys.encode(events);
+        let (payload, personal) = (payloads.remove(0), personals.remove(0));
         sqlx::query(
             "WITH e AS (INSERT INTO events (position, community_id, stream_id, stream_version, \
              event_type, member_id, recorded_at, payload, personal, channel) \
@@ -176,7 +193,9 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        insert_keys(&mut tx, &keys.new).await?;
         tx.commit().await?;
+        keys.committed(&self.keyring);
         Ok(CommandOutcome::Appended(event))
     }
 
@@ -186,7 +205,7 @@ impl PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let page = sql::read_events::<Postgres>(&mut tx, query).await?;
+        let page = sql::read_events::<Postgres>(&mut tx, query, &self.keyring).await?;
         tx.commit().await?;
         Ok(page)
     }
@@ -202,7 +221,9 @@ impl PgStore {
             .build()
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(sql::event_from_row).collect()
+        rows.iter()
+            .map(|row| sql::event_from_row(row, &self.keyring))
+            .collect()
     }
 
     pub(crate) async fn events_at(
@@ -213,7 +234,9 @@ impl PgStore {
             .build()
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(sql::event_from_row).collect()
+        rows.iter()
+            .map(|row| sql::event_from_row(row, &self.keyring))
+            .collect()
     }
 
     /// Advances `feed`'s head on every commit notified on [`LOG_CHANNEL`],
@@ -267,9 +290,10 @@ impl PgStore {
 async fn append_in_transaction(
     conn: &mut PgConnection,
     cache: &std::sync::Mutex<WriterCache>,
+    keyring: &Keyring,
     requests: &[Vec<rapport_domain::Interaction>],
     recorded_at: Timestamp,
-) -> Result<(Committed, CacheUpdate), StoreError> {
+) -> Result<((Committed, CacheUpdate), BatchKeys), StoreError> {
     // Every statement binds whole columns as arrays and UNNESTs them: one
     // prepared statement per table whatever the batch size.
     //
@@ -360,9 +384,10 @@ async fn append_in_transaction(
     // data-modifying CTEs all run, and the foreign keys of `identities` are
     // checked at the end of the statement, after `members` got its rows.
     let events = &plan.events;
-    let (payloads, personals): (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) =
-        events.iter().map(|e| codec::encode(&e.body)).unzip();
     let new_members: Vec<_> = plan.member_heads.iter().filter(|h| h.is_new).collect();
+    let created: Vec<&str> = new_members.iter().map(|h| h.member_id.as_str()).collect();
+    let keys = batch_keys(&mut *conn, keyring, events, &created).await?;
+    let (payloads, personals) = keys.encode(events);
     let links = &plan.new_identities;
     let records = &plan.new_interactions;
     sqlx::query(
@@ -380,6 +405,9 @@ async fn append_in_transaction(
          ), new_keys AS (
             INSERT INTO interaction_keys (community_id, interaction_id, fingerprint, member_id, position)
             SELECT * FROM UNNEST($17::text[], $18::text[], $19::bytea[], $20::text[], $21::int8[])
+         ), new_data_keys AS (
+            INSERT INTO member_keys (owner, community, wrapped)
+            SELECT * FROM UNNEST($24::text[], $25::text[], $26::bytea[])
          )
          SELECT pg_notify($22, $23)",
     )
@@ -407,7 +435,65 @@ async fn append_in_transaction(
     // Delivered to every listener when the transaction commits.
     .bind(LOG_CHANNEL)
     .bind((head + events.len() as u64).to_string())
+    .bind(keys.new.iter().map(|(m, _, _)| m.as_str()).collect::<Vec<_>>())
+    .bind(keys.new.iter().map(|(_, c, _)| c.as_str()).collect::<Vec<_>>())
+    .bind(keys.new.iter().map(|(_, _, w)| w.as_slice()).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
-    Ok(CacheUpdate::from_plan(head, known, plan))
+    Ok((CacheUpdate::from_plan(head, known, plan), keys))
+}
+
+/// The data keys `events` need: known, read from `member_keys`, or new (for
+/// `created` members, which cannot have one yet, and members from before
+/// encryption), to insert with the events.
+async fn batch_keys(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    events: &[rapport_domain::Event],
+    created: &[&str],
+) -> Result<BatchKeys, StoreError> {
+    let (mut keys, unknown) = BatchKeys::start(keyring, events);
+    let lookup: Vec<&str> = unknown
+        .iter()
+        .map(|(m, _)| m.as_str())
+        .filter(|m| !created.contains(m))
+        .collect();
+    let mut found = std::collections::HashSet::new();
+    if !lookup.is_empty() {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT owner, wrapped FROM member_keys WHERE owner = ANY($1)")
+                .bind(&lookup)
+                .fetch_all(&mut *conn)
+                .await?;
+        for (member, wrapped) in rows {
+            keys.found(keyring, &member, &wrapped)?;
+            found.insert(member);
+        }
+    }
+    for (member, community) in unknown {
+        if !found.contains(&member) {
+            keys.create(keyring, member, community);
+        }
+    }
+    Ok(keys)
+}
+
+/// Stores new data keys (a command's: batches insert theirs with the events).
+async fn insert_keys(
+    conn: &mut PgConnection,
+    new: &[(String, String, Vec<u8>)],
+) -> Result<(), StoreError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO member_keys (owner, community, wrapped) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])",
+    )
+    .bind(new.iter().map(|(m, _, _)| m.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|(_, c, _)| c.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|(_, _, w)| w.as_slice()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

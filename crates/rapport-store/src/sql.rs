@@ -5,10 +5,16 @@
 use rapport_domain::{Event, Timestamp};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
+use crate::crypto::Keyring;
 use crate::{EventQuery, StoreError, codec, from_db, to_db};
 
-/// The columns `event_from_row` expects, in order.
-pub(crate) const EVENT_COLUMNS: &str = "position, community_id, stream_id, stream_version, event_type, member_id, recorded_at, payload, personal";
+/// The columns `event_from_row` expects, in order, from [`EVENTS_WITH_KEYS`]:
+/// the last is the member's wrapped data key, to open the personal part.
+pub(crate) const EVENT_COLUMNS: &str = "position, community_id, stream_id, stream_version, event_type, member_id, recorded_at, payload, personal, wrapped";
+
+/// Events with their member's wrapped data key: NULL once the member is
+/// erased, so nobody reads its personal data from then on.
+pub(crate) const EVENTS_WITH_KEYS: &str = "events LEFT JOIN member_keys ON owner = member_id";
 
 /// A value bound to a placeholder of [`select_events`].
 #[derive(Debug, Clone)]
@@ -22,13 +28,19 @@ pub(crate) enum Param {
 /// PostgreSQL and SQLite (which takes `$1` as a named parameter, bound by
 /// position) accept it, so sqlx and rusqlite run the same text.
 pub(crate) fn select_events(query: &EventQuery, head: u64) -> (String, Vec<Param>) {
-    let columns = if query.without_personal {
-        EVENT_COLUMNS.replace("personal", "NULL")
+    // Read models take no personal data: no key to join either.
+    let (columns, from) = if query.without_personal {
+        (
+            EVENT_COLUMNS
+                .replace("personal", "NULL")
+                .replace("wrapped", "NULL"),
+            "events",
+        )
     } else {
-        EVENT_COLUMNS.to_owned()
+        (EVENT_COLUMNS.to_owned(), EVENTS_WITH_KEYS)
     };
     let mut params = vec![Param::Int(to_db(query.after)), Param::Int(to_db(head))];
-    let mut sql = format!("SELECT {columns} FROM events WHERE position > $1 AND position <= $2");
+    let mut sql = format!("SELECT {columns} FROM {from} WHERE position > $1 AND position <= $2");
     if let Some(community) = &query.community_id {
         let p = placeholders(vec![Param::Text(community.clone())], &mut params);
         sql.push_str(&format!(" AND community_id = {p}"));
@@ -79,14 +91,17 @@ pub(crate) fn event_from_columns(
     member_id: String,
     recorded_at: i64,
     payload: &[u8],
-    personal: Option<&[u8]>,
+    personal: Option<Vec<u8>>,
+    wrapped: Option<&[u8]>,
+    keyring: &Keyring,
 ) -> Result<Event, StoreError> {
+    let personal = keyring.open_personal(personal, wrapped, &member_id)?;
     let body = codec::decode(
         i32::from(event_type),
         &community_id,
         member_id,
         payload,
-        personal,
+        personal.as_deref(),
     )?;
     Ok(Event {
         position: from_db(position)?,
@@ -99,7 +114,7 @@ pub(crate) fn event_from_columns(
 }
 
 /// Decodes a row selected with [`EVENT_COLUMNS`].
-pub(crate) fn event_from_row<R>(row: &R) -> Result<Event, StoreError>
+pub(crate) fn event_from_row<R>(row: &R, keyring: &Keyring) -> Result<Event, StoreError>
 where
     R: Row,
     usize: ColumnIndex<R>,
@@ -110,6 +125,7 @@ where
 {
     let payload: Vec<u8> = row.try_get(7)?;
     let personal: Option<Vec<u8>> = row.try_get(8)?;
+    let wrapped: Option<Vec<u8>> = row.try_get(9)?;
     event_from_columns(
         row.try_get(0)?,
         row.try_get(1)?,
@@ -119,7 +135,9 @@ where
         row.try_get(5)?,
         row.try_get(6)?,
         &payload,
-        personal.as_deref(),
+        personal,
+        wrapped.as_deref(),
+        keyring,
     )
 }
 
@@ -128,6 +146,7 @@ where
 pub(crate) async fn read_events<DB>(
     conn: &mut DB::Connection,
     query: &EventQuery,
+    keyring: &Keyring,
 ) -> Result<crate::EventPage, StoreError>
 where
     DB: Database,
@@ -152,7 +171,10 @@ where
         };
     }
     let rows = select.fetch_all(&mut *conn).await?;
-    let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+    let events = rows
+        .iter()
+        .map(|row| event_from_row(row, keyring))
+        .collect::<Result<_, _>>()?;
     Ok(crate::EventPage { events, head })
 }
 
@@ -170,7 +192,7 @@ where
     for<'e> String: Encode<'e, DB> + Type<DB>,
 {
     let mut qb = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = "
+        "SELECT {EVENT_COLUMNS} FROM {EVENTS_WITH_KEYS} WHERE stream_id = "
     ));
     qb.push_bind(stream_id.to_owned());
     qb.push(" AND event_type IN (");
@@ -193,7 +215,7 @@ where
     for<'e> i64: Encode<'e, DB> + Type<DB>,
 {
     let mut qb = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE position IN ("
+        "SELECT {EVENT_COLUMNS} FROM {EVENTS_WITH_KEYS} WHERE position IN ("
     ));
     let mut list = qb.separated(", ");
     for p in positions {

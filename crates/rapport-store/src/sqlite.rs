@@ -24,10 +24,11 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
+use crate::BatchKeys;
 use crate::cache::{CacheUpdate, WriterCache};
+use crate::crypto::{Keyring, MasterKey};
 use crate::{
-    CommandOutcome, Committed, EventPage, EventQuery, StoreError, StoreOptions, codec, from_db,
-    sql, to_db,
+    CommandOutcome, Committed, EventPage, EventQuery, StoreError, StoreOptions, from_db, sql, to_db,
 };
 
 /// Pragmas of every connection, reader or writer.
@@ -78,6 +79,7 @@ pub struct SqliteStore {
     cache: Arc<Mutex<WriterCache>>,
     /// Reads the log by position (see the module doc).
     log_readers: Arc<LogReaders>,
+    keyring: Keyring,
 }
 
 /// rusqlite connections for reading the log, opened on demand, at most
@@ -122,6 +124,11 @@ impl LogReaders {
 
 impl SqliteStore {
     pub(crate) async fn connect(path: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let master = match &options.master_key {
+            Some(key) => key.clone(),
+            // The embedded default keeps its key beside its data.
+            None => MasterKey::load_or_create(&master_key_path(path), true)?,
+        };
         let mut connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -177,6 +184,7 @@ impl SqliteStore {
             writer,
             cache: Arc::default(),
             log_readers,
+            keyring: Keyring::new(master),
         })
     }
 
@@ -209,9 +217,10 @@ impl SqliteStore {
     ) -> Result<Committed, StoreError> {
         let writer = Arc::clone(&self.writer);
         let cache = Arc::clone(&self.cache);
+        let keyring = self.keyring.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("sqlite writer");
-            let appended = append_blocking(&mut conn, &cache, &requests, recorded_at);
+            let appended = append_blocking(&mut conn, &cache, &keyring, &requests, recorded_at);
             cache.lock().expect("writer cache").settle(appended)
         })
         .await
@@ -224,9 +233,10 @@ impl SqliteStore {
         recorded_at: Timestamp,
     ) -> Result<CommandOutcome, StoreError> {
         let writer = Arc::clone(&self.writer);
+        let keyring = self.keyring.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("sqlite writer");
-            command_blocking(&mut conn, &command, recorded_at)
+            command_blocking(&mut conn, &keyring, &command, recorded_at)
         })
         .await
         .map_err(|e| StoreError::Corrupt(format!("the sqlite writer panicked: {e}")))?
@@ -234,8 +244,9 @@ impl SqliteStore {
 
     pub(crate) async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
         let query = query.clone();
+        let keyring = self.keyring.clone();
         self.log_readers
-            .read(move |conn| read_events_blocking(conn, &query))
+            .read(move |conn| read_events_blocking(conn, &query, &keyring))
             .await
     }
 
@@ -250,7 +261,9 @@ impl SqliteStore {
             .build()
             .fetch_all(&self.readers)
             .await?;
-        rows.iter().map(sql::event_from_row).collect()
+        rows.iter()
+            .map(|row| sql::event_from_row(row, &self.keyring))
+            .collect()
     }
 
     pub(crate) async fn events_at(
@@ -261,7 +274,9 @@ impl SqliteStore {
             .build()
             .fetch_all(&self.readers)
             .await?;
-        rows.iter().map(sql::event_from_row).collect()
+        rows.iter()
+            .map(|row| sql::event_from_row(row, &self.keyring))
+            .collect()
     }
 
     pub(crate) fn pool(&self) -> &sqlx::Pool<Sqlite> {
@@ -277,6 +292,15 @@ impl SqliteStore {
         self.readers.close().await;
         self.projections.close().await;
     }
+}
+
+/// Where the embedded default keeps its master key: `master.key` beside
+/// the log's file.
+pub(crate) fn master_key_path(log: &str) -> std::path::PathBuf {
+    std::path::Path::new(log)
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("master.key")
 }
 
 /// The read models' database file beside the log's: `rapport.db` →
@@ -303,6 +327,7 @@ fn open_reader(path: &str) -> Result<rusqlite::Connection, StoreError> {
 fn read_events_blocking(
     conn: &mut rusqlite::Connection,
     query: &EventQuery,
+    keyring: &Keyring,
 ) -> Result<EventPage, StoreError> {
     let tx = conn.transaction()?;
     let head: i64 = tx.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
@@ -322,6 +347,7 @@ fn read_events_blocking(
             let blob = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(e.to_string());
             let payload = row.get_ref(7)?.as_blob().map_err(blob)?;
             let personal = row.get_ref(8)?.as_blob_or_null().map_err(blob)?;
+            let wrapped = row.get_ref(9)?.as_blob_or_null().map_err(blob)?;
             events.push(sql::event_from_columns(
                 row.get(0)?,
                 row.get(1)?,
@@ -331,7 +357,9 @@ fn read_events_blocking(
                 row.get(5)?,
                 row.get(6)?,
                 payload,
-                personal,
+                personal.map(<[u8]>::to_vec),
+                wrapped,
+                keyring,
             )?);
         }
     }
@@ -403,6 +431,7 @@ fn spawn_checkpointer(
 fn append_blocking(
     conn: &mut rusqlite::Connection,
     cache: &Mutex<WriterCache>,
+    keyring: &Keyring,
     requests: &[Vec<Interaction>],
     recorded_at: Timestamp,
 ) -> Result<(Committed, CacheUpdate), StoreError> {
@@ -479,8 +508,9 @@ fn append_blocking(
     }
 
     let plan = ingest::plan(requests, &known, head, recorded_at, crate::new_member_id);
-    write_plan(&tx, &plan)?;
+    let keys = write_plan(&tx, keyring, &plan)?;
     tx.commit()?;
+    keys.committed(keyring);
     Ok(CacheUpdate::from_plan(head, known, plan))
 }
 
@@ -488,6 +518,7 @@ fn append_blocking(
 /// cache notices the moved head at the next batch and starts over.
 fn command_blocking(
     conn: &mut rusqlite::Connection,
+    keyring: &Keyring,
     command: &Command,
     recorded_at: Timestamp,
 ) -> Result<CommandOutcome, StoreError> {
@@ -525,7 +556,7 @@ fn command_blocking(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let event = command.event(from_db(head)?, from_db(version)?, recorded_at);
-    insert_events(&tx, std::slice::from_ref(&event))?;
+    let keys = insert_events(&tx, keyring, std::slice::from_ref(&event), &[])?;
     match (command, &identity_key) {
         (Command::LinkIdentity { member_id, .. }, Some(key)) => {
             tx.execute(
@@ -544,20 +575,47 @@ fn command_blocking(
         _ => {}
     }
     tx.commit()?;
+    keys.committed(keyring);
     Ok(CommandOutcome::Appended(event))
 }
 
+/// Inserts `events`, their personal parts sealed with their members' keys,
+/// and the keys members did not have yet (`created` members cannot have
+/// one). Returns the keys, to remember once the transaction commits.
 fn insert_events(
     tx: &rusqlite::Transaction<'_>,
+    keyring: &Keyring,
     events: &[rapport_domain::Event],
-) -> Result<(), StoreError> {
+    created: &[&str],
+) -> Result<BatchKeys, StoreError> {
+    let (mut keys, unknown) = BatchKeys::start(keyring, events);
+    {
+        let mut lookup = tx.prepare_cached("SELECT wrapped FROM member_keys WHERE owner = ?1")?;
+        let mut store = tx.prepare_cached(
+            "INSERT INTO member_keys (owner, community, wrapped) VALUES (?1, ?2, ?3)",
+        )?;
+        for (member, community) in unknown {
+            let wrapped: Option<Vec<u8>> = if created.contains(&member.as_str()) {
+                None
+            } else {
+                lookup.query_row([&member], |r| r.get(0)).optional()?
+            };
+            match wrapped {
+                Some(wrapped) => keys.found(keyring, &member, &wrapped)?,
+                None => keys.create(keyring, member, community),
+            }
+        }
+        for (member, community, wrapped) in &keys.new {
+            store.execute(params![member, community, wrapped])?;
+        }
+    }
+    let (payloads, personals) = keys.encode(events);
     let mut insert = tx.prepare_cached(
         "INSERT INTO events (position, community_id, stream_id, stream_version, event_type, \
          member_id, recorded_at, payload, personal, channel) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
-    for event in events {
-        let (payload, personal) = codec::encode(&event.body);
+    for ((event, payload), personal) in events.iter().zip(payloads).zip(personals) {
         insert.execute(params![
             to_db(event.position),
             event.community_id,
@@ -571,11 +629,21 @@ fn insert_events(
             event.body.channel(),
         ])?;
     }
-    Ok(())
+    Ok(keys)
 }
 
-fn write_plan(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
-    insert_events(tx, &plan.events)?;
+fn write_plan(
+    tx: &rusqlite::Transaction<'_>,
+    keyring: &Keyring,
+    plan: &Plan,
+) -> Result<BatchKeys, StoreError> {
+    let created: Vec<&str> = plan
+        .member_heads
+        .iter()
+        .filter(|h| h.is_new)
+        .map(|h| h.member_id.as_str())
+        .collect();
+    let keys = insert_events(tx, keyring, &plan.events, &created)?;
     // Members before identities: identities reference them.
     let mut register =
         tx.prepare_cached("INSERT INTO members (member_id, community_id) VALUES (?1, ?2)")?;
@@ -606,5 +674,5 @@ fn write_plan(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreEr
             to_db(record.position),
         ])?;
     }
-    Ok(())
+    Ok(keys)
 }

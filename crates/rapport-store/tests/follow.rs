@@ -186,7 +186,11 @@ async fn a_commit_by_another_process_between_two_of_ours_is_not_skipped(backend:
     // tell it that something came in between.
     let feed = Feed::new();
     let (writer, task) = Writer::spawn(store.clone(), WriterConfig::default(), feed.clone());
-    let elsewhere = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
+    let elsewhere = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .unwrap();
     let (other, other_task) = Writer::spawn(elsewhere, WriterConfig::default(), Feed::new());
     let mut follower = Follower::new(store.clone(), &feed, query(0), Duration::from_secs(3_600));
     writer
@@ -222,7 +226,11 @@ async fn commits_by_another_process_arrive_by_notification_and_by_poll(backend: 
         return;
     };
     // Another replica: its own store, writer and feed on the same database.
-    let elsewhere = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
+    let elsewhere = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .unwrap();
     let (other_writer, other_task) = Writer::spawn(elsewhere, WriterConfig::default(), Feed::new());
     let mut appended = 0;
     let mut append_elsewhere = async |n: usize| {

@@ -28,7 +28,11 @@ async fn positions_are_gap_free_in_commit_order_under_concurrent_replicas(backen
     let Some((db, store_a)) = fresh(backend, "gap_free").await else {
         return;
     };
-    let store_b = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
+    let store_b = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .unwrap();
     let (writer_a, task_a) = Writer::spawn(store_a.clone(), WriterConfig::default(), Feed::new());
     let (writer_b, task_b) = Writer::spawn(store_b.clone(), WriterConfig::default(), Feed::new());
 
@@ -159,7 +163,11 @@ async fn concurrent_first_sightings_make_one_member(backend: Backend) {
     let Some((db, store_a)) = fresh(backend, "identity_race").await else {
         return;
     };
-    let store_b = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
+    let store_b = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .unwrap();
     let (writer_a, _) = Writer::spawn(store_a.clone(), WriterConfig::default(), Feed::new());
     let (writer_b, _) = Writer::spawn(store_b, WriterConfig::default(), Feed::new());
 
@@ -382,7 +390,11 @@ async fn streams_continue_across_writers_and_restarts(backend: Backend) {
         .await
         .unwrap();
     // Another writer (a restart, or a replica) knows nothing yet.
-    let second = Store::connect(&StoreOptions::new(&db.url)).await.unwrap();
+    let second = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .unwrap();
     second
         .append_batch(vec![vec![interaction("acme", "i2", "ana")]], T0)
         .await

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
+/// The master key tests give the store and the server (base64 of 32
+/// bytes): replicas of one test must share it, as in production.
+pub const TEST_MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 /// Where the PostgreSQL tests create their databases.
 pub fn postgres_admin_url() -> String {
     std::env::var("RAPPORT_TEST_POSTGRES_URL")

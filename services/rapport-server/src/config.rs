@@ -42,6 +42,24 @@ pub struct Config {
     #[arg(long, env = "RAPPORT_DATA_DIR", default_value = "./rapport-data")]
     pub data_dir: PathBuf,
 
+    /// File holding the master key that wraps every member's data key (base64
+    /// of 32 bytes: `openssl rand -base64 32`), usually a Kubernetes secret
+    /// mount. Unset on SQLite: `master.key` in the data directory, created
+    /// on first start. PostgreSQL needs it (or RAPPORT_MASTER_KEY), the same
+    /// on every replica. Losing it loses every member's personal data.
+    #[arg(long, env = "RAPPORT_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// The master key itself, base64 (prefer the file: an argument shows in
+    /// the process list).
+    #[arg(
+        long,
+        env = "RAPPORT_MASTER_KEY",
+        hide_env_values = true,
+        conflicts_with = "master_key_file"
+    )]
+    pub master_key: Option<String>,
+
     /// Database connections (PostgreSQL pool; SQLite readers).
     #[arg(long, env = "RAPPORT_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -119,6 +119,7 @@ pub async fn run(
         }
         None => None,
     };
+    let master_key = master_key(&config, &url)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         _ => None,
@@ -157,6 +158,7 @@ pub async fn run(
     let (projectors_stop, projectors_stopping) = tokio::sync::watch::channel(false);
     let startup = tokio::spawn(open_store(
         config.clone(),
+        master_key,
         state.clone(),
         health.clone(),
         projectors_stopping,
@@ -287,6 +289,34 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// The master key: configured, or the embedded default's own on SQLite.
+/// Checked before anything starts: without it nothing could be written.
+fn master_key(config: &Config, url: &str) -> Result<rapport_store::MasterKey, ServerError> {
+    use rapport_store::{MasterKey, Store};
+    let key = match (&config.master_key, &config.master_key_file) {
+        (Some(text), _) => MasterKey::from_base64(text),
+        (None, Some(path)) => MasterKey::load_or_create(path, false),
+        (None, None) => match Store::embedded_master_key_path(url) {
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        ServerError::Config(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                MasterKey::load_or_create(&path, true)
+            }
+            None => {
+                return Err(ServerError::Config(
+                    "PostgreSQL needs a master key, the same on every replica: \
+                     set --master-key-file or RAPPORT_MASTER_KEY (openssl rand -base64 32)"
+                        .into(),
+                ));
+            }
+        },
+    };
+    key.map_err(|e| ServerError::Config(e.to_string()))
+}
+
 fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
@@ -312,6 +342,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 /// the writer and projector tasks, to await at shutdown, and the watch.
 async fn open_store(
     config: Config,
+    master_key: rapport_store::MasterKey,
     state: AppState,
     health: HealthReporter,
     projectors_stopping: tokio::sync::watch::Receiver<bool>,
@@ -321,7 +352,8 @@ async fn open_store(
     Vec<tokio::task::JoinHandle<()>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let mut options = StoreOptions::new(config.effective_database_url());
+    let mut options =
+        StoreOptions::new(config.effective_database_url()).with_master_key(master_key);
     options.max_connections = config.db_max_connections;
     let mut delay = Duration::from_millis(200);
     let store = loop {
