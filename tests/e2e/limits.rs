@@ -168,3 +168,26 @@ async fn health_follows_the_database_and_recovers_by_itself() {
         .await
         .expect("writes work again");
 }
+
+/// Reads are limited to 64 KiB per request (writes to 8 MiB, see ingest.rs):
+/// a larger one is refused before anything reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_read_request_is_out_of_range() {
+    let db = fresh_database(Backend::Sqlite, "oversized_read")
+        .await
+        .unwrap();
+    let app = start(db, &[]).await;
+    app.wait_serving().await;
+    let status = app
+        .timelines()
+        .await
+        .get_timeline(pb::GetTimelineRequest {
+            community_id: "acme".into(),
+            member_id: "m".into(),
+            page_token: "t".repeat(100 * 1024),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+}
