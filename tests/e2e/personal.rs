@@ -9,9 +9,10 @@ use crate::on_both_backends;
 
 on_both_backends!(no_personal_string_is_stored_in_plaintext);
 
-/// Personal strings that appear nowhere else (handles are left out: the
-/// identity lookup still keeps normalized handles until it is keyed).
-const SECRETS: [&str; 3] = [
+/// Personal strings that appear nowhere else: a handle (lowercase, as the
+/// identity lookup normalizes it), an excerpt, a display name, a url.
+const SECRETS: [&str; 4] = [
+    "zq-secret-handle-9",
     "zq-secret-excerpt-7",
     "zq-secret-display-name",
     "zq-secret.example",
@@ -43,10 +44,10 @@ async fn no_personal_string_is_stored_in_plaintext(backend: Backend) {
     let Some(app) = spawn_app(backend, "personal_at_rest").await else {
         return;
     };
-    let mut secret = interaction(NOT_PERSONAL, "zoe");
-    secret.excerpt = SECRETS[0].into();
-    secret.actor_display_name = SECRETS[1].into();
-    secret.url = format!("https://{}/p/1", SECRETS[2]);
+    let mut secret = interaction(NOT_PERSONAL, SECRETS[0]);
+    secret.excerpt = SECRETS[1].into();
+    secret.actor_display_name = SECRETS[2].into();
+    secret.url = format!("https://{}/p/1", SECRETS[3]);
     let recorded = app
         .interactions()
         .await
@@ -68,7 +69,7 @@ async fn no_personal_string_is_stored_in_plaintext(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert!(timeline.entries.iter().any(|e| e.excerpt == SECRETS[0]));
+    assert!(timeline.entries.iter().any(|e| e.excerpt == SECRETS[1]));
 
     match backend {
         Backend::Sqlite => {

@@ -1185,6 +1185,10 @@ impl Projections {
         };
         let mut after: Option<(f64, String)> = None;
         let mut read = 0usize;
+        // Pages are separate reads: upkeep may lower a member's bound
+        // between two (`tighten_bounds`), and the member comes again after
+        // the cursor. Its state is the same; count it once.
+        let mut seen = std::collections::HashSet::new();
         loop {
             let page = self
                 .states_by_bound(g, query, min_bound, after.as_ref(), RANK_PAGE)
@@ -1192,6 +1196,9 @@ impl Projections {
             read += page.len();
             let exhausted = (page.len() as i64) < RANK_PAGE;
             for stored in page.iter() {
+                if !seen.insert(stored.member_id.clone()) {
+                    continue;
+                }
                 // The score needs no tier: evaluate without replaying checks.
                 let score = stored.state.evaluate(policy, query.as_of).value;
                 // Behind the worst of a full list: cannot make the page.

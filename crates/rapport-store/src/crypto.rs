@@ -9,6 +9,11 @@
 //! wrapped key makes its personal data unreadable everywhere at once; reads
 //! join `member_keys`, so every replica sees it in the same transaction.
 //!
+//! Identity lookups do not keep handles either: `identities` holds a keyed
+//! hash (HMAC-SHA-256, a key derived from the master key) of the community
+//! and the normalized handle, so the same handle still finds its member and
+//! the table reveals no handle.
+//!
 //! A sealed part starts with [`SEALED`], a byte no stored personal part
 //! starts with (its first byte is a protobuf tag of a small field number),
 //! so parts written before encryption existed still read as they are.
@@ -32,7 +37,15 @@ const CACHE_LIMIT: usize = 100_000;
 
 /// The key that wraps every member's data key. 32 bytes.
 #[derive(Clone)]
-pub struct MasterKey(Arc<Aes256Gcm>);
+pub struct MasterKey {
+    cipher: Arc<Aes256Gcm>,
+    /// The key of identity lookups, derived from the master key.
+    lookup: Arc<[u8; 32]>,
+}
+
+/// How a keyed identity lookup starts in `identities.handle_key` (a
+/// normalized handle from before lookups were keyed does not).
+pub const LOOKUP_PREFIX: &str = "h1:";
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,7 +57,11 @@ impl MasterKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<MasterKey, StoreError> {
         let key = Key::<Aes256Gcm>::try_from(bytes)
             .map_err(|_| StoreError::MasterKey(format!("must be 32 bytes, got {}", bytes.len())))?;
-        Ok(MasterKey(Arc::new(Aes256Gcm::new(&key))))
+        let lookup: [u8; 32] = hmac_sha256(bytes, &[b"rapport identity lookup v1"]);
+        Ok(MasterKey {
+            cipher: Arc::new(Aes256Gcm::new(&key)),
+            lookup: Arc::new(lookup),
+        })
     }
 
     /// A key written as base64 (as `openssl rand -base64 32` prints it),
@@ -78,15 +95,25 @@ impl MasterKey {
         }
     }
 
+    /// What `identities.handle_key` holds for a normalized handle in a
+    /// community: a keyed hash, equal for equal handles, revealing none.
+    pub fn identity_lookup(&self, community_id: &str, handle_key: &str) -> String {
+        let mac = hmac_sha256(
+            &self.lookup[..],
+            &[community_id.as_bytes(), &[0], handle_key.as_bytes()],
+        );
+        format!("{LOOKUP_PREFIX}{}", hex::encode(mac))
+    }
+
     /// A new member's data key, and its wrapped form for `member_keys`.
     pub fn new_data_key(&self, member_id: &str) -> (DataKey, Vec<u8>) {
         let key = Key::<Aes256Gcm>::generate();
-        let wrapped = seal(&self.0, key.as_slice(), member_id.as_bytes());
+        let wrapped = seal(&self.cipher, key.as_slice(), member_id.as_bytes());
         (DataKey(Arc::new(Aes256Gcm::new(&key))), wrapped)
     }
 
     fn unwrap_key(&self, wrapped: &[u8], member_id: &str) -> Result<DataKey, StoreError> {
-        let bytes = open(&self.0, wrapped, member_id.as_bytes()).ok_or_else(|| {
+        let bytes = open(&self.cipher, wrapped, member_id.as_bytes()).ok_or_else(|| {
             StoreError::MasterKey(format!(
                 "the data key of member {member_id:?} does not open with this master key \
                  (was the master key changed?)"
@@ -105,6 +132,16 @@ impl StoreError {
             other => other.to_string(),
         }
     }
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{KeyInit as _, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -195,6 +232,12 @@ impl Keyring {
 
     pub fn master(&self) -> &MasterKey {
         &self.master
+    }
+
+    /// The `identities` key of an identity (see [`MasterKey::identity_lookup`]).
+    pub fn lookup(&self, key: &rapport_domain::IdentityKey) -> String {
+        self.master
+            .identity_lookup(&key.community_id, &key.handle_key)
     }
 
     /// The data key of `member_id` from its wrapped form.
@@ -299,6 +342,22 @@ mod tests {
                 .unwrap(),
             Some(legacy)
         );
+    }
+
+    #[test]
+    fn identity_lookups_match_equal_handles_and_reveal_none() {
+        let key = master();
+        let a = key.identity_lookup("acme", "ana#1234");
+        assert_eq!(a, key.identity_lookup("acme", "ana#1234"));
+        assert_ne!(
+            a,
+            key.identity_lookup("globex", "ana#1234"),
+            "per community"
+        );
+        assert_ne!(a, key.identity_lookup("acme", "ana#1235"));
+        assert!(a.starts_with(LOOKUP_PREFIX) && !a.contains("ana"));
+        let other = MasterKey::from_bytes(&[8u8; 32]).unwrap();
+        assert_ne!(a, other.identity_lookup("acme", "ana#1234"), "keyed");
     }
 
     #[test]

@@ -370,6 +370,14 @@ impl Store {
         Some(sqlite::master_key_path(path))
     }
 
+    /// The master key and the data keys in use.
+    pub fn keyring(&self) -> &Keyring {
+        match self {
+            Store::Sqlite(s) => s.keyring(),
+            Store::Postgres(s) => s.keyring(),
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`, for logs.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -379,11 +387,18 @@ impl Store {
     }
 
     /// Applies pending migrations. Safe to run from several replicas at once.
+    ///
+    /// Then turns identity lookups written before they were keyed (plain
+    /// normalized handles) into keyed hashes, once, under the log's lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.migrate().await,
-            Store::Postgres(s) => s.migrate().await,
+        let rehashed = match self {
+            Store::Sqlite(s) => s.migrate().await?,
+            Store::Postgres(s) => s.migrate().await?,
+        };
+        if rehashed > 0 {
+            tracing::info!(identities = rehashed, "identity lookups keyed");
         }
+        Ok(())
     }
 
     /// One round trip to the database.
@@ -546,12 +561,13 @@ impl Store {
         const SQL: &str = "SELECT member_id FROM identities \
              WHERE community_id = $1 AND channel = $2 AND handle_key = $3";
         let key = identity.key(community_id);
+        let lookup = self.keyring().lookup(&key);
         Ok(match self {
             Store::Sqlite(s) => {
                 sqlx::query_scalar(SQL)
                     .bind(&key.community_id)
                     .bind(&key.channel)
-                    .bind(&key.handle_key)
+                    .bind(&lookup)
                     .fetch_optional(s.pool())
                     .await?
             }
@@ -559,7 +575,7 @@ impl Store {
                 sqlx::query_scalar(SQL)
                     .bind(&key.community_id)
                     .bind(&key.channel)
-                    .bind(&key.handle_key)
+                    .bind(&lookup)
                     .fetch_optional(s.pool())
                     .await?
             }

@@ -63,13 +63,41 @@ impl PgStore {
         })
     }
 
-    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+    /// Returns how many identity lookups it keyed (see [`Store::migrate`]).
+    pub(crate) async fn migrate(&self) -> Result<usize, StoreError> {
         // sqlx takes its own advisory lock, so replicas starting together
         // apply each migration once.
         sqlx::migrate!("./migrations/postgres")
             .run(&self.pool)
             .await?;
-        Ok(())
+        let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT community_id, channel, handle_key FROM identities \
+             WHERE handle_key NOT LIKE 'h1:%'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if !rows.is_empty() {
+            let master = self.keyring.master();
+            sqlx::query(
+                "UPDATE identities i SET handle_key = u.keyed \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u (c, ch, old, keyed) \
+                 WHERE i.community_id = u.c AND i.channel = u.ch AND i.handle_key = u.old",
+            )
+            .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| master.identity_lookup(&r.0, &r.2))
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
@@ -136,7 +164,7 @@ impl PgStore {
             )
             .bind(&key.community_id)
             .bind(&key.channel)
-            .bind(&key.handle_key)
+            .bind(self.keyring.lookup(key))
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(refused) = crate::identity_precondition(command, owner.as_deref()) {
@@ -188,7 +216,7 @@ impl PgStore {
             sqlx::query(sql)
                 .bind(&key.community_id)
                 .bind(&key.channel)
-                .bind(&key.handle_key)
+                .bind(self.keyring.lookup(key))
                 .bind(event.body.member_id())
                 .execute(&mut *tx)
                 .await?;
@@ -275,6 +303,10 @@ impl PgStore {
         }
     }
 
+    pub(crate) fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
     pub(crate) fn pool(&self) -> &sqlx::Pool<Postgres> {
         &self.pool
     }
@@ -348,7 +380,14 @@ async fn append_in_transaction(
     if !uncached.is_empty() {
         let communities: Vec<&str> = uncached.iter().map(|k| k.community_id.as_str()).collect();
         let channels: Vec<&str> = uncached.iter().map(|k| k.channel.as_str()).collect();
-        let handles: Vec<&str> = uncached.iter().map(|k| k.handle_key.as_str()).collect();
+        // Looked up by keyed hash; the answers map back to the keys asked.
+        let lookups: Vec<String> = uncached.iter().map(|k| keyring.lookup(k)).collect();
+        let asked: std::collections::HashMap<(&str, &str, &str), &rapport_domain::IdentityKey> =
+            uncached
+                .iter()
+                .zip(&lookups)
+                .map(|(k, l)| ((k.community_id.as_str(), k.channel.as_str(), l.as_str()), k))
+                .collect();
         let rows = sqlx::query(
             // The stream id is `rapport_domain::event::member_stream_id`.
             "SELECT x.community_id, x.channel, x.handle_key, x.member_id, \
@@ -360,16 +399,17 @@ async fn append_in_transaction(
         )
         .bind(&communities)
         .bind(&channels)
-        .bind(&handles)
+        .bind(&lookups)
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
+            let (community, channel, lookup): (String, String, String) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let key = asked
+                .get(&(community.as_str(), channel.as_str(), lookup.as_str()))
+                .ok_or_else(|| StoreError::Corrupt("an identity nobody asked for".into()))?;
             known.identities.insert(
-                rapport_domain::IdentityKey {
-                    community_id: row.try_get(0)?,
-                    channel: row.try_get(1)?,
-                    handle_key: row.try_get(2)?,
-                },
+                (*key).clone(),
                 KnownMember {
                     member_id: row.try_get(3)?,
                     stream_version: from_db(row.try_get(4)?)?,
@@ -425,7 +465,7 @@ async fn append_in_transaction(
     .bind(new_members.iter().map(|h| h.community_id.as_str()).collect::<Vec<_>>())
     .bind(links.iter().map(|(k, _)| k.community_id.as_str()).collect::<Vec<_>>())
     .bind(links.iter().map(|(k, _)| k.channel.as_str()).collect::<Vec<_>>())
-    .bind(links.iter().map(|(k, _)| k.handle_key.as_str()).collect::<Vec<_>>())
+    .bind(links.iter().map(|(k, _)| keyring.lookup(k)).collect::<Vec<_>>())
     .bind(links.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.community_id.as_str()).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.interaction_id.as_str()).collect::<Vec<_>>())

@@ -188,14 +188,21 @@ impl SqliteStore {
         })
     }
 
-    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+    /// Returns how many identity lookups it keyed (see [`Store::migrate`]).
+    pub(crate) async fn migrate(&self) -> Result<usize, StoreError> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.admin)
             .await?;
         sqlx::migrate!("./migrations/sqlite-projections")
             .run(&self.projections)
             .await?;
-        Ok(())
+        let writer = Arc::clone(&self.writer);
+        let keyring = self.keyring.clone();
+        tokio::task::spawn_blocking(move || {
+            key_identity_lookups(&mut writer.lock().expect("sqlite writer"), &keyring)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the sqlite writer panicked: {e}")))?
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
@@ -277,6 +284,10 @@ impl SqliteStore {
         rows.iter()
             .map(|row| sql::event_from_row(row, &self.keyring))
             .collect()
+    }
+
+    pub(crate) fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     pub(crate) fn pool(&self) -> &sqlx::Pool<Sqlite> {
@@ -489,7 +500,7 @@ fn append_blocking(
         for key in uncached {
             let member_id = lookup
                 .query_row(
-                    params![key.community_id, key.channel, key.handle_key],
+                    params![key.community_id, key.channel, keyring.lookup(&key)],
                     |r| r.get::<_, String>(0),
                 )
                 .optional()?;
@@ -512,6 +523,35 @@ fn append_blocking(
     tx.commit()?;
     keys.committed(keyring);
     Ok(CacheUpdate::from_plan(head, known, plan))
+}
+
+/// Identity lookups written before they were keyed, keyed now.
+fn key_identity_lookups(
+    conn: &mut rusqlite::Connection,
+    keyring: &Keyring,
+) -> Result<usize, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let rows: Vec<(String, String, String)> = {
+        let mut select = tx.prepare(
+            "SELECT community_id, channel, handle_key FROM identities \
+             WHERE handle_key NOT LIKE 'h1:%'",
+        )?;
+        select
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    {
+        let mut update = tx.prepare(
+            "UPDATE identities SET handle_key = ?4 \
+             WHERE community_id = ?1 AND channel = ?2 AND handle_key = ?3",
+        )?;
+        for (community, channel, handle) in &rows {
+            let keyed = keyring.master().identity_lookup(community, handle);
+            update.execute(params![community, channel, handle, keyed])?;
+        }
+    }
+    tx.commit()?;
+    Ok(rows.len())
 }
 
 /// A command's event in its own `BEGIN IMMEDIATE` transaction. The writer
@@ -541,7 +581,7 @@ fn command_blocking(
             .query_row(
                 "SELECT member_id FROM identities \
                  WHERE community_id = ?1 AND channel = ?2 AND handle_key = ?3",
-                params![key.community_id, key.channel, key.handle_key],
+                params![key.community_id, key.channel, keyring.lookup(key)],
                 |r| r.get(0),
             )
             .optional()?;
@@ -562,14 +602,19 @@ fn command_blocking(
             tx.execute(
                 "INSERT INTO identities (community_id, channel, handle_key, member_id) \
                  VALUES (?1, ?2, ?3, ?4)",
-                params![key.community_id, key.channel, key.handle_key, member_id],
+                params![
+                    key.community_id,
+                    key.channel,
+                    keyring.lookup(key),
+                    member_id
+                ],
             )?;
         }
         (Command::UnlinkIdentity { .. }, Some(key)) => {
             tx.execute(
                 "DELETE FROM identities \
                  WHERE community_id = ?1 AND channel = ?2 AND handle_key = ?3",
-                params![key.community_id, key.channel, key.handle_key],
+                params![key.community_id, key.channel, keyring.lookup(key)],
             )?;
         }
         _ => {}
@@ -657,7 +702,7 @@ fn write_plan(
         link.execute(params![
             key.community_id,
             key.channel,
-            key.handle_key,
+            keyring.lookup(key),
             member_id
         ])?;
     }

@@ -5,9 +5,109 @@ mod common;
 
 use common::{Backend, T0, fresh, interaction};
 use rapport_domain::EventBody;
-use rapport_store::{DbPool, EventQuery, Store};
+use rapport_store::{DbPool, EventQuery, Store, StoreOptions};
 
-on_both_backends!(personal_parts_are_sealed_per_member_and_unreadable_without_its_key);
+on_both_backends!(
+    personal_parts_are_sealed_per_member_and_unreadable_without_its_key,
+    identity_lookups_are_keyed_hashes_and_old_ones_are_keyed_at_migrate,
+);
+
+async fn execute(store: &Store, sql: &'static str, binds: &[&str]) {
+    match store.pool() {
+        DbPool::Sqlite(p) => {
+            let mut q = sqlx::query(sql);
+            for b in binds {
+                q = q.bind(*b);
+            }
+            q.execute(&p).await.unwrap();
+        }
+        DbPool::Postgres(p) => {
+            let mut q = sqlx::query(sql);
+            for b in binds {
+                q = q.bind(*b);
+            }
+            q.execute(&p).await.unwrap();
+        }
+    }
+}
+
+async fn lookups(store: &Store) -> Vec<String> {
+    let sql = "SELECT handle_key FROM identities ORDER BY handle_key";
+    match store.pool() {
+        DbPool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(&p).await.unwrap(),
+        DbPool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(&p).await.unwrap(),
+    }
+}
+
+async fn identity_lookups_are_keyed_hashes_and_old_ones_are_keyed_at_migrate(backend: Backend) {
+    let Some((db, store)) = fresh(backend, "crypto_lookups").await else {
+        return;
+    };
+    let outcomes = store
+        .append_batch(vec![vec![interaction("acme", "i-1", "Ana-Handle")]], T0)
+        .await
+        .unwrap();
+    let ana = outcomes[0].as_ref().unwrap()[0].member_id.clone();
+    let stored = lookups(&store).await;
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].starts_with("h1:") && !stored[0].contains("ana"),
+        "{stored:?}"
+    );
+    let forum = |handle: &str| rapport_domain::Identity {
+        channel: "forum".into(),
+        handle: handle.into(),
+    };
+    assert_eq!(
+        store
+            .find_member("acme", &forum("ana-handle"))
+            .await
+            .unwrap(),
+        Some(ana)
+    );
+
+    // A lookup from before they were keyed: the plain normalized handle.
+    let old = store
+        .append_batch(vec![vec![interaction("acme", "i-2", "Old-Handle")]], T0)
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .unwrap()[0]
+        .member_id
+        .clone();
+    execute(
+        &store,
+        "UPDATE identities SET handle_key = $1 WHERE member_id = $2",
+        &["old-handle", &old],
+    )
+    .await;
+    // Another process (no writer cache) keys it at start, then resolves it.
+    let restarted = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .unwrap();
+    restarted.migrate().await.unwrap();
+    let stored = lookups(&restarted).await;
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|k| k.starts_with("h1:")), "{stored:?}");
+    assert_eq!(
+        restarted
+            .find_member("acme", &forum("OLD-handle"))
+            .await
+            .unwrap(),
+        Some(old.clone())
+    );
+    let again = restarted
+        .append_batch(vec![vec![interaction("acme", "i-3", "old-handle")]], T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].as_ref().unwrap()[0].member_id,
+        old,
+        "not a new member"
+    );
+}
 
 async fn raw_personal_parts(store: &Store) -> Vec<(String, Vec<u8>)> {
     let sql = "SELECT member_id, personal FROM events WHERE personal IS NOT NULL";
