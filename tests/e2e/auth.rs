@@ -87,12 +87,13 @@ enum Rpc {
     LinkIdentity,
     UnlinkIdentity,
     MemberSetMemberRole,
+    EraseMember,
 }
 
 /// Every RPC of the API (auth.rs's unit test checks that the server knows a
 /// scope for every method of the descriptor set; this list is checked
 /// against it by count).
-const EVERY_RPC: [Rpc; 20] = [
+const EVERY_RPC: [Rpc; 21] = [
     Rpc::RecordInteraction,
     Rpc::RecordInteractions,
     Rpc::ReadEvents,
@@ -113,6 +114,7 @@ const EVERY_RPC: [Rpc; 20] = [
     Rpc::LinkIdentity,
     Rpc::UnlinkIdentity,
     Rpc::MemberSetMemberRole,
+    Rpc::EraseMember,
 ];
 
 impl Rpc {
@@ -122,7 +124,7 @@ impl Rpc {
         match self {
             RecordInteraction | RecordInteractions => "ingest",
             SetScoringPolicy | SetMemberRole | ListProjections | RebuildProjection
-            | LinkIdentity | UnlinkIdentity | MemberSetMemberRole => "admin",
+            | LinkIdentity | UnlinkIdentity | MemberSetMemberRole | EraseMember => "admin",
             _ => "read",
         }
     }
@@ -377,6 +379,19 @@ impl Rpc {
                         community_id: community.to_owned(),
                         member_id: "m-nobody".into(),
                         email: "ana@example.org".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::EraseMember => members()
+                .await
+                .erase_member(authed(
+                    pb::EraseMemberRequest {
+                        community_id: community.to_owned(),
+                        member_id: "m-nobody".into(),
+                        reason: "ticket 1".into(),
                         ..Default::default()
                     },
                     token,

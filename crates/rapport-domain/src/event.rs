@@ -35,6 +35,10 @@ pub enum EventBody {
         member_id: String,
         identity: Identity,
     },
+    /// The member's personal data was erased (right to erasure): its data
+    /// key destroyed, its identities detached. Its events stay, without
+    /// their personal parts. `reason` is the operator's, not personal.
+    MemberErased { member_id: String, reason: String },
     /// An interaction was recorded for the member its actor resolved to.
     InteractionRecorded {
         member_id: String,
@@ -88,6 +92,7 @@ pub enum EventType {
     MemberRoleSet = 4,
     ScoringPolicySet = 5,
     IdentityUnlinked = 6,
+    MemberErased = 7,
 }
 
 impl EventType {
@@ -99,6 +104,7 @@ impl EventType {
             4 => Some(Self::MemberRoleSet),
             5 => Some(Self::ScoringPolicySet),
             6 => Some(Self::IdentityUnlinked),
+            7 => Some(Self::MemberErased),
             _ => None,
         }
     }
@@ -110,6 +116,7 @@ impl EventBody {
             EventBody::MemberRegistered { .. } => EventType::MemberRegistered,
             EventBody::IdentityLinked { .. } => EventType::IdentityLinked,
             EventBody::IdentityUnlinked { .. } => EventType::IdentityUnlinked,
+            EventBody::MemberErased { .. } => EventType::MemberErased,
             EventBody::InteractionRecorded { .. } => EventType::InteractionRecorded,
             EventBody::MemberRoleSet { .. } => EventType::MemberRoleSet,
             EventBody::ScoringPolicySet { .. } => EventType::ScoringPolicySet,
@@ -124,6 +131,7 @@ impl EventBody {
             EventBody::MemberRegistered { member_id }
             | EventBody::IdentityLinked { member_id, .. }
             | EventBody::IdentityUnlinked { member_id, .. }
+            | EventBody::MemberErased { member_id, .. }
             | EventBody::InteractionRecorded { member_id, .. }
             | EventBody::MemberRoleSet { member_id, .. } => member_id,
             EventBody::ScoringPolicySet { .. } => "",
@@ -202,6 +210,12 @@ pub enum Command {
         member_id: String,
         identity: Identity,
     },
+    /// Erase a member's personal data (see [`EventBody::MemberErased`]).
+    EraseMember {
+        community_id: String,
+        member_id: String,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -210,7 +224,8 @@ impl Command {
             Command::SetMemberRole { community_id, .. }
             | Command::SetScoringPolicy { community_id, .. }
             | Command::LinkIdentity { community_id, .. }
-            | Command::UnlinkIdentity { community_id, .. } => community_id,
+            | Command::UnlinkIdentity { community_id, .. }
+            | Command::EraseMember { community_id, .. } => community_id,
         }
     }
 
@@ -229,7 +244,8 @@ impl Command {
         match self {
             Command::SetMemberRole { member_id, .. }
             | Command::LinkIdentity { member_id, .. }
-            | Command::UnlinkIdentity { member_id, .. } => Some(member_id),
+            | Command::UnlinkIdentity { member_id, .. }
+            | Command::EraseMember { member_id, .. } => Some(member_id),
             Command::SetScoringPolicy { .. } => None,
         }
     }
@@ -239,7 +255,8 @@ impl Command {
         match self {
             Command::SetMemberRole { member_id, .. }
             | Command::LinkIdentity { member_id, .. }
-            | Command::UnlinkIdentity { member_id, .. } => member_stream_id(member_id),
+            | Command::UnlinkIdentity { member_id, .. }
+            | Command::EraseMember { member_id, .. } => member_stream_id(member_id),
             Command::SetScoringPolicy { community_id, .. } => community_stream_id(community_id),
         }
     }
@@ -272,6 +289,12 @@ impl Command {
             } => EventBody::IdentityUnlinked {
                 member_id: member_id.clone(),
                 identity: identity.clone(),
+            },
+            Command::EraseMember {
+                member_id, reason, ..
+            } => EventBody::MemberErased {
+                member_id: member_id.clone(),
+                reason: reason.clone(),
             },
         };
         Event {

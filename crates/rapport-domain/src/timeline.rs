@@ -134,14 +134,16 @@ pub fn timeline_rows(event: &Event) -> Vec<TimelineRow> {
             }
             rows
         }
-        EventBody::MemberRoleSet { member_id, .. } => vec![row(
-            member_id,
-            Role::Subject,
-            event.recorded_at,
-            None,
-            None,
-            None,
-        )],
+        EventBody::MemberRoleSet { member_id, .. } | EventBody::MemberErased { member_id, .. } => {
+            vec![row(
+                member_id,
+                Role::Subject,
+                event.recorded_at,
+                None,
+                None,
+                None,
+            )]
+        }
         // Community-wide: in no member's timeline.
         EventBody::ScoringPolicySet { .. } => Vec::new(),
     }

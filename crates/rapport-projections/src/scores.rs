@@ -386,9 +386,12 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
                     ((**policy).clone(), event.position),
                 );
             }
+            // An erased member's activity stays in the aggregates: only its
+            // personal data goes, and scores hold none.
             EventBody::MemberRegistered { .. }
             | EventBody::IdentityLinked { .. }
-            | EventBody::IdentityUnlinked { .. } => {}
+            | EventBody::IdentityUnlinked { .. }
+            | EventBody::MemberErased { .. } => {}
         }
     }
     insert_activities(tx, g, &activities).await?;

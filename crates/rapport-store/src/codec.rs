@@ -62,6 +62,12 @@ struct StoredRoleSet {
     role: i32,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct StoredErased {
+    #[prost(string, tag = "1")]
+    reason: String,
+}
+
 /// A scoring policy, every field explicit: a stored policy never depends on
 /// the defaults of the code reading it.
 #[derive(Clone, PartialEq, Message)]
@@ -245,6 +251,13 @@ pub(crate) fn encode(body: &EventBody) -> (Vec<u8>, Option<Vec<u8>>) {
         EventBody::MemberRoleSet { role, .. } => {
             (StoredRoleSet { role: *role as i32 }.encode_to_vec(), None)
         }
+        EventBody::MemberErased { reason, .. } => (
+            StoredErased {
+                reason: reason.clone(),
+            }
+            .encode_to_vec(),
+            None,
+        ),
         EventBody::ScoringPolicySet { policy } => {
             (StoredPolicy::from_policy(policy).encode_to_vec(), None)
         }
@@ -329,6 +342,13 @@ pub(crate) fn decode(
                 role: MemberRole::from_i32(p.role).ok_or_else(|| corrupt("role"))?,
             })
         }
+        Some(EventType::MemberErased) => {
+            let p = StoredErased::decode(payload).map_err(|_| corrupt("payload"))?;
+            Ok(EventBody::MemberErased {
+                member_id,
+                reason: p.reason,
+            })
+        }
         Some(EventType::ScoringPolicySet) => {
             let p = StoredPolicy::decode(payload).map_err(|_| corrupt("payload"))?;
             Ok(EventBody::ScoringPolicySet {
@@ -362,6 +382,10 @@ mod tests {
     fn every_event_round_trips() {
         round_trip(EventBody::MemberRegistered {
             member_id: "m1".into(),
+        });
+        round_trip(EventBody::MemberErased {
+            member_id: "m1".into(),
+            reason: "GDPR request 42".into(),
         });
         round_trip(EventBody::IdentityLinked {
             member_id: "m1".into(),

@@ -276,6 +276,11 @@ impl Keyring {
         }
     }
 
+    /// Drops a member's key from the write cache (it was erased).
+    pub(crate) fn forget(&self, member_id: &str) {
+        self.by_member.lock().expect("keyring").remove(member_id);
+    }
+
     /// A personal part as read: opened with the member's wrapped key;
     /// `None` when the member's key is gone (erased); as it is when it was
     /// written before encryption.

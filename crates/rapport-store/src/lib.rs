@@ -129,6 +129,28 @@ pub enum CommandOutcome {
     AlreadyLinked,
     /// `UnlinkIdentity`: the member does not own the identity: nothing written.
     NotLinked,
+    /// The member's personal data was erased: no command applies to it
+    /// any more (nothing written).
+    MemberErased,
+    /// `EraseMember` of a member erased before: nothing written.
+    AlreadyErased,
+}
+
+/// Whether a command may go ahead for the member it names, given whether
+/// that member exists in the command's community and was erased (read under
+/// the log's lock); `Some` is the refusal to answer.
+pub(crate) fn member_precondition(
+    command: &Command,
+    erased: Option<bool>,
+) -> Option<CommandOutcome> {
+    match erased {
+        None => Some(CommandOutcome::UnknownMember),
+        Some(true) if matches!(command, Command::EraseMember { .. }) => {
+            Some(CommandOutcome::AlreadyErased)
+        }
+        Some(true) => Some(CommandOutcome::MemberErased),
+        Some(false) => None,
+    }
 }
 
 /// Whether a link or unlink may go ahead, given who owns its identity now
@@ -313,6 +335,8 @@ pub const DISPLAY_NAME_LOOKBACK: i64 = 50;
 pub struct MemberProfile {
     pub identities: Vec<rapport_domain::Identity>,
     pub display_name: String,
+    /// Erased: no identities, no display name.
+    pub erased: bool,
 }
 
 /// How busy a connection pool is, for metrics.
@@ -474,7 +498,11 @@ impl Store {
     #[tracing::instrument(name = "db.member_profile", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn member_profile(&self, member_id: &str) -> Result<MemberProfile, StoreError> {
         let stream = rapport_domain::member_stream_id(member_id);
-        let identity_types = [EventType::IdentityLinked, EventType::IdentityUnlinked];
+        let identity_types = [
+            EventType::IdentityLinked,
+            EventType::IdentityUnlinked,
+            EventType::MemberErased,
+        ];
         let interaction_types = [EventType::InteractionRecorded];
         let (identity_events, interactions) = match self {
             Store::Sqlite(s) => (
@@ -501,9 +529,19 @@ impl Store {
                 _ => None,
             })
             .unwrap_or_default();
+        let erased = identity_events
+            .iter()
+            .any(|e| matches!(e.body, rapport_domain::EventBody::MemberErased { .. }));
+        if erased {
+            return Ok(MemberProfile {
+                erased,
+                ..MemberProfile::default()
+            });
+        }
         Ok(MemberProfile {
             identities: rapport_domain::current_identities(identity_events.iter().map(|e| &e.body)),
             display_name,
+            erased,
         })
     }
 

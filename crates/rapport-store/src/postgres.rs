@@ -145,15 +145,15 @@ impl PgStore {
         let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
         let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         if let Some(member_id) = command.member_id() {
-            let found: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM members WHERE member_id = $1 AND community_id = $2",
+            let erased: Option<bool> = sqlx::query_scalar(
+                "SELECT erased FROM members WHERE member_id = $1 AND community_id = $2",
             )
             .bind(member_id)
             .bind(command.community_id())
             .fetch_optional(&mut *tx)
             .await?;
-            if found.is_none() {
-                return Ok(CommandOutcome::UnknownMember);
+            if let Some(refused) = crate::member_precondition(command, erased) {
+                return Ok(refused);
             }
         }
         let identity_key = command.identity().map(|i| i.key(command.community_id()));
@@ -222,8 +222,22 @@ impl PgStore {
                 .await?;
         }
         insert_keys(&mut tx, &keys.new).await?;
+        if let Command::EraseMember { member_id, .. } = command {
+            // The key first: with it goes every personal part of the member.
+            sqlx::query(
+                "WITH k AS (DELETE FROM member_keys WHERE owner = $1), \
+                 i AS (DELETE FROM identities WHERE member_id = $1) \
+                 UPDATE members SET erased = true WHERE member_id = $1",
+            )
+            .bind(member_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         keys.committed(&self.keyring);
+        if let Command::EraseMember { member_id, .. } = command {
+            self.keyring.forget(member_id);
+        }
         Ok(CommandOutcome::Appended(event))
     }
 

@@ -384,6 +384,10 @@ fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // What this connection deletes is overwritten with zeros, not left in
+    // the file: an erased member's wrapped key must not be recoverable.
+    // It deletes only on unlinks and erasures.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     for (name, value) in PRAGMAS {
         conn.pragma_update(None, name, value)?;
     }
@@ -564,15 +568,15 @@ fn command_blocking(
 ) -> Result<CommandOutcome, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(member_id) = command.member_id() {
-        let found = tx
+        let erased: Option<bool> = tx
             .query_row(
-                "SELECT 1 FROM members WHERE member_id = ?1 AND community_id = ?2",
+                "SELECT erased FROM members WHERE member_id = ?1 AND community_id = ?2",
                 params![member_id, command.community_id()],
-                |_| Ok(()),
+                |r| r.get(0),
             )
             .optional()?;
-        if found.is_none() {
-            return Ok(CommandOutcome::UnknownMember);
+        if let Some(refused) = crate::member_precondition(command, erased) {
+            return Ok(refused);
         }
     }
     let identity_key = command.identity().map(|i| i.key(command.community_id()));
@@ -617,10 +621,30 @@ fn command_blocking(
                 params![key.community_id, key.channel, keyring.lookup(key)],
             )?;
         }
+        (Command::EraseMember { member_id, .. }, _) => {
+            // The key first: with it goes every personal part of the member.
+            tx.execute("DELETE FROM member_keys WHERE owner = ?1", [member_id])?;
+            tx.execute("DELETE FROM identities WHERE member_id = ?1", [member_id])?;
+            tx.execute(
+                "UPDATE members SET erased = 1 WHERE member_id = ?1",
+                [member_id],
+            )?;
+        }
         _ => {}
     }
     tx.commit()?;
     keys.committed(keyring);
+    if let Command::EraseMember { member_id, .. } = command {
+        keyring.forget(member_id);
+        // Older page images in the WAL still hold the key: empty the WAL
+        // now if no reader holds it (else the checkpointer will, later).
+        let done: (i64, i64, i64) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        if done.0 != 0 {
+            tracing::warn!(member = %member_id, "readers kept the WAL from being emptied after an erasure");
+        }
+    }
     Ok(CommandOutcome::Appended(event))
 }
 

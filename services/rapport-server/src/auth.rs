@@ -58,7 +58,10 @@ pub fn access(path: &str) -> Access {
         )
         | ("rapport.v1.MemberService", "GetMember" | "FindMember") => Access::Scope(Scope::Read),
         ("rapport.v1.AdvocacyService", "SetScoringPolicy" | "SetMemberRole")
-        | ("rapport.v1.MemberService", "LinkIdentity" | "UnlinkIdentity" | "SetMemberRole")
+        | (
+            "rapport.v1.MemberService",
+            "LinkIdentity" | "UnlinkIdentity" | "SetMemberRole" | "EraseMember",
+        )
         | ("rapport.v1.AdminService", "ListProjections" | "RebuildProjection") => {
             Access::Scope(Scope::Admin)
         }

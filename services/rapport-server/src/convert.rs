@@ -97,6 +97,9 @@ pub fn event_out(e: domain::Event) -> pb::Event {
             member_id,
             identity: Some(identity_out(identity)),
         }),
+        domain::EventBody::MemberErased { member_id, reason } => {
+            Payload::MemberErased(pb::MemberErased { member_id, reason })
+        }
         domain::EventBody::InteractionRecorded {
             member_id,
             interaction,
@@ -148,7 +151,7 @@ pub fn timeline_entry_out(
         ..pb::TimelineEntry::default()
     };
     match event.body {
-        domain::EventBody::MemberRegistered { .. } => {}
+        domain::EventBody::MemberRegistered { .. } | domain::EventBody::MemberErased { .. } => {}
         domain::EventBody::IdentityLinked { identity, .. }
         | domain::EventBody::IdentityUnlinked { identity, .. } => {
             out.channel = identity.channel.clone();

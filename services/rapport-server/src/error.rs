@@ -44,6 +44,9 @@ pub enum ApiError {
         /// The `ErrorInfo` reason, e.g. `MEMBER_NOT_FOUND`.
         reason: &'static str,
     },
+    /// The member's personal data was erased: it takes no more changes.
+    #[error("member {member_id:?} was erased")]
+    MemberErased { member_id: String },
     #[error("too many subscriptions are open (at most {limit}); retry later")]
     TooManySubscriptions { limit: usize },
     /// A subscription ends because the server stops; the client resumes
@@ -127,6 +130,9 @@ impl From<ApiError> for Status {
                 error.to_string(),
             ),
             ApiError::NotFound { reason, .. } => (Code::NotFound, *reason, error.to_string()),
+            ApiError::MemberErased { .. } => {
+                (Code::FailedPrecondition, "MEMBER_ERASED", error.to_string())
+            }
             ApiError::TooManySubscriptions { .. } => (
                 Code::ResourceExhausted,
                 "TOO_MANY_SUBSCRIPTIONS",

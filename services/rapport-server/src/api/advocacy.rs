@@ -543,6 +543,7 @@ pub(super) async fn set_member_role(
             member_id,
             position: event.position,
         })),
+        CommandOutcome::MemberErased => Err(ApiError::MemberErased { member_id }.into()),
         _ => Err(ApiError::NotFound {
             what: format!("member_id {member_id:?} in community {:?}", r.community_id),
             reason: "MEMBER_NOT_FOUND",

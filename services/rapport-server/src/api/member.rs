@@ -22,6 +22,9 @@ use crate::auth::Guard;
 use crate::convert::{identity_out, timestamp};
 use crate::error::{ApiError, ERROR_DOMAIN};
 
+/// Longest erasure reason: a ticket or request id, not a story.
+const MAX_REASON_CHARS: usize = 512;
+
 pub struct Members {
     pub state: AppState,
 }
@@ -114,7 +117,13 @@ impl MemberService for Members {
             CommandOutcome::IdentityOwned { member_id: owner } => {
                 Err(identity_owned(&done.identity, &owner))
             }
-            CommandOutcome::UnknownMember | CommandOutcome::NotLinked => {
+            CommandOutcome::MemberErased => Err(ApiError::MemberErased {
+                member_id: done.member_id,
+            }
+            .into()),
+            CommandOutcome::UnknownMember
+            | CommandOutcome::NotLinked
+            | CommandOutcome::AlreadyErased => {
                 Err(member_not_found(&done.member_id, &done.community_id).into())
             }
         }
@@ -150,7 +159,63 @@ impl MemberService for Members {
                 reason: "IDENTITY_NOT_LINKED",
             }
             .into()),
+            CommandOutcome::MemberErased => Err(ApiError::MemberErased {
+                member_id: done.member_id,
+            }
+            .into()),
             _ => Err(member_not_found(&done.member_id, &done.community_id).into()),
+        }
+    }
+
+    async fn erase_member(
+        &self,
+        request: Request<pb::EraseMemberRequest>,
+    ) -> Result<Response<pb::EraseMemberResponse>, Status> {
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        let member = v.member("member_id", r.member_id, "member", r.member);
+        let reason = r.reason.trim();
+        if reason.is_empty() {
+            v.add(
+                "reason",
+                "is required (a ticket or request id, kept in the log)",
+            );
+        } else if reason.chars().count() > MAX_REASON_CHARS {
+            v.add(
+                "reason",
+                format!("must be at most {MAX_REASON_CHARS} characters"),
+            );
+        }
+        v.check()?;
+        let ready = self.state.ready()?;
+        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
+        let outcome = ready
+            .writer
+            .command(Command::EraseMember {
+                community_id: r.community_id.clone(),
+                member_id: member_id.clone(),
+                reason: reason.to_owned(),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        match outcome {
+            CommandOutcome::Appended(event) => {
+                tracing::info!(community = %r.community_id, member = %member_id, position = event.position, "member erased");
+                Ok(Response::new(pb::EraseMemberResponse {
+                    member_id,
+                    position: event.position,
+                    already_erased: false,
+                }))
+            }
+            CommandOutcome::AlreadyErased => Ok(Response::new(pb::EraseMemberResponse {
+                member_id,
+                position: *ready.writer.committed().borrow(),
+                already_erased: true,
+            })),
+            _ => Err(member_not_found(&member_id, &r.community_id).into()),
         }
     }
 
@@ -257,6 +322,9 @@ fn identity_owned(identity: &Identity, owner: &str) -> Status {
     )
 }
 
+/// How an erased member shows.
+const ERASED_MEMBER: &str = "erased member";
+
 /// The member as `GetMember` shows it, once the read models have applied
 /// the log up to `min_position`.
 async fn member_out(
@@ -296,7 +364,12 @@ async fn member_out(
         member_id,
         community_id: community_id.to_owned(),
         identities: profile.identities.into_iter().map(identity_out).collect(),
-        display_name: profile.display_name,
+        display_name: if profile.erased {
+            ERASED_MEMBER.to_owned()
+        } else {
+            profile.display_name
+        },
+        erased: profile.erased,
         role: role as i32,
         first_seen: first.map(|t| timestamp(Timestamp::from_micros(t))),
         last_seen: last.map(|t| timestamp(Timestamp::from_micros(t))),
