@@ -88,12 +88,13 @@ enum Rpc {
     UnlinkIdentity,
     MemberSetMemberRole,
     EraseMember,
+    ExportMember,
 }
 
 /// Every RPC of the API (auth.rs's unit test checks that the server knows a
 /// scope for every method of the descriptor set; this list is checked
 /// against it by count).
-const EVERY_RPC: [Rpc; 21] = [
+const EVERY_RPC: [Rpc; 22] = [
     Rpc::RecordInteraction,
     Rpc::RecordInteractions,
     Rpc::ReadEvents,
@@ -115,6 +116,7 @@ const EVERY_RPC: [Rpc; 21] = [
     Rpc::UnlinkIdentity,
     Rpc::MemberSetMemberRole,
     Rpc::EraseMember,
+    Rpc::ExportMember,
 ];
 
 impl Rpc {
@@ -124,7 +126,9 @@ impl Rpc {
         match self {
             RecordInteraction | RecordInteractions => "ingest",
             SetScoringPolicy | SetMemberRole | ListProjections | RebuildProjection
-            | LinkIdentity | UnlinkIdentity | MemberSetMemberRole | EraseMember => "admin",
+            | LinkIdentity | UnlinkIdentity | MemberSetMemberRole | EraseMember | ExportMember => {
+                "admin"
+            }
             _ => "read",
         }
     }
@@ -379,6 +383,18 @@ impl Rpc {
                         community_id: community.to_owned(),
                         member_id: "m-nobody".into(),
                         email: "ana@example.org".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::ExportMember => members()
+                .await
+                .export_member(authed(
+                    pb::ExportMemberRequest {
+                        community_id: community.to_owned(),
+                        member_id: "m-nobody".into(),
                         ..Default::default()
                     },
                     token,

@@ -14,6 +14,7 @@ on_both_backends!(
     an_identity_another_member_owns_is_refused_naming_the_owner,
     an_unlinked_identity_starts_a_new_member_when_seen_again,
     bad_requests_are_field_violations_and_other_communities_not_found,
+    an_export_holds_every_event_of_the_member_decrypted_its_timeline_and_score,
 );
 
 fn identity(channel: &str, handle: &str) -> pb::Identity {
@@ -372,4 +373,149 @@ async fn bad_requests_are_field_violations_and_other_communities_not_found(backe
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "{community} {member_id}");
     }
+}
+
+/// A field of a protobuf `Struct`, as its JSON-like kind.
+fn field<'a>(s: &'a prost_types::Struct, name: &str) -> &'a prost_types::value::Kind {
+    s.fields
+        .get(name)
+        .and_then(|v| v.kind.as_ref())
+        .unwrap_or_else(|| panic!("no field {name:?} in {s:?}"))
+}
+
+fn object(kind: &prost_types::value::Kind) -> &prost_types::Struct {
+    match kind {
+        prost_types::value::Kind::StructValue(s) => s,
+        other => panic!("not an object: {other:?}"),
+    }
+}
+
+fn list(kind: &prost_types::value::Kind) -> Vec<&prost_types::value::Kind> {
+    match kind {
+        prost_types::value::Kind::ListValue(l) => {
+            l.values.iter().filter_map(|v| v.kind.as_ref()).collect()
+        }
+        other => panic!("not a list: {other:?}"),
+    }
+}
+
+fn text(kind: &prost_types::value::Kind) -> &str {
+    match kind {
+        prost_types::value::Kind::StringValue(s) => s,
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+fn number(kind: &prost_types::value::Kind) -> f64 {
+    match kind {
+        prost_types::value::Kind::NumberValue(n) => *n,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+async fn an_export_holds_every_event_of_the_member_decrypted_its_timeline_and_score(
+    backend: Backend,
+) {
+    let Some(app) = spawn_app(backend, "member_export").await else {
+        return;
+    };
+    let mut first = act("d-1", "discord", "ana#1234", "Ana", 100);
+    first.excerpt = "my own words".into();
+    let ana = record(&app, first).await.member_id;
+    record(&app, act("d-2", "discord", "ana#1234", "", 200)).await;
+    // Someone else, who must not be in ana's export.
+    record(&app, act("b-1", "discord", "bob#42", "Bob", 150)).await;
+    link(&app, &ana, None, "ana@example.org").await.unwrap();
+    let last = members(&app)
+        .await
+        .set_member_role(pb::SetMemberRoleRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            role: pb::MemberRole::Staff as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .position;
+
+    let document = members(&app)
+        .await
+        .export_member(pb::ExportMemberRequest {
+            community_id: "acme".into(),
+            member: Some(identity("discord", "ana#1234")),
+            min_position: last,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .document
+        .unwrap();
+    assert_eq!(text(field(&document, "format")), "rapport.member-export.v1");
+    let member = object(field(&document, "member"));
+    assert_eq!(text(field(member, "member_id")), ana);
+    assert_eq!(list(field(member, "identities")).len(), 2);
+    assert_eq!(text(field(member, "role")), "MEMBER_ROLE_STAFF");
+
+    // Every event of ana's stream, and nothing else.
+    let log = app
+        .event_log()
+        .await
+        .read_events(pb::ReadEventsRequest {
+            community_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let stream = format!("member-{ana}");
+    let expected: Vec<f64> = log
+        .iter()
+        .filter(|e| e.stream_id == stream)
+        .map(|e| e.position as f64)
+        .collect();
+    let events = list(field(&document, "events"));
+    let exported: Vec<f64> = events
+        .iter()
+        .map(|e| number(field(object(e), "position")))
+        .collect();
+    assert_eq!(exported, expected);
+    assert_eq!(
+        expected.len(),
+        6,
+        "registered, linked, 2 interactions, email, role"
+    );
+    // Decrypted: her words and her handle.
+    let interaction = events
+        .iter()
+        .map(|e| object(e))
+        .find(|e| text(field(e, "type")) == "interaction_recorded")
+        .map(|e| object(field(e, "interaction_recorded")))
+        .unwrap();
+    assert_eq!(text(field(interaction, "excerpt")), "my own words");
+    assert_eq!(
+        text(field(object(field(interaction, "actor")), "handle")),
+        "ana#1234"
+    );
+
+    // The timeline rows and the score, as the read models hold them.
+    let timeline = app
+        .timelines()
+        .await
+        .get_timeline(pb::GetTimelineRequest {
+            community_id: "acme".into(),
+            member_id: ana.clone(),
+            min_position: last,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rows = timeline.entries.iter().filter(|e| e.r#type != 0).count();
+    assert_eq!(list(field(&document, "timeline")).len(), rows);
+    let score = object(field(&document, "score"));
+    assert_eq!(number(field(score, "interactions_counted")), 2.0);
+    assert_eq!(list(field(score, "components")).len(), 5);
 }

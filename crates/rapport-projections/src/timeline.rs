@@ -518,6 +518,41 @@ impl Projections {
             .collect()
     }
 
+    /// Every timeline row of a member, oldest first: (occurred_at micros,
+    /// position, role, event type, channel, kind, counterpart).
+    #[allow(clippy::type_complexity)]
+    pub async fn member_timeline_rows(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+    ) -> Result<
+        Vec<(
+            i64,
+            i64,
+            i16,
+            i16,
+            Option<String>,
+            Option<i16>,
+            Option<String>,
+        )>,
+        ProjectionError,
+    > {
+        let pool = self.store.projections_pool();
+        let sql = format!(
+            "SELECT occurred_at, position, role, event_type, channel, kind, counterpart \
+             FROM timeline_entries_g{g} WHERE community_id = $1 AND member_id = $2 \
+             ORDER BY occurred_at, position, role"
+        );
+        Ok(on_pool!(&pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(community_id)
+                .bind(member_id)
+                .fetch_all(p)
+                .await?
+        }))
+    }
+
     /// A member's interactions as the actor: how many, the first's and the
     /// latest's times (microseconds; `None` before any).
     pub async fn member_activity(

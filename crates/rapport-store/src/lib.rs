@@ -545,6 +545,26 @@ impl Store {
         })
     }
 
+    /// Every event of a member's own stream, in stream order, personal
+    /// parts opened (for a data export).
+    #[tracing::instrument(name = "db.member_stream", level = "info", skip_all, fields(db.system = self.backend()))]
+    pub async fn member_stream(&self, member_id: &str) -> Result<Vec<Event>, StoreError> {
+        let stream = rapport_domain::member_stream_id(member_id);
+        let every = [
+            EventType::MemberRegistered,
+            EventType::IdentityLinked,
+            EventType::InteractionRecorded,
+            EventType::MemberRoleSet,
+            EventType::ScoringPolicySet,
+            EventType::IdentityUnlinked,
+            EventType::MemberErased,
+        ];
+        match self {
+            Store::Sqlite(s) => s.stream_events(&stream, &every, false, i64::MAX).await,
+            Store::Postgres(s) => s.stream_events(&stream, &every, false, i64::MAX).await,
+        }
+    }
+
     /// The events at these positions, in position order; positions that do
     /// not exist are left out. Read models keep positions and fetch the
     /// events' details (personal data included) from the log through this.

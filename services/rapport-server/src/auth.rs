@@ -60,7 +60,7 @@ pub fn access(path: &str) -> Access {
         ("rapport.v1.AdvocacyService", "SetScoringPolicy" | "SetMemberRole")
         | (
             "rapport.v1.MemberService",
-            "LinkIdentity" | "UnlinkIdentity" | "SetMemberRole" | "EraseMember",
+            "LinkIdentity" | "UnlinkIdentity" | "SetMemberRole" | "EraseMember" | "ExportMember",
         )
         | ("rapport.v1.AdminService", "ListProjections" | "RebuildProjection") => {
             Access::Scope(Scope::Admin)

@@ -24,6 +24,11 @@ pub fn identity_out(identity: domain::Identity) -> pb::Identity {
 }
 
 /// A request's interaction, unchecked.
+/// A time as RFC 3339 text (`2026-01-01T00:00:00Z`).
+pub fn rfc3339(t: domain::Timestamp) -> String {
+    timestamp(t).to_string()
+}
+
 pub fn interaction_input(i: pb::Interaction) -> domain::InteractionInput {
     use pb::target::Target as T;
     domain::InteractionInput {

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::advocacy::{current_policy, set_member_role};
+use super::export;
 use super::request::{MemberRef, Violations, resolve};
 use super::{AppState, Ready, wait_deadline};
 use crate::auth::Guard;
@@ -165,6 +166,90 @@ impl MemberService for Members {
             .into()),
             _ => Err(member_not_found(&done.member_id, &done.community_id).into()),
         }
+    }
+
+    async fn export_member(
+        &self,
+        request: Request<pb::ExportMemberRequest>,
+    ) -> Result<Response<pb::ExportMemberResponse>, Status> {
+        use rapport_proto::v1::advocacy_service_server::AdvocacyService;
+        let deadline = wait_deadline(&request);
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        let member = v.member("member_id", r.member_id, "member", r.member);
+        v.check()?;
+        let ready = self.state.ready()?;
+        let community_id = r.community_id;
+        let member_id = resolve(ready, &community_id, member, "member_id").await?;
+        let shown = member_out(
+            ready,
+            &community_id,
+            member_id.clone(),
+            r.min_position,
+            deadline,
+        )
+        .await?;
+        let events = ready
+            .store
+            .member_stream(&member_id)
+            .await
+            .map_err(ApiError::from)?;
+        let timelines = ready
+            .projections
+            .wait_for(timeline::NAME, r.min_position, deadline)
+            .await
+            .map_err(ApiError::from)?;
+        let rows = ready
+            .projections
+            .member_timeline_rows(timelines.generation, &community_id, &member_id)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(
+                |(occurred_at, position, role, event_type, channel, kind, counterpart)| {
+                    export::TimelineRow {
+                        occurred_at,
+                        position,
+                        role,
+                        event_type,
+                        channel,
+                        kind,
+                        counterpart,
+                    }
+                },
+            )
+            .collect::<Vec<_>>();
+        // The score as GetAdvocateScore tells it, now.
+        let score = super::Advocacy {
+            state: self.state.clone(),
+        }
+        .get_advocate_score(Request::new(pb::GetAdvocateScoreRequest {
+            community_id: community_id.clone(),
+            member_id: member_id.clone(),
+            min_position: r.min_position,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+        let document = export::document(
+            member_json(&shown),
+            &events,
+            &rows,
+            score_json(&score),
+            rapport_store::wall_clock(),
+        );
+        let Some(prost_types::value::Kind::StructValue(document)) =
+            export::to_protobuf(document).kind
+        else {
+            unreachable!("the document is an object");
+        };
+        tracing::info!(community = %community_id, member = %member_id, events = events.len(), "member exported");
+        Ok(Response::new(pb::ExportMemberResponse {
+            document: Some(document),
+        }))
     }
 
     async fn erase_member(
@@ -320,6 +405,38 @@ fn identity_owned(identity: &Identity, owner: &str) -> Status {
         ),
         details,
     )
+}
+
+fn member_json(m: &pb::Member) -> serde_json::Value {
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(ToString::to_string);
+    serde_json::json!({
+        "member_id": m.member_id,
+        "community_id": m.community_id,
+        "identities": m.identities.iter().map(|i| serde_json::json!({
+            "channel": i.channel, "handle": i.handle,
+        })).collect::<Vec<_>>(),
+        "display_name": m.display_name,
+        "role": pb::MemberRole::try_from(m.role).map(|r| r.as_str_name()).unwrap_or_default(),
+        "first_seen": time(&m.first_seen),
+        "last_seen": time(&m.last_seen),
+        "interactions": m.interactions,
+        "tier": pb::Tier::try_from(m.tier).map(|t| t.as_str_name()).unwrap_or_default(),
+        "erased": m.erased,
+    })
+}
+
+fn score_json(s: &pb::GetAdvocateScoreResponse) -> serde_json::Value {
+    serde_json::json!({
+        "as_of": s.as_of.as_ref().map(ToString::to_string),
+        "score": s.score,
+        "tier": pb::Tier::try_from(s.tier).map(|t| t.as_str_name()).unwrap_or_default(),
+        "components": s.components.iter().map(|c| serde_json::json!({
+            "name": c.name, "value": c.value, "weight": c.weight, "points": c.points,
+        })).collect::<Vec<_>>(),
+        "momentum": s.momentum,
+        "capped": s.capped,
+        "interactions_counted": s.interactions_counted,
+    })
 }
 
 /// How an erased member shows.

@@ -4,6 +4,7 @@
 mod admin;
 mod advocacy;
 mod event_log;
+mod export;
 mod interaction;
 mod member;
 mod request;
