@@ -89,12 +89,14 @@ enum Rpc {
     MemberSetMemberRole,
     EraseMember,
     ExportMember,
+    ListMergeSuggestions,
+    RejectMergeSuggestion,
 }
 
 /// Every RPC of the API (auth.rs's unit test checks that the server knows a
 /// scope for every method of the descriptor set; this list is checked
 /// against it by count).
-const EVERY_RPC: [Rpc; 22] = [
+const EVERY_RPC: [Rpc; 24] = [
     Rpc::RecordInteraction,
     Rpc::RecordInteractions,
     Rpc::ReadEvents,
@@ -117,6 +119,8 @@ const EVERY_RPC: [Rpc; 22] = [
     Rpc::MemberSetMemberRole,
     Rpc::EraseMember,
     Rpc::ExportMember,
+    Rpc::ListMergeSuggestions,
+    Rpc::RejectMergeSuggestion,
 ];
 
 impl Rpc {
@@ -125,10 +129,16 @@ impl Rpc {
         use Rpc::*;
         match self {
             RecordInteraction | RecordInteractions => "ingest",
-            SetScoringPolicy | SetMemberRole | ListProjections | RebuildProjection
-            | LinkIdentity | UnlinkIdentity | MemberSetMemberRole | EraseMember | ExportMember => {
-                "admin"
-            }
+            SetScoringPolicy
+            | SetMemberRole
+            | ListProjections
+            | RebuildProjection
+            | LinkIdentity
+            | UnlinkIdentity
+            | MemberSetMemberRole
+            | EraseMember
+            | ExportMember
+            | RejectMergeSuggestion => "admin",
             _ => "read",
         }
     }
@@ -384,6 +394,29 @@ impl Rpc {
                         member_id: "m-nobody".into(),
                         email: "ana@example.org".into(),
                         ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::ListMergeSuggestions => members()
+                .await
+                .list_merge_suggestions(authed(
+                    pb::ListMergeSuggestionsRequest {
+                        community_id: community.to_owned(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+            Rpc::RejectMergeSuggestion => members()
+                .await
+                .reject_merge_suggestion(authed(
+                    pb::RejectMergeSuggestionRequest {
+                        community_id: community.to_owned(),
+                        member_id: "m-nobody".into(),
+                        other_member_id: "m-other".into(),
                     },
                     token,
                 ))

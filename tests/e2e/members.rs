@@ -15,6 +15,7 @@ on_both_backends!(
     an_unlinked_identity_starts_a_new_member_when_seen_again,
     bad_requests_are_field_violations_and_other_communities_not_found,
     an_export_holds_every_event_of_the_member_decrypted_its_timeline_and_score,
+    merge_suggestions_follow_the_three_rules_page_and_leave_rejected_pairs_out,
 );
 
 fn identity(channel: &str, handle: &str) -> pb::Identity {
@@ -518,4 +519,109 @@ async fn an_export_holds_every_event_of_the_member_decrypted_its_timeline_and_sc
     let score = object(field(&document, "score"));
     assert_eq!(number(field(score, "interactions_counted")), 2.0);
     assert_eq!(list(field(score, "components")).len(), 5);
+}
+
+async fn merge_suggestions_follow_the_three_rules_page_and_leave_rejected_pairs_out(
+    backend: Backend,
+) {
+    use pb::MergeReason as R;
+    let Some(app) = spawn_app(backend, "merge_suggestions").await else {
+        return;
+    };
+    let on_discord = record(&app, act("s-1", "discord", "anadev", "", 0))
+        .await
+        .member_id;
+    let on_github = record(&app, act("s-2", "github", "AnaDev", "", 0))
+        .await
+        .member_id;
+    let forum_ana = record(&app, act("s-3", "forum", "ana", "", 0))
+        .await
+        .member_id;
+    let mailed = record(&app, act("s-4", "discord", "someone", "", 0))
+        .await
+        .member_id;
+    let tagged = record(&app, act("s-5", "discord", "else", "", 0))
+        .await
+        .member_id;
+    record(&app, act("s-6", "forum", "bob", "", 0)).await;
+    link(&app, &mailed, None, "ana@example.org").await.unwrap();
+    link(&app, &tagged, None, "Ana+news@Example.org")
+        .await
+        .unwrap();
+
+    let list = |page_token: String, page_size: i32| {
+        let app = &app;
+        async move {
+            members(app)
+                .await
+                .list_merge_suggestions(pb::ListMergeSuggestionsRequest {
+                    community_id: "acme".into(),
+                    page_size,
+                    page_token,
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let pair = |a: &str, b: &str, reasons: &[R]| {
+        let (a, b) = if a < b { (a, b) } else { (b, a) };
+        (
+            a.to_owned(),
+            b.to_owned(),
+            reasons.iter().map(|r| *r as i32).collect::<Vec<_>>(),
+        )
+    };
+    let mut expected = vec![
+        pair(&on_discord, &on_github, &[R::SameHandleOnDifferentChannels]),
+        pair(&forum_ana, &mailed, &[R::HandleEqualsEmailLocalPart]),
+        pair(&forum_ana, &tagged, &[R::HandleEqualsEmailLocalPart]),
+        pair(&mailed, &tagged, &[R::SameEmail]),
+    ];
+    expected.sort();
+    let got = |page: &pb::ListMergeSuggestionsResponse| {
+        page.suggestions
+            .iter()
+            .map(|s| {
+                (
+                    s.member_id.clone(),
+                    s.other_member_id.clone(),
+                    s.reasons.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let all = list(String::new(), 0).await.unwrap();
+    assert_eq!(got(&all), expected);
+    assert!(all.next_page_token.is_empty());
+
+    // One at a time, the same list.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(token, 1).await.unwrap();
+        paged.extend(got(&page));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, expected);
+    let status = list("not-a-token".into(), 1).await.unwrap_err();
+    assert_eq!(violated_fields(&status), ["page_token"]);
+
+    // Rejected once, never suggested again.
+    members(&app)
+        .await
+        .reject_merge_suggestion(pb::RejectMergeSuggestionRequest {
+            community_id: "acme".into(),
+            member_id: on_github.clone(),
+            other_member_id: on_discord.clone(),
+        })
+        .await
+        .unwrap();
+    let after = list(String::new(), 0).await.unwrap();
+    let rejected = pair(&on_discord, &on_github, &[R::SameHandleOnDifferentChannels]);
+    expected.retain(|p| *p != rejected);
+    assert_eq!(got(&after), expected);
+    assert_eq!(after.suggestions.len(), 3);
 }

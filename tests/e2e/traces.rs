@@ -167,13 +167,7 @@ async fn spans_reach_an_otlp_receiver_as_children_of_the_callers_trace() {
     }
 
     // The log line written inside the traced call carries its trace id.
-    let log = app.log.lock().unwrap().join("\n");
-    assert!(
-        log.lines().any(
-            |l| l.contains("scoring policy set") && l.contains(&format!("trace_id={TRACE_ID}"))
-        ),
-        "{log}"
-    );
+    wait_for_traced_log_line(&app).await;
     receiver.abort();
 }
 
@@ -201,6 +195,22 @@ async fn set_the_policy_again_traced(app: &crate::app::TestApp) {
         .unwrap();
 }
 
+/// The server's log line of the traced SetScoringPolicy, with the trace id.
+/// The log arrives through a pipe read by another thread: give it time.
+async fn wait_for_traced_log_line(app: &crate::app::TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app.log.lock().unwrap().join("\n");
+        if log.lines().any(|l| {
+            l.contains("scoring policy set") && l.contains(&format!("trace_id={TRACE_ID}"))
+        }) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no traced log line: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -217,12 +227,7 @@ async fn without_a_collector_logs_still_carry_the_callers_trace_id() {
     let app = start_with_env(&url, Some(db), &[], &[]);
     app.wait_serving().await;
     set_the_policy_again_traced(&app).await;
+    wait_for_traced_log_line(&app).await;
     let log = app.log.lock().unwrap().join("\n");
-    assert!(
-        log.lines().any(
-            |l| l.contains("scoring policy set") && l.contains(&format!("trace_id={TRACE_ID}"))
-        ),
-        "{log}"
-    );
     assert!(!log.contains("exporting traces"), "{log}");
 }

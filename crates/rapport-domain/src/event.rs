@@ -39,6 +39,12 @@ pub enum EventBody {
     /// key destroyed, its identities detached. Its events stay, without
     /// their personal parts. `reason` is the operator's, not personal.
     MemberErased { member_id: String, reason: String },
+    /// A community manager said two members are not the same person: the
+    /// pair is not suggested for a merge again. On `member_id`'s stream.
+    MergeSuggestionRejected {
+        member_id: String,
+        other_member_id: String,
+    },
     /// An interaction was recorded for the member its actor resolved to.
     InteractionRecorded {
         member_id: String,
@@ -93,6 +99,7 @@ pub enum EventType {
     ScoringPolicySet = 5,
     IdentityUnlinked = 6,
     MemberErased = 7,
+    MergeSuggestionRejected = 8,
 }
 
 impl EventType {
@@ -105,6 +112,7 @@ impl EventType {
             5 => Some(Self::ScoringPolicySet),
             6 => Some(Self::IdentityUnlinked),
             7 => Some(Self::MemberErased),
+            8 => Some(Self::MergeSuggestionRejected),
             _ => None,
         }
     }
@@ -117,6 +125,7 @@ impl EventBody {
             EventBody::IdentityLinked { .. } => EventType::IdentityLinked,
             EventBody::IdentityUnlinked { .. } => EventType::IdentityUnlinked,
             EventBody::MemberErased { .. } => EventType::MemberErased,
+            EventBody::MergeSuggestionRejected { .. } => EventType::MergeSuggestionRejected,
             EventBody::InteractionRecorded { .. } => EventType::InteractionRecorded,
             EventBody::MemberRoleSet { .. } => EventType::MemberRoleSet,
             EventBody::ScoringPolicySet { .. } => EventType::ScoringPolicySet,
@@ -132,6 +141,7 @@ impl EventBody {
             | EventBody::IdentityLinked { member_id, .. }
             | EventBody::IdentityUnlinked { member_id, .. }
             | EventBody::MemberErased { member_id, .. }
+            | EventBody::MergeSuggestionRejected { member_id, .. }
             | EventBody::InteractionRecorded { member_id, .. }
             | EventBody::MemberRoleSet { member_id, .. } => member_id,
             EventBody::ScoringPolicySet { .. } => "",
@@ -216,6 +226,12 @@ pub enum Command {
         member_id: String,
         reason: String,
     },
+    /// Record that two members are not to be suggested for a merge.
+    RejectMergeSuggestion {
+        community_id: String,
+        member_id: String,
+        other_member_id: String,
+    },
 }
 
 impl Command {
@@ -225,7 +241,8 @@ impl Command {
             | Command::SetScoringPolicy { community_id, .. }
             | Command::LinkIdentity { community_id, .. }
             | Command::UnlinkIdentity { community_id, .. }
-            | Command::EraseMember { community_id, .. } => community_id,
+            | Command::EraseMember { community_id, .. }
+            | Command::RejectMergeSuggestion { community_id, .. } => community_id,
         }
     }
 
@@ -245,7 +262,8 @@ impl Command {
             Command::SetMemberRole { member_id, .. }
             | Command::LinkIdentity { member_id, .. }
             | Command::UnlinkIdentity { member_id, .. }
-            | Command::EraseMember { member_id, .. } => Some(member_id),
+            | Command::EraseMember { member_id, .. }
+            | Command::RejectMergeSuggestion { member_id, .. } => Some(member_id),
             Command::SetScoringPolicy { .. } => None,
         }
     }
@@ -256,7 +274,8 @@ impl Command {
             Command::SetMemberRole { member_id, .. }
             | Command::LinkIdentity { member_id, .. }
             | Command::UnlinkIdentity { member_id, .. }
-            | Command::EraseMember { member_id, .. } => member_stream_id(member_id),
+            | Command::EraseMember { member_id, .. }
+            | Command::RejectMergeSuggestion { member_id, .. } => member_stream_id(member_id),
             Command::SetScoringPolicy { community_id, .. } => community_stream_id(community_id),
         }
     }
@@ -295,6 +314,14 @@ impl Command {
             } => EventBody::MemberErased {
                 member_id: member_id.clone(),
                 reason: reason.clone(),
+            },
+            Command::RejectMergeSuggestion {
+                member_id,
+                other_member_id,
+                ..
+            } => EventBody::MergeSuggestionRejected {
+                member_id: member_id.clone(),
+                other_member_id: other_member_id.clone(),
             },
         };
         Event {

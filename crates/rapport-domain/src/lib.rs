@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod interaction;
 pub mod policy;
 pub mod score;
+pub mod suggest;
 pub mod time;
 pub mod timeline;
 pub mod validate;

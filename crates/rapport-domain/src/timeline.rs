@@ -134,7 +134,9 @@ pub fn timeline_rows(event: &Event) -> Vec<TimelineRow> {
             }
             rows
         }
-        EventBody::MemberRoleSet { member_id, .. } | EventBody::MemberErased { member_id, .. } => {
+        EventBody::MemberRoleSet { member_id, .. }
+        | EventBody::MemberErased { member_id, .. }
+        | EventBody::MergeSuggestionRejected { member_id, .. } => {
             vec![row(
                 member_id,
                 Role::Subject,

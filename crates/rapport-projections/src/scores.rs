@@ -391,7 +391,8 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
             EventBody::MemberRegistered { .. }
             | EventBody::IdentityLinked { .. }
             | EventBody::IdentityUnlinked { .. }
-            | EventBody::MemberErased { .. } => {}
+            | EventBody::MemberErased { .. }
+            | EventBody::MergeSuggestionRejected { .. } => {}
         }
     }
     insert_activities(tx, g, &activities).await?;

@@ -63,6 +63,12 @@ struct StoredRoleSet {
 }
 
 #[derive(Clone, PartialEq, Message)]
+struct StoredRejected {
+    #[prost(string, tag = "1")]
+    other_member_id: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
 struct StoredErased {
     #[prost(string, tag = "1")]
     reason: String,
@@ -251,6 +257,15 @@ pub(crate) fn encode(body: &EventBody) -> (Vec<u8>, Option<Vec<u8>>) {
         EventBody::MemberRoleSet { role, .. } => {
             (StoredRoleSet { role: *role as i32 }.encode_to_vec(), None)
         }
+        EventBody::MergeSuggestionRejected {
+            other_member_id, ..
+        } => (
+            StoredRejected {
+                other_member_id: other_member_id.clone(),
+            }
+            .encode_to_vec(),
+            None,
+        ),
         EventBody::MemberErased { reason, .. } => (
             StoredErased {
                 reason: reason.clone(),
@@ -342,6 +357,13 @@ pub(crate) fn decode(
                 role: MemberRole::from_i32(p.role).ok_or_else(|| corrupt("role"))?,
             })
         }
+        Some(EventType::MergeSuggestionRejected) => {
+            let p = StoredRejected::decode(payload).map_err(|_| corrupt("payload"))?;
+            Ok(EventBody::MergeSuggestionRejected {
+                member_id,
+                other_member_id: p.other_member_id,
+            })
+        }
         Some(EventType::MemberErased) => {
             let p = StoredErased::decode(payload).map_err(|_| corrupt("payload"))?;
             Ok(EventBody::MemberErased {
@@ -382,6 +404,10 @@ mod tests {
     fn every_event_round_trips() {
         round_trip(EventBody::MemberRegistered {
             member_id: "m1".into(),
+        });
+        round_trip(EventBody::MergeSuggestionRejected {
+            member_id: "m1".into(),
+            other_member_id: "m2".into(),
         });
         round_trip(EventBody::MemberErased {
             member_id: "m1".into(),

@@ -136,6 +136,11 @@ pub enum CommandOutcome {
     AlreadyErased,
 }
 
+/// A pair of members in a fixed order: the smaller id first.
+pub(crate) fn ordered<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
 /// Whether a command may go ahead for the member it names, given whether
 /// that member exists in the command's community and was erased (read under
 /// the log's lock); `Some` is the refusal to answer.
@@ -324,6 +329,14 @@ impl BatchKeys {
             self.new.into_iter().map(|(m, _, _)| m).collect();
         keyring.remember(self.keys.into_iter().filter(|(m, _)| new.contains(m)));
     }
+}
+
+/// What merge suggestions are computed from (see [`Store::merge_candidates`]).
+pub struct MergeCandidates {
+    pub handles: Vec<rapport_domain::suggest::HandleRow>,
+    pub emails: Vec<rapport_domain::suggest::EmailRow>,
+    /// Rejected pairs, the smaller member id first.
+    pub rejected: std::collections::BTreeSet<(String, String)>,
 }
 
 /// How many of a member's latest interactions [`Store::member_profile`]
@@ -545,6 +558,84 @@ impl Store {
         })
     }
 
+    /// What merge suggestions are computed from, for one community: its
+    /// identities other than emails, by keyed lookup; its email addresses
+    /// (decrypted from their members' streams) with the lookup their local
+    /// part would have as a handle; the pairs rejected before.
+    #[tracing::instrument(name = "db.merge_candidates", level = "info", skip_all, fields(db.system = self.backend()))]
+    pub async fn merge_candidates(
+        &self,
+        community_id: &str,
+    ) -> Result<MergeCandidates, StoreError> {
+        use rapport_domain::suggest::{EmailRow, HandleRow, canonical_email};
+        const IDENTITIES: &str =
+            "SELECT channel, handle_key, member_id FROM identities WHERE community_id = $1";
+        const REJECTED: &str = "SELECT member_a, member_b FROM rejected_merge_suggestions \
+             WHERE community = $1";
+        let rows: Vec<(String, String, String)> = match self {
+            Store::Sqlite(s) => {
+                sqlx::query_as(IDENTITIES)
+                    .bind(community_id)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+            Store::Postgres(s) => {
+                sqlx::query_as(IDENTITIES)
+                    .bind(community_id)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+        };
+        let rejected: Vec<(String, String)> = match self {
+            Store::Sqlite(s) => {
+                sqlx::query_as(REJECTED)
+                    .bind(community_id)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+            Store::Postgres(s) => {
+                sqlx::query_as(REJECTED)
+                    .bind(community_id)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+        };
+        let mut handles = Vec::new();
+        let mut with_email = std::collections::BTreeSet::new();
+        for (channel, lookup, member_id) in rows {
+            if channel == "email" {
+                with_email.insert(member_id);
+            } else {
+                handles.push(HandleRow {
+                    member_id,
+                    channel,
+                    lookup,
+                });
+            }
+        }
+        let mut emails = Vec::new();
+        for member_id in with_email {
+            for identity in self.member_profile(&member_id).await?.identities {
+                if identity.channel == "email" {
+                    let local = canonical_email(&identity.handle).1;
+                    emails.push(EmailRow {
+                        local_part_lookup: self
+                            .keyring()
+                            .master()
+                            .identity_lookup(community_id, &local),
+                        member_id: member_id.clone(),
+                        address: identity.handle,
+                    });
+                }
+            }
+        }
+        Ok(MergeCandidates {
+            handles,
+            emails,
+            rejected: rejected.into_iter().collect(),
+        })
+    }
+
     /// Every event of a member's own stream, in stream order, personal
     /// parts opened (for a data export).
     #[tracing::instrument(name = "db.member_stream", level = "info", skip_all, fields(db.system = self.backend()))]
@@ -558,6 +649,7 @@ impl Store {
             EventType::ScoringPolicySet,
             EventType::IdentityUnlinked,
             EventType::MemberErased,
+            EventType::MergeSuggestionRejected,
         ];
         match self {
             Store::Sqlite(s) => s.stream_events(&stream, &every, false, i64::MAX).await,

@@ -222,6 +222,23 @@ impl PgStore {
                 .await?;
         }
         insert_keys(&mut tx, &keys.new).await?;
+        if let Command::RejectMergeSuggestion {
+            community_id,
+            member_id,
+            other_member_id,
+        } = command
+        {
+            let (a, b) = crate::ordered(member_id, other_member_id);
+            sqlx::query(
+                "INSERT INTO rejected_merge_suggestions (community, member_a, member_b) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(community_id)
+            .bind(a)
+            .bind(b)
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Command::EraseMember { member_id, .. } = command {
             // The key first: with it goes every personal part of the member.
             sqlx::query(

@@ -621,6 +621,21 @@ fn command_blocking(
                 params![key.community_id, key.channel, keyring.lookup(key)],
             )?;
         }
+        (
+            Command::RejectMergeSuggestion {
+                community_id,
+                member_id,
+                other_member_id,
+            },
+            _,
+        ) => {
+            let (a, b) = crate::ordered(member_id, other_member_id);
+            tx.execute(
+                "INSERT OR IGNORE INTO rejected_merge_suggestions (community, member_a, member_b) \
+                 VALUES (?1, ?2, ?3)",
+                params![community_id, a, b],
+            )?;
+        }
         (Command::EraseMember { member_id, .. }, _) => {
             // The key first: with it goes every personal part of the member.
             tx.execute("DELETE FROM member_keys WHERE owner = ?1", [member_id])?;

@@ -56,11 +56,18 @@ pub fn access(path: &str) -> Access {
             "rapport.v1.AdvocacyService",
             "GetAdvocateScore" | "ListAdvocates" | "GetScoringPolicy" | "PreviewScoringPolicy",
         )
-        | ("rapport.v1.MemberService", "GetMember" | "FindMember") => Access::Scope(Scope::Read),
+        | ("rapport.v1.MemberService", "GetMember" | "FindMember" | "ListMergeSuggestions") => {
+            Access::Scope(Scope::Read)
+        }
         ("rapport.v1.AdvocacyService", "SetScoringPolicy" | "SetMemberRole")
         | (
             "rapport.v1.MemberService",
-            "LinkIdentity" | "UnlinkIdentity" | "SetMemberRole" | "EraseMember" | "ExportMember",
+            "LinkIdentity"
+            | "UnlinkIdentity"
+            | "SetMemberRole"
+            | "EraseMember"
+            | "ExportMember"
+            | "RejectMergeSuggestion",
         )
         | ("rapport.v1.AdminService", "ListProjections" | "RebuildProjection") => {
             Access::Scope(Scope::Admin)

@@ -105,6 +105,13 @@ pub fn event_out(e: domain::Event) -> pb::Event {
         domain::EventBody::MemberErased { member_id, reason } => {
             Payload::MemberErased(pb::MemberErased { member_id, reason })
         }
+        domain::EventBody::MergeSuggestionRejected {
+            member_id,
+            other_member_id,
+        } => Payload::MergeSuggestionRejected(pb::MergeSuggestionRejected {
+            member_id,
+            other_member_id,
+        }),
         domain::EventBody::InteractionRecorded {
             member_id,
             interaction,
@@ -156,7 +163,9 @@ pub fn timeline_entry_out(
         ..pb::TimelineEntry::default()
     };
     match event.body {
-        domain::EventBody::MemberRegistered { .. } | domain::EventBody::MemberErased { .. } => {}
+        domain::EventBody::MemberRegistered { .. }
+        | domain::EventBody::MemberErased { .. }
+        | domain::EventBody::MergeSuggestionRejected { .. } => {}
         domain::EventBody::IdentityLinked { identity, .. }
         | domain::EventBody::IdentityUnlinked { identity, .. } => {
             out.channel = identity.channel.clone();

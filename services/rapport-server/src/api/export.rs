@@ -110,6 +110,12 @@ fn event_json(event: &Event) -> Value {
             ("member_role_set", json!({ "role": format!("{role:?}") }))
         }
         EventBody::MemberErased { reason, .. } => ("member_erased", json!({ "reason": reason })),
+        EventBody::MergeSuggestionRejected {
+            other_member_id, ..
+        } => (
+            "merge_suggestion_rejected",
+            json!({ "other_member_id": other_member_id }),
+        ),
         EventBody::ScoringPolicySet { .. } => ("scoring_policy_set", json!({})),
     };
     json!({

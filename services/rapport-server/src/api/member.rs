@@ -23,6 +23,16 @@ use crate::auth::Guard;
 use crate::convert::{identity_out, timestamp};
 use crate::error::{ApiError, ERROR_DOMAIN};
 
+/// Suggestions per page when the request says 0.
+const DEFAULT_SUGGESTIONS: u32 = 50;
+
+/// The pair a page of suggestions ended at, from its token.
+fn decode_pair_token(token: &str) -> Option<(String, String)> {
+    let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (a, b) = text.split_once('\t')?;
+    (!a.is_empty() && !b.is_empty()).then(|| (a.to_owned(), b.to_owned()))
+}
+
 /// Longest erasure reason: a ticket or request id, not a story.
 const MAX_REASON_CHARS: usize = 512;
 
@@ -250,6 +260,119 @@ impl MemberService for Members {
         Ok(Response::new(pb::ExportMemberResponse {
             document: Some(document),
         }))
+    }
+
+    async fn list_merge_suggestions(
+        &self,
+        request: Request<pb::ListMergeSuggestionsRequest>,
+    ) -> Result<Response<pb::ListMergeSuggestionsResponse>, Status> {
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        let page_size = v.page_size(r.page_size, DEFAULT_SUGGESTIONS) as usize;
+        let after = match r.page_token.as_str() {
+            "" => None,
+            token => match decode_pair_token(token) {
+                Some(pair) => Some(pair),
+                None => {
+                    v.add("page_token", "is not a token this method gave");
+                    None
+                }
+            },
+        };
+        v.check()?;
+        let ready = self.state.ready()?;
+        let candidates = ready
+            .store
+            .merge_candidates(&r.community_id)
+            .await
+            .map_err(ApiError::from)?;
+        let mut suggestions = rapport_domain::suggest::suggest(
+            &candidates.handles,
+            &candidates.emails,
+            &candidates.rejected,
+        )
+        .into_iter()
+        .filter(|s| {
+            after.as_ref().is_none_or(|(a, b)| {
+                (s.member_id.as_str(), s.other_member_id.as_str()) > (a.as_str(), b.as_str())
+            })
+        })
+        .take(page_size + 1)
+        .collect::<Vec<_>>();
+        let next_page_token = if suggestions.len() > page_size {
+            suggestions.truncate(page_size);
+            let last = suggestions.last().expect("a full page");
+            hex::encode(format!("{}\t{}", last.member_id, last.other_member_id))
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListMergeSuggestionsResponse {
+            suggestions: suggestions
+                .into_iter()
+                .map(|s| pb::MergeSuggestion {
+                    member_id: s.member_id,
+                    other_member_id: s.other_member_id,
+                    reasons: s.reasons.into_iter().map(|r| r as i32).collect(),
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn reject_merge_suggestion(
+        &self,
+        request: Request<pb::RejectMergeSuggestionRequest>,
+    ) -> Result<Response<pb::RejectMergeSuggestionResponse>, Status> {
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        if r.member_id.is_empty() {
+            v.add("member_id", "is required");
+        }
+        if r.other_member_id.is_empty() {
+            v.add("other_member_id", "is required");
+        } else if r.other_member_id == r.member_id {
+            v.add("other_member_id", "must be another member than member_id");
+        }
+        v.check()?;
+        let ready = self.state.ready()?;
+        let member_id = resolve(
+            ready,
+            &r.community_id,
+            Some(MemberRef::Id(r.member_id)),
+            "member_id",
+        )
+        .await?;
+        let other_member_id = resolve(
+            ready,
+            &r.community_id,
+            Some(MemberRef::Id(r.other_member_id)),
+            "other_member_id",
+        )
+        .await?;
+        let outcome = ready
+            .writer
+            .command(Command::RejectMergeSuggestion {
+                community_id: r.community_id.clone(),
+                member_id: member_id.clone(),
+                other_member_id,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        match outcome {
+            CommandOutcome::Appended(event) => {
+                Ok(Response::new(pb::RejectMergeSuggestionResponse {
+                    position: event.position,
+                }))
+            }
+            CommandOutcome::MemberErased => Err(ApiError::MemberErased { member_id }.into()),
+            _ => Err(member_not_found(&member_id, &r.community_id).into()),
+        }
     }
 
     async fn erase_member(
