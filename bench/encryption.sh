@@ -5,9 +5,12 @@
 # case, on SQLite and PostgreSQL.
 #
 #   git worktree add /tmp/pre-crypto 4391ed3
-#   (cd /tmp/pre-crypto && CARGO_TARGET_DIR=$PWD/../main/target cargo build --release \
-#      -p rapport-server -p rapport-loadgen) && cp target/release/rapport-{server,loadgen} /tmp/ab-old/
+#   (cd /tmp/pre-crypto && cargo build --release -p rapport-server -p rapport-loadgen)
+#   mkdir -p /tmp/ab-old && cp /tmp/pre-crypto/target/release/rapport-{server,loadgen} /tmp/ab-old/
 #   OLD_BIN=/tmp/ab-old bench/encryption.sh
+#
+# (A target directory of its own for the old tree: sharing this one leaves
+# rapport-proto's build script pointing at the other checkout's protos.)
 #
 # Needs: PostgreSQL at $PG_URL (trust auth), psql.
 set -euo pipefail

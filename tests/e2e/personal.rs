@@ -31,21 +31,25 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-async fn no_personal_string_is_stored_in_plaintext(backend: Backend) {
-    let Some(app) = spawn_app(backend, "personal_at_rest").await else {
-        return;
-    };
+/// Records an interaction carrying every one of [`SECRETS`].
+async fn record_secret(app: &crate::app::TestApp) -> pb::RecordInteractionResponse {
     let mut secret = interaction(NOT_PERSONAL, SECRETS[0]);
     secret.excerpt = SECRETS[1].into();
     secret.actor_display_name = SECRETS[2].into();
     secret.url = format!("https://{}/p/1", SECRETS[3]);
-    let recorded = app
-        .interactions()
+    app.interactions()
         .await
         .record_interaction(one(secret))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+async fn no_personal_string_is_stored_in_plaintext(backend: Backend) {
+    let Some(app) = spawn_app(backend, "personal_at_rest").await else {
+        return;
+    };
+    let recorded = record_secret(&app).await;
     // Readable through the API (so the test would see it written), and the
     // read models have applied it.
     let timeline = app
@@ -159,18 +163,7 @@ async fn an_erased_member_stays_erased_and_nothing_can_read_its_personal_data(ba
     };
     let members =
         || async { pb::member_service_client::MemberServiceClient::new(app.channel().await) };
-    let mut secret = interaction(NOT_PERSONAL, SECRETS[0]);
-    secret.excerpt = SECRETS[1].into();
-    secret.actor_display_name = SECRETS[2].into();
-    secret.url = format!("https://{}/p/1", SECRETS[3]);
-    let zoe = app
-        .interactions()
-        .await
-        .record_interaction(one(secret))
-        .await
-        .unwrap()
-        .into_inner()
-        .member_id;
+    let zoe = record_secret(&app).await.member_id;
     members()
         .await
         .link_identity(pb::LinkIdentityRequest {

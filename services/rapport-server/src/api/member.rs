@@ -52,18 +52,10 @@ impl MemberService for Members {
         guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
-        if r.member_id.is_empty() {
-            v.add("member_id", "is required");
-        }
+        let member = v.member_id("member_id", r.member_id);
         v.check()?;
         let ready = self.state.ready()?;
-        let member_id = resolve(
-            ready,
-            &r.community_id,
-            Some(MemberRef::Id(r.member_id)),
-            "member_id",
-        )
-        .await?;
+        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
         let member =
             member_out(ready, &r.community_id, member_id, r.min_position, deadline).await?;
         Ok(Response::new(pb::GetMemberResponse {
@@ -331,30 +323,15 @@ impl MemberService for Members {
         guard.community(&r.community_id)?;
         let mut v = Violations::default();
         v.community(&r.community_id);
-        if r.member_id.is_empty() {
-            v.add("member_id", "is required");
-        }
-        if r.other_member_id.is_empty() {
-            v.add("other_member_id", "is required");
-        } else if r.other_member_id == r.member_id {
+        if !r.member_id.is_empty() && r.other_member_id == r.member_id {
             v.add("other_member_id", "must be another member than member_id");
         }
+        let member = v.member_id("member_id", r.member_id);
+        let other = v.member_id("other_member_id", r.other_member_id);
         v.check()?;
         let ready = self.state.ready()?;
-        let member_id = resolve(
-            ready,
-            &r.community_id,
-            Some(MemberRef::Id(r.member_id)),
-            "member_id",
-        )
-        .await?;
-        let other_member_id = resolve(
-            ready,
-            &r.community_id,
-            Some(MemberRef::Id(r.other_member_id)),
-            "other_member_id",
-        )
-        .await?;
+        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
+        let other_member_id = resolve(ready, &r.community_id, other, "other_member_id").await?;
         let outcome = ready
             .writer
             .command(Command::RejectMergeSuggestion {

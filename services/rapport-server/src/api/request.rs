@@ -73,6 +73,16 @@ impl Violations {
         }
     }
 
+    /// A member given by id only: required.
+    pub(super) fn member_id(&mut self, field: &str, id: String) -> Option<MemberRef> {
+        if id.is_empty() {
+            self.add(field, "is required");
+            None
+        } else {
+            Some(MemberRef::Id(id))
+        }
+    }
+
     /// A member given by id or by identity: exactly one of the two.
     pub(super) fn member(
         &mut self,
