@@ -164,6 +164,22 @@ async fn an_erased_member_stays_erased_and_nothing_can_read_its_personal_data(ba
     let members =
         || async { pb::member_service_client::MemberServiceClient::new(app.channel().await) };
     let zoe = record_secret(&app).await.member_id;
+    // Bob answers her: her handle sits in his event, under his key.
+    let mut reply = interaction("bob-reply-1", "bob-the-replier");
+    reply.target = Some(pb::Target {
+        target: Some(pb::target::Target::Member(pb::Identity {
+            channel: "forum".into(),
+            handle: SECRETS[0].into(),
+        })),
+    });
+    let bob_reply = app
+        .interactions()
+        .await
+        .record_interaction(one(reply))
+        .await
+        .unwrap()
+        .into_inner()
+        .position;
     members()
         .await
         .link_identity(pb::LinkIdentityRequest {
@@ -244,6 +260,36 @@ async fn an_erased_member_stays_erased_and_nothing_can_read_its_personal_data(ba
     assert_eq!(
         interaction.actor.as_ref().map(|a| a.handle.as_str()),
         Some("")
+    );
+
+    // Bob's answer stays his, aimed at her member id, without her handle.
+    let events = app
+        .event_log()
+        .await
+        .read_events(pb::ReadEventsRequest {
+            community_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let answer = events
+        .iter()
+        .find(|e| e.position == bob_reply)
+        .and_then(|e| match &e.payload {
+            Some(pb::event::Payload::InteractionRecorded(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("bob's answer");
+    assert_eq!(answer.target_member_id, zoe);
+    let target = answer.interaction.unwrap().target.unwrap().target.unwrap();
+    assert_eq!(
+        target,
+        pb::target::Target::Member(pb::Identity {
+            channel: "forum".into(),
+            handle: String::new(),
+        })
     );
 
     // Her handle seen again is somebody new; she stays erased.
