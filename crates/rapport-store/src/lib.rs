@@ -324,10 +324,12 @@ impl BatchKeys {
     }
 
     /// After the commit: the new keys are stored, use them from now on.
-    pub(crate) fn committed(self, keyring: &Keyring) {
-        let new: std::collections::HashSet<String> =
-            self.new.into_iter().map(|(m, _, _)| m).collect();
-        keyring.remember(self.keys.into_iter().filter(|(m, _)| new.contains(m)));
+    pub(crate) fn committed(mut self, keyring: &Keyring) {
+        let new = self.new.into_iter().filter_map(|(member, _, _)| {
+            let key = self.keys.remove(&member)?;
+            Some((member, key))
+        });
+        keyring.remember(new);
     }
 }
 
@@ -572,27 +574,21 @@ impl Store {
     /// carried one (among its last [`DISPLAY_NAME_LOOKBACK`]).
     #[tracing::instrument(name = "db.member_profile", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn member_profile(&self, member_id: &str) -> Result<MemberProfile, StoreError> {
-        let stream = rapport_domain::member_stream_id(member_id);
-        let identity_types = [
-            EventType::IdentityLinked,
-            EventType::IdentityUnlinked,
-            EventType::MemberErased,
-        ];
-        let interaction_types = [EventType::InteractionRecorded];
-        let (identity_events, interactions) = match self {
-            Store::Sqlite(s) => (
-                s.stream_events(&stream, &identity_types, false, i64::MAX)
-                    .await?,
-                s.stream_events(&stream, &interaction_types, true, DISPLAY_NAME_LOOKBACK)
-                    .await?,
-            ),
-            Store::Postgres(s) => (
-                s.stream_events(&stream, &identity_types, false, i64::MAX)
-                    .await?,
-                s.stream_events(&stream, &interaction_types, true, DISPLAY_NAME_LOOKBACK)
-                    .await?,
-            ),
-        };
+        let (identities, erased) = self.member_identities(member_id).await?;
+        if erased {
+            return Ok(MemberProfile {
+                erased,
+                ..MemberProfile::default()
+            });
+        }
+        let interactions = self
+            .stream_events(
+                member_id,
+                &[EventType::InteractionRecorded],
+                true,
+                DISPLAY_NAME_LOOKBACK,
+            )
+            .await?;
         let display_name = interactions
             .iter()
             .find_map(|e| match &e.body {
@@ -604,20 +600,57 @@ impl Store {
                 _ => None,
             })
             .unwrap_or_default();
-        let erased = identity_events
-            .iter()
-            .any(|e| matches!(e.body, rapport_domain::EventBody::MemberErased { .. }));
-        if erased {
-            return Ok(MemberProfile {
-                erased,
-                ..MemberProfile::default()
-            });
-        }
         Ok(MemberProfile {
-            identities: rapport_domain::current_identities(identity_events.iter().map(|e| &e.body)),
+            identities,
             display_name,
             erased,
         })
+    }
+
+    /// A member's identities now (the fold of its link and unlink events),
+    /// and whether it was erased (then none).
+    async fn member_identities(
+        &self,
+        member_id: &str,
+    ) -> Result<(Vec<rapport_domain::Identity>, bool), StoreError> {
+        let events = self
+            .stream_events(
+                member_id,
+                &[
+                    EventType::IdentityLinked,
+                    EventType::IdentityUnlinked,
+                    EventType::MemberErased,
+                ],
+                false,
+                i64::MAX,
+            )
+            .await?;
+        if events
+            .iter()
+            .any(|e| matches!(e.body, rapport_domain::EventBody::MemberErased { .. }))
+        {
+            return Ok((Vec::new(), true));
+        }
+        Ok((
+            rapport_domain::current_identities(events.iter().map(|e| &e.body)),
+            false,
+        ))
+    }
+
+    /// Events of some types from a member's own stream (see the backends'
+    /// `stream_events`).
+    async fn stream_events(
+        &self,
+        member_id: &str,
+        types: &[EventType],
+        newest_first: bool,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let stream = rapport_domain::member_stream_id(member_id);
+        match self {
+            Store::Sqlite(s) => s.stream_events(&stream, types, newest_first, limit).await,
+            Store::Postgres(s) => s.stream_events(&stream, types, newest_first, limit).await,
+        }
     }
 
     /// What merge suggestions are computed from, for one community: its
@@ -677,7 +710,7 @@ impl Store {
         }
         let mut emails = Vec::new();
         for member_id in with_email {
-            for identity in self.member_profile(&member_id).await?.identities {
+            for identity in self.member_identities(&member_id).await?.0 {
                 if identity.channel == "email" {
                     let local = canonical_email(&identity.handle).1;
                     emails.push(EmailRow {
@@ -702,7 +735,6 @@ impl Store {
     /// parts opened (for a data export).
     #[tracing::instrument(name = "db.member_stream", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn member_stream(&self, member_id: &str) -> Result<Vec<Event>, StoreError> {
-        let stream = rapport_domain::member_stream_id(member_id);
         let every = [
             EventType::MemberRegistered,
             EventType::IdentityLinked,
@@ -713,10 +745,9 @@ impl Store {
             EventType::MemberErased,
             EventType::MergeSuggestionRejected,
         ];
-        let mut events = match self {
-            Store::Sqlite(s) => s.stream_events(&stream, &every, false, i64::MAX).await?,
-            Store::Postgres(s) => s.stream_events(&stream, &every, false, i64::MAX).await?,
-        };
+        let mut events = self
+            .stream_events(member_id, &every, false, i64::MAX)
+            .await?;
         self.forget_erased_targets(&mut events).await?;
         Ok(events)
     }

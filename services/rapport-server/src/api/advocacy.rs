@@ -11,7 +11,7 @@ use rapport_proto::v1::advocacy_service_server::AdvocacyService;
 use rapport_store::CommandOutcome;
 use tonic::{Request, Response, Status};
 
-use super::request::{Violations, resolve};
+use super::request::{Violations, refused, resolve};
 use super::{AppState, Ready, wait_deadline};
 use crate::auth::Guard;
 use crate::convert::{policy_in, policy_out, timestamp};
@@ -543,12 +543,7 @@ pub(super) async fn set_member_role(
             member_id,
             position: event.position,
         })),
-        CommandOutcome::MemberErased => Err(ApiError::MemberErased { member_id }.into()),
-        _ => Err(ApiError::NotFound {
-            what: format!("member_id {member_id:?} in community {:?}", r.community_id),
-            reason: "MEMBER_NOT_FOUND",
-        }
-        .into()),
+        refusal => Err(refused(refusal, member_id, &r.community_id).into()),
     }
 }
 

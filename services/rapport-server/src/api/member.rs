@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::advocacy::{current_policy, set_member_role};
 use super::export;
-use super::request::{MemberRef, Violations, resolve};
+use super::request::{MemberRef, Violations, refused, resolve};
 use super::{AppState, Ready, wait_deadline};
 use crate::auth::Guard;
 use crate::convert::{identity_out, timestamp};
@@ -120,15 +120,7 @@ impl MemberService for Members {
             CommandOutcome::IdentityOwned { member_id: owner } => {
                 Err(identity_owned(&done.identity, &owner))
             }
-            CommandOutcome::MemberErased => Err(ApiError::MemberErased {
-                member_id: done.member_id,
-            }
-            .into()),
-            CommandOutcome::UnknownMember
-            | CommandOutcome::NotLinked
-            | CommandOutcome::AlreadyErased => {
-                Err(member_not_found(&done.member_id, &done.community_id).into())
-            }
+            refusal => Err(refused(refusal, done.member_id, &done.community_id).into()),
         }
     }
 
@@ -162,11 +154,7 @@ impl MemberService for Members {
                 reason: "IDENTITY_NOT_LINKED",
             }
             .into()),
-            CommandOutcome::MemberErased => Err(ApiError::MemberErased {
-                member_id: done.member_id,
-            }
-            .into()),
-            _ => Err(member_not_found(&done.member_id, &done.community_id).into()),
+            refusal => Err(refused(refusal, done.member_id, &done.community_id).into()),
         }
     }
 
@@ -347,8 +335,7 @@ impl MemberService for Members {
                     position: event.position,
                 }))
             }
-            CommandOutcome::MemberErased => Err(ApiError::MemberErased { member_id }.into()),
-            _ => Err(member_not_found(&member_id, &r.community_id).into()),
+            refusal => Err(refused(refusal, member_id, &r.community_id).into()),
         }
     }
 
@@ -400,7 +387,7 @@ impl MemberService for Members {
                 position: *ready.writer.committed().borrow(),
                 already_erased: true,
             })),
-            _ => Err(member_not_found(&member_id, &r.community_id).into()),
+            refusal => Err(refused(refusal, member_id, &r.community_id).into()),
         }
     }
 
@@ -478,13 +465,6 @@ impl IdentityChange {
                 identity,
             },
         ))
-    }
-}
-
-fn member_not_found(member_id: &str, community_id: &str) -> ApiError {
-    ApiError::NotFound {
-        what: format!("member_id {member_id:?} in community {community_id:?}"),
-        reason: "MEMBER_NOT_FOUND",
     }
 }
 

@@ -6,6 +6,8 @@ use rapport_domain::validate::{is_channel_slug, is_community_id};
 use rapport_domain::{FieldViolation, Identity, Timestamp};
 use rapport_proto::v1 as pb;
 
+use rapport_store::CommandOutcome;
+
 use super::Ready;
 use super::timeline::MAX_PAGE_SIZE;
 use crate::error::ApiError;
@@ -50,6 +52,18 @@ pub(super) async fn resolve(
                     identity.handle, identity.channel
                 ))
             }),
+    }
+}
+
+/// Why a command named a member and wrote nothing, as the caller hears it:
+/// the member was erased, or (unknown, refused otherwise) it is not found.
+pub(super) fn refused(outcome: CommandOutcome, member_id: String, community_id: &str) -> ApiError {
+    match outcome {
+        CommandOutcome::MemberErased => ApiError::MemberErased { member_id },
+        _ => ApiError::NotFound {
+            what: format!("member_id {member_id:?} in community {community_id:?}"),
+            reason: "MEMBER_NOT_FOUND",
+        },
     }
 }
 
