@@ -15,6 +15,7 @@ mod health;
 mod ingest;
 mod limits;
 mod members;
+mod merges;
 mod metrics;
 mod personal;
 mod reflection;

@@ -45,6 +45,23 @@ pub enum EventBody {
         member_id: String,
         other_member_id: String,
     },
+    /// A community manager said two members are one person: from now on
+    /// `source_member_id` reads as `member_id` (the target), whose
+    /// timelines and scores include the source's whole history. The
+    /// source's own events and identities stay its own, so an unmerge can
+    /// give them back. On the target's stream.
+    MembersMerged {
+        member_id: String,
+        source_member_id: String,
+        /// The operator's, not personal.
+        reason: String,
+    },
+    /// The merge of `source_member_id` into `member_id` was undone: both
+    /// read again as had they never been merged. On the target's stream.
+    MemberUnmerged {
+        member_id: String,
+        source_member_id: String,
+    },
     /// An interaction was recorded for the member its actor resolved to.
     InteractionRecorded {
         member_id: String,
@@ -100,6 +117,8 @@ pub enum EventType {
     IdentityUnlinked = 6,
     MemberErased = 7,
     MergeSuggestionRejected = 8,
+    MembersMerged = 9,
+    MemberUnmerged = 10,
 }
 
 impl EventType {
@@ -113,6 +132,8 @@ impl EventType {
             6 => Some(Self::IdentityUnlinked),
             7 => Some(Self::MemberErased),
             8 => Some(Self::MergeSuggestionRejected),
+            9 => Some(Self::MembersMerged),
+            10 => Some(Self::MemberUnmerged),
             _ => None,
         }
     }
@@ -126,6 +147,8 @@ impl EventBody {
             EventBody::IdentityUnlinked { .. } => EventType::IdentityUnlinked,
             EventBody::MemberErased { .. } => EventType::MemberErased,
             EventBody::MergeSuggestionRejected { .. } => EventType::MergeSuggestionRejected,
+            EventBody::MembersMerged { .. } => EventType::MembersMerged,
+            EventBody::MemberUnmerged { .. } => EventType::MemberUnmerged,
             EventBody::InteractionRecorded { .. } => EventType::InteractionRecorded,
             EventBody::MemberRoleSet { .. } => EventType::MemberRoleSet,
             EventBody::ScoringPolicySet { .. } => EventType::ScoringPolicySet,
@@ -142,6 +165,8 @@ impl EventBody {
             | EventBody::IdentityUnlinked { member_id, .. }
             | EventBody::MemberErased { member_id, .. }
             | EventBody::MergeSuggestionRejected { member_id, .. }
+            | EventBody::MembersMerged { member_id, .. }
+            | EventBody::MemberUnmerged { member_id, .. }
             | EventBody::InteractionRecorded { member_id, .. }
             | EventBody::MemberRoleSet { member_id, .. } => member_id,
             EventBody::ScoringPolicySet { .. } => "",
@@ -232,6 +257,23 @@ pub enum Command {
         member_id: String,
         other_member_id: String,
     },
+    /// Merge `source_member_id` into `target_member_id` (see
+    /// [`EventBody::MembersMerged`]). The store refuses chains: a source
+    /// already merged, a target merged into another, a source others were
+    /// merged into.
+    MergeMembers {
+        community_id: String,
+        source_member_id: String,
+        target_member_id: String,
+        reason: String,
+    },
+    /// Undo the merge of `source_member_id` into `target_member_id`; the
+    /// store refuses it unless that is the source's merge now.
+    UnmergeMember {
+        community_id: String,
+        source_member_id: String,
+        target_member_id: String,
+    },
 }
 
 impl Command {
@@ -242,7 +284,9 @@ impl Command {
             | Command::LinkIdentity { community_id, .. }
             | Command::UnlinkIdentity { community_id, .. }
             | Command::EraseMember { community_id, .. }
-            | Command::RejectMergeSuggestion { community_id, .. } => community_id,
+            | Command::RejectMergeSuggestion { community_id, .. }
+            | Command::MergeMembers { community_id, .. }
+            | Command::UnmergeMember { community_id, .. } => community_id,
         }
     }
 
@@ -264,6 +308,12 @@ impl Command {
             | Command::UnlinkIdentity { member_id, .. }
             | Command::EraseMember { member_id, .. }
             | Command::RejectMergeSuggestion { member_id, .. } => Some(member_id),
+            Command::MergeMembers {
+                source_member_id, ..
+            }
+            | Command::UnmergeMember {
+                source_member_id, ..
+            } => Some(source_member_id),
             Command::SetScoringPolicy { .. } => None,
         }
     }
@@ -276,6 +326,12 @@ impl Command {
             | Command::UnlinkIdentity { member_id, .. }
             | Command::EraseMember { member_id, .. }
             | Command::RejectMergeSuggestion { member_id, .. } => member_stream_id(member_id),
+            Command::MergeMembers {
+                target_member_id, ..
+            }
+            | Command::UnmergeMember {
+                target_member_id, ..
+            } => member_stream_id(target_member_id),
             Command::SetScoringPolicy { community_id, .. } => community_stream_id(community_id),
         }
     }
@@ -322,6 +378,24 @@ impl Command {
             } => EventBody::MergeSuggestionRejected {
                 member_id: member_id.clone(),
                 other_member_id: other_member_id.clone(),
+            },
+            Command::MergeMembers {
+                source_member_id,
+                target_member_id,
+                reason,
+                ..
+            } => EventBody::MembersMerged {
+                member_id: target_member_id.clone(),
+                source_member_id: source_member_id.clone(),
+                reason: reason.clone(),
+            },
+            Command::UnmergeMember {
+                source_member_id,
+                target_member_id,
+                ..
+            } => EventBody::MemberUnmerged {
+                member_id: target_member_id.clone(),
+                source_member_id: source_member_id.clone(),
             },
         };
         Event {

@@ -136,7 +136,11 @@ pub fn timeline_rows(event: &Event) -> Vec<TimelineRow> {
         }
         EventBody::MemberRoleSet { member_id, .. }
         | EventBody::MemberErased { member_id, .. }
-        | EventBody::MergeSuggestionRejected { member_id, .. } => {
+        | EventBody::MergeSuggestionRejected { member_id, .. }
+        // In the target's timeline: the source's history reads as the
+        // target's while merged, and as its own again after.
+        | EventBody::MembersMerged { member_id, .. }
+        | EventBody::MemberUnmerged { member_id, .. } => {
             vec![row(
                 member_id,
                 Role::Subject,

@@ -76,7 +76,8 @@ impl Projection for Scores {
     }
 
     fn version(&self) -> u64 {
-        3
+        // 4: activity rows keyed by the member they count for (merges).
+        4
     }
 
     fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
@@ -97,7 +98,22 @@ impl Projection for Scores {
                     incentivized    SMALLINT NOT NULL,
                     positive        SMALLINT NOT NULL,
                     other_member_id TEXT,
+                    origin_member_id       TEXT NOT NULL,
+                    other_origin_member_id TEXT,
                     PRIMARY KEY (community_id, member_id, at, position)
+                ){without_rowid}"
+            ),
+            // The rows a merge or an unmerge re-keys as the other member.
+            format!(
+                "CREATE INDEX score_activity_others_g{g} ON score_activity_g{g} \
+                 (community_id, other_origin_member_id) WHERE other_origin_member_id IS NOT NULL"
+            ),
+            format!(
+                "CREATE TABLE score_merges_g{g} (
+                    community_id    TEXT NOT NULL,
+                    member_id       TEXT NOT NULL,
+                    into_member_id  TEXT NOT NULL,
+                    PRIMARY KEY (community_id, member_id)
                 ){without_rowid}"
             ),
             format!(
@@ -178,6 +194,7 @@ impl Projection for Scores {
             "snapshots",
             "roles",
             "policies",
+            "merges",
         ]
         .iter()
         .map(|t| format!("DROP TABLE IF EXISTS score_{t}_g{g}"))
@@ -191,7 +208,35 @@ impl Projection for Scores {
         events: &'a [Event],
         _bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        async move { apply_batch(&mut tx, g, events).await }.boxed()
+        async move {
+            // Merges re-key rows the events before them wrote: apply the
+            // events between merges as batches, in log order.
+            let mut run_start = 0;
+            for (i, event) in events.iter().enumerate() {
+                let merge = match &event.body {
+                    EventBody::MembersMerged {
+                        member_id,
+                        source_member_id,
+                        ..
+                    } => Some((source_member_id, Some(member_id))),
+                    EventBody::MemberUnmerged {
+                        member_id,
+                        source_member_id,
+                    } => {
+                        let _ = member_id;
+                        Some((source_member_id, None))
+                    }
+                    _ => None,
+                };
+                if let Some((source, into)) = merge {
+                    apply_batch(&mut tx, g, &events[run_start..i]).await?;
+                    apply_merge(&mut tx, g, &event.community_id, source, into).await?;
+                    run_start = i + 1;
+                }
+            }
+            apply_batch(&mut tx, g, &events[run_start..]).await
+        }
+        .boxed()
     }
 
     /// Tightens the bounds: a bound is the score at the latest interaction,
@@ -330,7 +375,16 @@ async fn tighten_bounds(
 #[derive(Debug, Clone)]
 struct ActivityRow {
     community_id: String,
+    /// The member it counts for: the event's member, or the member that
+    /// one is merged into.
     member_id: String,
+    /// The members the event names (actor, target): what an unmerge
+    /// re-keys by.
+    origin_member_id: String,
+    other_origin_member_id: Option<String>,
+    /// The member the other one counts as (itself when both are merged
+    /// into one); `activity.other_member` leaves that case out.
+    other_member_id: Option<String>,
     activity: Activity,
 }
 
@@ -355,9 +409,13 @@ fn activity_of(event: &Event) -> Option<ActivityRow> {
     else {
         return None;
     };
+    let other = target_member_id.clone().filter(|t| t != member_id);
     Some(ActivityRow {
         community_id: event.community_id.clone(),
         member_id: member_id.clone(),
+        origin_member_id: member_id.clone(),
+        other_origin_member_id: other.clone(),
+        other_member_id: other.clone(),
         activity: Activity {
             position: event.position,
             at: Activity::effective_time(interaction.occurred_at, event.recorded_at),
@@ -365,7 +423,7 @@ fn activity_of(event: &Event) -> Option<ActivityRow> {
             channel: interaction.channel.clone(),
             incentivized: interaction.incentivized,
             positive: interaction.sentiment.is_some_and(|s| s > 0.0),
-            other_member: target_member_id.clone().filter(|t| t != member_id),
+            other_member: other,
         },
     })
 }
@@ -393,8 +451,14 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
             | EventBody::IdentityUnlinked { .. }
             | EventBody::MemberErased { .. }
             | EventBody::MergeSuggestionRejected { .. } => {}
+            // Split off by `apply`: never in a batch.
+            EventBody::MembersMerged { .. } | EventBody::MemberUnmerged { .. } => {}
         }
     }
+    if events.is_empty() {
+        return Ok(());
+    }
+    canonicalize(tx, g, &mut activities).await?;
     insert_activities(tx, g, &activities).await?;
     upsert_roles(tx, g, &roles).await?;
     for (community, (policy, position)) in &policies {
@@ -480,6 +544,215 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
     insert_tiers(tx, g, &new_tiers).await?;
     insert_snapshots(tx, g, &new_snapshots).await?;
     upsert_states(tx, g, &new_states).await
+}
+
+/// Keys new activity rows by the members their members are merged into.
+async fn canonicalize(
+    tx: &mut Tx<'_>,
+    g: u64,
+    rows: &mut [ActivityRow],
+) -> Result<(), sqlx::Error> {
+    let mut ids: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for r in rows.iter() {
+        ids.insert((&r.community_id, &r.origin_member_id));
+        if let Some(other) = &r.other_origin_member_id {
+            ids.insert((&r.community_id, other));
+        }
+    }
+    let ids: Vec<[&str; 2]> = ids.into_iter().map(|(c, m)| [c, m]).collect();
+    let mut into: HashMap<(String, String), String> = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let found: Vec<(String, String, String)> = match tx {
+            Tx::Postgres(c) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT m.community_id, m.member_id, m.into_member_id \
+                     FROM UNNEST($1::text[], $2::text[]) AS k (c, m) \
+                     JOIN score_merges_g{g} m ON m.community_id = k.c AND m.member_id = k.m"
+                )))
+                .bind(chunk.iter().map(|k| k[0]).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|k| k[1]).collect::<Vec<_>>())
+                .fetch_all(&mut **c)
+                .await?
+            }
+            Tx::Sqlite(c) => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT community_id, member_id, into_member_id FROM score_merges_g{g} \
+                     WHERE (community_id, member_id) IN ("
+                ));
+                push_tuples(&mut qb, chunk.iter().copied());
+                qb.push(")");
+                qb.build_query_as().fetch_all(&mut **c).await?
+            }
+        };
+        into.extend(found.into_iter().map(|(c, m, t)| ((c, m), t)));
+    }
+    if into.is_empty() {
+        return Ok(());
+    }
+    let canonical = |community: &str, member: &str| {
+        into.get(&(community.to_owned(), member.to_owned()))
+            .cloned()
+            .unwrap_or_else(|| member.to_owned())
+    };
+    for r in rows.iter_mut() {
+        r.member_id = canonical(&r.community_id, &r.origin_member_id);
+        r.other_member_id = r
+            .other_origin_member_id
+            .as_deref()
+            .map(|o| canonical(&r.community_id, o));
+        r.activity.other_member = r.other_member_id.clone().filter(|o| *o != r.member_id);
+    }
+    Ok(())
+}
+
+/// A merge of `source` into `into`, or (`into` = `None`) its unmerge:
+/// re-keys the activity rows that count for another member now, then folds
+/// again every member whose history that changes: the target, the source,
+/// and the members who exchanged with the source (two members they
+/// exchanged with may have become one).
+async fn apply_merge(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    source: &str,
+    into: Option<&String>,
+) -> Result<(), sqlx::Error> {
+    let target: String = match into {
+        Some(target) => target.clone(),
+        None => {
+            let sql = format!(
+                "SELECT into_member_id FROM score_merges_g{g} \
+                 WHERE community_id = $1 AND member_id = $2"
+            );
+            let found: Option<String> = on_tx!(tx, c => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(community)
+                    .bind(source)
+                    .fetch_optional(&mut **c)
+                    .await?
+            });
+            // The store refuses an unmerge of a member not merged: the log
+            // never holds one, but a projection must not stop on it.
+            let Some(found) = found else { return Ok(()) };
+            found
+        }
+    };
+    // What the source's rows count for from now on.
+    let counts_for = into.map_or(source, |t| t.as_str());
+    let statements = [
+        match into {
+            Some(_) => format!(
+                "INSERT INTO score_merges_g{g} (community_id, member_id, into_member_id) \
+                 VALUES ($1, $2, $3)"
+            ),
+            None => format!(
+                "DELETE FROM score_merges_g{g} WHERE community_id = $1 AND member_id = $2 \
+                 AND into_member_id = $3"
+            ),
+        },
+        format!(
+            "UPDATE score_activity_g{g} SET member_id = $4 \
+             WHERE community_id = $1 AND member_id IN ($2, $3) AND origin_member_id = $2"
+        ),
+        format!(
+            "UPDATE score_activity_g{g} SET other_member_id = $4 \
+             WHERE community_id = $1 AND other_origin_member_id = $2"
+        ),
+    ];
+    on_tx!(tx, c => {
+        for sql in statements {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(community)
+                .bind(source)
+                .bind(&target)
+                .bind(counts_for)
+                .execute(&mut **c)
+                .await?;
+        }
+    });
+    let exchanged: Vec<String> = on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT member_id FROM score_activity_g{g} \
+             WHERE community_id = $1 AND other_origin_member_id = $2"
+        )))
+        .bind(community)
+        .bind(source)
+        .fetch_all(&mut **c)
+        .await?
+    });
+    let mut members: BTreeSet<String> = exchanged.into_iter().collect();
+    members.insert(target);
+    members.insert(source.to_owned());
+    let members: Vec<String> = members.into_iter().collect();
+    let policy = load_policy(tx, g, community).await?;
+    refold_members(tx, g, community, &members, &policy).await
+}
+
+/// Folds `members` of `community` again from their activity rows: their
+/// states, tier histories, momentum snapshots and exchange pairs replaced.
+/// A member with no rows left (merged into another) keeps none.
+async fn refold_members(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    members: &[String],
+    policy: &Policy,
+) -> Result<(), sqlx::Error> {
+    for chunk in members.chunks(REFOLD_CHUNK) {
+        on_tx!(tx, c => {
+            for table in ["states", "tiers", "snapshots", "pairs"] {
+                let mut qb = QueryBuilder::new(format!(
+                    "DELETE FROM score_{table}_g{g} WHERE community_id = "
+                ));
+                qb.push_bind(community.to_owned());
+                qb.push(" AND member_id IN (");
+                let mut list = qb.separated(", ");
+                for m in chunk {
+                    list.push_bind(m.clone());
+                }
+                qb.push(")");
+                qb.build().execute(&mut **c).await?;
+            }
+        });
+        let rows = load_activity_rows(tx, g, community, chunk).await?;
+        let mut states = Vec::new();
+        let mut tiers = Vec::new();
+        let mut snapshots = Vec::new();
+        let mut pairs = Vec::new();
+        for (member, activities) in rows {
+            for (channel, folded) in fold_member(&activities, policy) {
+                if channel == ALL_CHANNELS {
+                    tiers.extend(
+                        folded
+                            .changes
+                            .iter()
+                            .map(|c| (community.to_owned(), member.clone(), *c)),
+                    );
+                    snapshots.extend(folded.snapshots.iter().map(|(day, state)| {
+                        (
+                            community.to_owned(),
+                            member.clone(),
+                            *day,
+                            encode_state(state),
+                        )
+                    }));
+                }
+                let key = (community.to_owned(), channel, member.clone());
+                pairs.extend(
+                    folded
+                        .last_exchange
+                        .iter()
+                        .map(|(other, day)| ((key.clone(), other.clone()), *day)),
+                );
+                states.push((key, folded.state, policy.clone()));
+            }
+        }
+        upsert_pairs(tx, g, &pairs).await?;
+        insert_tiers(tx, g, &tiers).await?;
+        insert_snapshots(tx, g, &snapshots).await?;
+        upsert_states(tx, g, &states).await?;
+    }
+    Ok(())
 }
 
 async fn insert_snapshots(
@@ -621,7 +894,8 @@ async fn insert_activities(
         on_tx!(tx, c => {
             let mut qb = QueryBuilder::new(format!(
                 "INSERT INTO score_activity_g{g} (community_id, member_id, at, position, kind, \
-                 channel, incentivized, positive, other_member_id) "
+                 channel, incentivized, positive, other_member_id, origin_member_id, \
+                 other_origin_member_id) "
             ));
             qb.push_values(chunk, |mut b, r| {
                 let a = &r.activity;
@@ -633,7 +907,9 @@ async fn insert_activities(
                     .push_bind(a.channel.clone())
                     .push_bind(i16::from(a.incentivized))
                     .push_bind(i16::from(a.positive))
-                    .push_bind(a.other_member.clone());
+                    .push_bind(r.other_member_id.clone())
+                    .push_bind(r.origin_member_id.clone())
+                    .push_bind(r.other_origin_member_id.clone());
             });
             qb.build().execute(&mut **c).await?;
         });
@@ -891,6 +1167,8 @@ fn activity_from(row: ActivityTuple) -> Result<(String, Activity), sqlx::Error> 
     let kind = InteractionKind::from_i32(i32::from(kind))
         .ok_or_else(|| sqlx::Error::Decode(format!("interaction kind {kind}").into()))?;
     let position = from_db(position).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    // Two members merged into one: their exchanges are with itself.
+    let other = other.filter(|o| *o != member);
     Ok((
         member,
         Activity {

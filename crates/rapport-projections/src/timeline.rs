@@ -377,9 +377,12 @@ async fn upsert_connections_sqlite(
 #[derive(Debug, Clone, Default)]
 pub struct TimelineQuery {
     pub community_id: String,
-    pub member_id: String,
-    /// Only exchanges with this member (a relationship).
-    pub counterpart: Option<String>,
+    /// The member and the members merged into it: their entries read as
+    /// one timeline (exchanges among them left out, as with oneself).
+    pub members: Vec<String>,
+    /// Only exchanges with these members (a relationship: the other member
+    /// and the members merged into it); empty: every entry.
+    pub counterparts: Vec<String>,
     /// Empty: every channel.
     pub channels: Vec<String>,
     /// Empty: every kind; else only interactions of these kinds.
@@ -447,11 +450,17 @@ impl Projections {
                  WHERE community_id = "
             ));
             qb.push_bind(query.community_id.clone());
-            qb.push(" AND member_id = ");
-            qb.push_bind(query.member_id.clone());
-            if let Some(other) = &query.counterpart {
-                qb.push(" AND counterpart = ");
-                qb.push_bind(other.clone());
+            push_in(&mut qb, " AND member_id IN (", &query.members);
+            if !query.counterparts.is_empty() {
+                push_in(&mut qb, " AND counterpart IN (", &query.counterparts);
+            }
+            if query.members.len() > 1 {
+                // An exchange between two merged members is one entry, the
+                // actor's, as an interaction with oneself is.
+                qb.push(" AND NOT (role = ");
+                qb.push_bind(Role::Target as i16);
+                push_in(&mut qb, " AND counterpart IN (", &query.members);
+                qb.push(")");
             }
             if !query.channels.is_empty() {
                 qb.push(" AND channel IN (");
@@ -525,7 +534,7 @@ impl Projections {
         &self,
         g: u64,
         community_id: &str,
-        member_id: &str,
+        members: &[String],
     ) -> Result<
         Vec<(
             i64,
@@ -539,17 +548,15 @@ impl Projections {
         ProjectionError,
     > {
         let pool = self.store.projections_pool();
-        let sql = format!(
-            "SELECT occurred_at, position, role, event_type, channel, kind, counterpart \
-             FROM timeline_entries_g{g} WHERE community_id = $1 AND member_id = $2 \
-             ORDER BY occurred_at, position, role"
-        );
         Ok(on_pool!(&pool, p => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(community_id)
-                .bind(member_id)
-                .fetch_all(p)
-                .await?
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT occurred_at, position, role, event_type, channel, kind, counterpart \
+                 FROM timeline_entries_g{g} WHERE community_id = "
+            ));
+            qb.push_bind(community_id.to_owned());
+            push_in(&mut qb, " AND member_id IN (", members);
+            qb.push(" ORDER BY occurred_at, position, role");
+            qb.build_query_as().fetch_all(p).await?
         }))
     }
 
@@ -559,45 +566,42 @@ impl Projections {
         &self,
         g: u64,
         community_id: &str,
-        member_id: &str,
+        members: &[String],
     ) -> Result<(u64, Option<i64>, Option<i64>), ProjectionError> {
         let pool = self.store.projections_pool();
-        let sql = format!(
-            "SELECT COUNT(*), MIN(occurred_at), MAX(occurred_at) FROM timeline_entries_g{g} \
-             WHERE community_id = $1 AND member_id = $2 AND role = $3"
-        );
         let (count, first, last): (i64, Option<i64>, Option<i64>) = on_pool!(&pool, p => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(community_id)
-                .bind(member_id)
-                .bind(Role::Actor as i16)
-                .fetch_one(p)
-                .await?
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT COUNT(*), MIN(occurred_at), MAX(occurred_at) FROM timeline_entries_g{g} \
+                 WHERE community_id = "
+            ));
+            qb.push_bind(community_id.to_owned());
+            push_in(&mut qb, " AND member_id IN (", members);
+            qb.push(" AND role = ");
+            qb.push_bind(Role::Actor as i16);
+            qb.build_query_as().fetch_one(p).await?
         });
         Ok((from_db(count)?, first, last))
     }
 
-    /// Exchange counts per kind between `member_id` and `other_member_id`.
+    /// Exchange counts per kind between `members` (a member and the
+    /// members merged into it) and `others` (another such group).
     pub async fn relationship_counts(
         &self,
         g: u64,
         community_id: &str,
-        member_id: &str,
-        other_member_id: &str,
+        members: &[String],
+        others: &[String],
     ) -> Result<Vec<KindCount>, ProjectionError> {
         let pool = self.store.projections_pool();
-        let sql = format!(
-            "SELECT kind, role, COUNT(*) FROM timeline_entries_g{g} \
-             WHERE community_id = $1 AND member_id = $2 AND counterpart = $3 \
-             GROUP BY kind, role ORDER BY kind"
-        );
         let rows: Vec<(Option<i16>, i16, i64)> = on_pool!(&pool, p => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(community_id)
-                .bind(member_id)
-                .bind(other_member_id)
-                .fetch_all(p)
-                .await?
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT kind, role, COUNT(*) FROM timeline_entries_g{g} WHERE community_id = "
+            ));
+            qb.push_bind(community_id.to_owned());
+            push_in(&mut qb, " AND member_id IN (", members);
+            push_in(&mut qb, " AND counterpart IN (", others);
+            qb.push(" GROUP BY kind, role ORDER BY kind");
+            qb.build_query_as().fetch_all(p).await?
         });
         let mut counts: Vec<KindCount> = Vec::new();
         for (kind, role, count) in rows {
@@ -625,39 +629,61 @@ impl Projections {
         Ok(counts)
     }
 
-    /// The members `member_id` exchanges with most, most exchanges first.
+    /// The members `members` (a member and the members merged into it)
+    /// exchange with most, most exchanges first, ties by id. A member merged
+    /// into another counts as that one: merges are read from the log's
+    /// `members` (not from this model), so every connection is read and
+    /// summed per member it reads as.
     pub async fn connections(
         &self,
         g: u64,
         community_id: &str,
-        member_id: &str,
+        members: &[String],
         limit: u32,
     ) -> Result<Vec<Connection>, ProjectionError> {
         let pool = self.store.projections_pool();
-        let sql = format!(
-            "SELECT other_member_id, sent, received, first_at, last_at FROM timeline_connections_g{g} \
-             WHERE community_id = $1 AND member_id = $2 \
-             ORDER BY total DESC, other_member_id LIMIT $3"
-        );
         let rows: Vec<(String, i64, i64, i64, i64)> = on_pool!(&pool, p => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(community_id)
-                .bind(member_id)
-                .bind(i64::from(limit))
-                .fetch_all(p)
-                .await?
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT other_member_id, sent, received, first_at, last_at \
+                 FROM timeline_connections_g{g} WHERE community_id = "
+            ));
+            qb.push_bind(community_id.to_owned());
+            push_in(&mut qb, " AND member_id IN (", members);
+            qb.build_query_as().fetch_all(p).await?
         });
-        rows.into_iter()
-            .map(|(other_member_id, sent, received, first_at, last_at)| {
-                Ok(Connection {
-                    other_member_id,
-                    sent: from_db(sent)?,
-                    received: from_db(received)?,
-                    first_at: Timestamp::from_micros(first_at),
-                    last_at: Timestamp::from_micros(last_at),
+        let others: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        let merged = self.store.merged_into(&others).await?;
+        let mut by_other: HashMap<String, Connection> = HashMap::new();
+        for (other, sent, received, first_at, last_at) in rows {
+            let other = merged.get(&other).cloned().unwrap_or(other);
+            if members.contains(&other) {
+                continue;
+            }
+            let c = Connection {
+                other_member_id: other.clone(),
+                sent: from_db(sent)?,
+                received: from_db(received)?,
+                first_at: Timestamp::from_micros(first_at),
+                last_at: Timestamp::from_micros(last_at),
+            };
+            by_other
+                .entry(other)
+                .and_modify(|e| {
+                    e.sent += c.sent;
+                    e.received += c.received;
+                    e.first_at = e.first_at.min(c.first_at);
+                    e.last_at = e.last_at.max(c.last_at);
                 })
-            })
-            .collect()
+                .or_insert(c);
+        }
+        let mut out: Vec<Connection> = by_other.into_values().collect();
+        out.sort_by(|a, b| {
+            (b.sent + b.received)
+                .cmp(&(a.sent + a.received))
+                .then_with(|| a.other_member_id.cmp(&b.other_member_id))
+        });
+        out.truncate(limit as usize);
+        Ok(out)
     }
 
     /// Every row of generation `g`'s tables in a canonical order, as text:
@@ -704,4 +730,18 @@ impl Projections {
         });
         Ok(out)
     }
+}
+
+/// Appends `prefix` then `values` bound as a list, then `)`.
+fn push_in<DB>(qb: &mut QueryBuilder<DB>, prefix: &str, values: &[String])
+where
+    DB: sqlx::Database,
+    for<'e> String: sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+{
+    qb.push(prefix);
+    let mut list = qb.separated(", ");
+    for v in values {
+        list.push_bind(v.clone());
+    }
+    qb.push(")");
 }

@@ -190,7 +190,7 @@ async fn actual(projections: &Projections, g: u64) -> Expected {
                 g,
                 &TimelineQuery {
                     community_id: "acme".into(),
-                    member_id: member.clone(),
+                    members: vec![member.clone()],
                     limit: 100_000,
                     ..TimelineQuery::default()
                 },
@@ -199,7 +199,7 @@ async fn actual(projections: &Projections, g: u64) -> Expected {
             .expect("timeline");
         entries.insert(member.clone(), page.len());
         for c in projections
-            .connections(g, "acme", member, 1000)
+            .connections(g, "acme", std::slice::from_ref(member), 1000)
             .await
             .expect("connections")
         {
@@ -248,7 +248,7 @@ async fn the_timeline_follows_the_log(backend: Backend) {
             g,
             &TimelineQuery {
                 community_id: "acme".into(),
-                member_id: member.clone(),
+                members: vec![member.clone()],
                 limit: 1000,
                 ..TimelineQuery::default()
             },
@@ -273,7 +273,7 @@ async fn the_timeline_follows_the_log(backend: Backend) {
             g,
             &TimelineQuery {
                 community_id: "other".into(),
-                member_id: member,
+                members: vec![member],
                 limit: 1000,
                 ..TimelineQuery::default()
             },

@@ -154,8 +154,29 @@ async fn all_events(store: &Store) -> Vec<Event> {
 }
 
 /// Each member's activities, derived from the log here, independently of
-/// the projection: what the model's input is by definition.
+/// the projection: what the model's input is by definition. A member merged
+/// into another (as the log stands at its end) is that one, wherever it
+/// appears: its interactions are the target's, and so are those aimed at it.
 fn activities_by_member(events: &[Event]) -> BTreeMap<String, Vec<Activity>> {
+    let mut merged: BTreeMap<String, String> = BTreeMap::new();
+    for e in events {
+        match &e.body {
+            EventBody::MembersMerged {
+                member_id,
+                source_member_id,
+                ..
+            } => {
+                merged.insert(source_member_id.clone(), member_id.clone());
+            }
+            EventBody::MemberUnmerged {
+                source_member_id, ..
+            } => {
+                merged.remove(source_member_id);
+            }
+            _ => {}
+        }
+    }
+    let canonical = |m: &String| merged.get(m).cloned().unwrap_or_else(|| m.clone());
     let mut out: BTreeMap<String, Vec<Activity>> = BTreeMap::new();
     for e in events {
         if let EventBody::InteractionRecorded {
@@ -164,6 +185,8 @@ fn activities_by_member(events: &[Event]) -> BTreeMap<String, Vec<Activity>> {
             target_member_id,
         } = &e.body
         {
+            let member_id = &canonical(member_id);
+            let target_member_id = target_member_id.as_ref().map(canonical);
             out.entry(member_id.clone()).or_default().push(Activity {
                 position: e.position,
                 at: interaction.occurred_at.min(e.recorded_at),
@@ -258,6 +281,7 @@ on_both_backends!(
     scores_equal_a_replay_of_the_log,
     a_policy_change_rescores_from_the_log,
     a_rebuild_of_the_scores_is_identical,
+    merged_members_score_as_one_and_rebuild_identically,
     rankings_are_exact_and_leave_staff_and_bots_out,
     tied_rankings_page_by_member_id_across_reads,
 );
@@ -346,6 +370,93 @@ async fn a_rebuild_of_the_scores_is_identical(backend: Backend) {
     let rebuilt_rows = projections.scores_dump(rebuilt).await.expect("dump");
     assert_eq!(rebuilt_rows.len(), live_rows.len());
     assert_eq!(rebuilt_rows, live_rows);
+    running.stop().await;
+}
+
+/// Merges and unmerges between batches (and interactions of a merged member
+/// meanwhile): every state is the replay of its member's activities with
+/// the merges as the log ends, and a rebuild from position 0 gives the same
+/// rows.
+async fn merged_members_score_as_one_and_rebuild_identically(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "scores_merges").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections);
+    let member = |n: usize| {
+        let store = store.clone();
+        async move {
+            let identity = Identity {
+                channel: "forum".into(),
+                handle: format!("member{n}"),
+            };
+            store
+                .find_member("acme", &identity)
+                .await
+                .expect("find")
+                .expect("a member")
+        }
+    };
+    let command = |command: Command| {
+        let store = store.clone();
+        async move {
+            let outcome = store
+                .append_command(command, rapport_store::wall_clock())
+                .await
+                .expect("command");
+            assert!(
+                matches!(outcome, CommandOutcome::Appended(_)),
+                "{outcome:?}"
+            );
+        }
+    };
+    let merge = |source: String, target: String| Command::MergeMembers {
+        community_id: "acme".into(),
+        source_member_id: source,
+        target_member_id: target,
+        reason: "test".into(),
+    };
+    append(&store, 0..150).await;
+    let (m3, m5, m7) = (member(3).await, member(5).await, member(7).await);
+    command(merge(m3.clone(), m5.clone())).await;
+    append(&store, 150..250).await;
+    command(merge(m7.clone(), m5.clone())).await;
+    let g = caught_up(&projections).await;
+    assert_states_replay(&projections, g, &Policy::default()).await;
+    assert!(
+        projections
+            .score_state(g, "acme", &m3, ALL_CHANNELS)
+            .await
+            .expect("state")
+            .is_none(),
+        "a merged member has no score of its own"
+    );
+    command(Command::UnmergeMember {
+        community_id: "acme".into(),
+        source_member_id: m3.clone(),
+        target_member_id: m5.clone(),
+    })
+    .await;
+    append(&store, 250..300).await;
+    let live = caught_up(&projections).await;
+    assert_states_replay(&projections, live, &Policy::default()).await;
+
+    let live_rows = projections.scores_dump(live).await.expect("dump");
+    let (rebuilt, _) = projections.rebuild(NAME).await.expect("rebuild");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = projections.status().await.expect("status");
+        let scores = status.iter().find(|s| s.name == NAME).expect("scores");
+        if scores.active.as_ref().map(|a| a.generation) == Some(rebuilt) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never switched: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        projections.scores_dump(rebuilt).await.expect("dump"),
+        live_rows
+    );
     running.stop().await;
 }
 

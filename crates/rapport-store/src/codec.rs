@@ -68,6 +68,15 @@ struct StoredRejected {
     other_member_id: String,
 }
 
+/// A merge or an unmerge: the source (the target is the event's member).
+#[derive(Clone, PartialEq, Message)]
+struct StoredMerge {
+    #[prost(string, tag = "1")]
+    source_member_id: String,
+    #[prost(string, tag = "2")]
+    reason: String,
+}
+
 #[derive(Clone, PartialEq, Message)]
 struct StoredErased {
     #[prost(string, tag = "1")]
@@ -266,6 +275,28 @@ pub(crate) fn encode(body: &EventBody) -> (Vec<u8>, Option<Vec<u8>>) {
             .encode_to_vec(),
             None,
         ),
+        EventBody::MembersMerged {
+            source_member_id,
+            reason,
+            ..
+        } => (
+            StoredMerge {
+                source_member_id: source_member_id.clone(),
+                reason: reason.clone(),
+            }
+            .encode_to_vec(),
+            None,
+        ),
+        EventBody::MemberUnmerged {
+            source_member_id, ..
+        } => (
+            StoredMerge {
+                source_member_id: source_member_id.clone(),
+                reason: String::new(),
+            }
+            .encode_to_vec(),
+            None,
+        ),
         EventBody::MemberErased { reason, .. } => (
             StoredErased {
                 reason: reason.clone(),
@@ -364,6 +395,21 @@ pub(crate) fn decode(
                 other_member_id: p.other_member_id,
             })
         }
+        Some(EventType::MembersMerged) => {
+            let p = StoredMerge::decode(payload).map_err(|_| corrupt("payload"))?;
+            Ok(EventBody::MembersMerged {
+                member_id,
+                source_member_id: p.source_member_id,
+                reason: p.reason,
+            })
+        }
+        Some(EventType::MemberUnmerged) => {
+            let p = StoredMerge::decode(payload).map_err(|_| corrupt("payload"))?;
+            Ok(EventBody::MemberUnmerged {
+                member_id,
+                source_member_id: p.source_member_id,
+            })
+        }
         Some(EventType::MemberErased) => {
             let p = StoredErased::decode(payload).map_err(|_| corrupt("payload"))?;
             Ok(EventBody::MemberErased {
@@ -408,6 +454,15 @@ mod tests {
         round_trip(EventBody::MergeSuggestionRejected {
             member_id: "m1".into(),
             other_member_id: "m2".into(),
+        });
+        round_trip(EventBody::MembersMerged {
+            member_id: "m1".into(),
+            source_member_id: "m2".into(),
+            reason: "one person: ticket 7".into(),
+        });
+        round_trip(EventBody::MemberUnmerged {
+            member_id: "m1".into(),
+            source_member_id: "m2".into(),
         });
         round_trip(EventBody::MemberErased {
             member_id: "m1".into(),

@@ -134,6 +134,41 @@ pub enum CommandOutcome {
     MemberErased,
     /// `EraseMember` of a member erased before: nothing written.
     AlreadyErased,
+    /// The member is merged into `into`: only an unmerge applies to it
+    /// (nothing written).
+    MemberMerged { into: String },
+    /// `MergeMembers` (the source) or `EraseMember`: other members are
+    /// merged into this one; unmerge them first (nothing written).
+    HasMergedMembers,
+    /// `MergeMembers`: the target is not a member of the community.
+    UnknownTarget,
+    /// `MergeMembers`: the target's personal data was erased.
+    TargetErased,
+    /// `MergeMembers`: the target is itself merged into `into`.
+    TargetMerged { into: String },
+    /// `UnmergeMember`: the source is not merged into that target (nothing
+    /// written).
+    NotMerged,
+}
+
+/// The members that read as one (see [`Store::member_group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberGroup {
+    /// The member reads answer with: the target of a merge, or the member.
+    pub member_id: String,
+    /// The member the request named, when it was merged into `member_id`.
+    pub merged_from: Option<String>,
+    /// The members merged into `member_id`, by id.
+    pub merged: Vec<String>,
+}
+
+impl MemberGroup {
+    /// `member_id`, then the members merged into it.
+    pub fn all(&self) -> Vec<String> {
+        std::iter::once(self.member_id.clone())
+            .chain(self.merged.iter().cloned())
+            .collect()
+    }
 }
 
 /// A pair of members in a fixed order: the smaller id first.
@@ -141,20 +176,60 @@ pub(crate) fn ordered<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
     if a <= b { (a, b) } else { (b, a) }
 }
 
-/// Whether a command may go ahead for the member it names, given whether
-/// that member exists in the command's community and was erased (read under
-/// the log's lock); `Some` is the refusal to answer.
+/// What the commands' preconditions need to know of a member, read under
+/// the log's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberFacts {
+    pub erased: bool,
+    /// The member it was merged into, if it is merged now.
+    pub merged_into: Option<String>,
+    /// Other members are merged into it.
+    pub has_merged: bool,
+}
+
+/// Whether a command may go ahead, given what the log knows of the member
+/// it names and, for a merge, of the target (`None`: not a member of the
+/// command's community); `Some` is the refusal to answer.
 pub(crate) fn member_precondition(
     command: &Command,
-    erased: Option<bool>,
+    member: Option<&MemberFacts>,
+    target: Option<&MemberFacts>,
 ) -> Option<CommandOutcome> {
-    match erased {
-        None => Some(CommandOutcome::UnknownMember),
-        Some(true) if matches!(command, Command::EraseMember { .. }) => {
-            Some(CommandOutcome::AlreadyErased)
+    let Some(member) = member else {
+        return Some(CommandOutcome::UnknownMember);
+    };
+    match command {
+        Command::EraseMember { .. } if member.erased => return Some(CommandOutcome::AlreadyErased),
+        _ if member.erased => return Some(CommandOutcome::MemberErased),
+        Command::UnmergeMember {
+            target_member_id, ..
+        } => {
+            return (member.merged_into.as_deref() != Some(target_member_id))
+                .then_some(CommandOutcome::NotMerged);
         }
-        Some(true) => Some(CommandOutcome::MemberErased),
-        Some(false) => None,
+        _ => {}
+    }
+    // A merged member reads as its target; acting on it is acting on a
+    // member that, for everyone else, no longer exists on its own.
+    if let Some(into) = &member.merged_into {
+        return Some(CommandOutcome::MemberMerged { into: into.clone() });
+    }
+    match command {
+        // One person, several members: erasing one of them would leave the
+        // others' personal data in a history that reads as theirs.
+        Command::EraseMember { .. } if member.has_merged => Some(CommandOutcome::HasMergedMembers),
+        // No chains: a merge is undone exactly by one unmerge.
+        Command::MergeMembers { .. } if member.has_merged => Some(CommandOutcome::HasMergedMembers),
+        Command::MergeMembers { .. } => match target {
+            None => Some(CommandOutcome::UnknownTarget),
+            Some(t) if t.erased => Some(CommandOutcome::TargetErased),
+            Some(MemberFacts {
+                merged_into: Some(into),
+                ..
+            }) => Some(CommandOutcome::TargetMerged { into: into.clone() }),
+            Some(_) => None,
+        },
+        _ => None,
     }
 }
 
@@ -663,11 +738,14 @@ impl Store {
         community_id: &str,
     ) -> Result<MergeCandidates, StoreError> {
         use rapport_domain::suggest::{EmailRow, HandleRow, canonical_email};
-        const IDENTITIES: &str =
-            "SELECT channel, handle_key, member_id FROM identities WHERE community_id = $1";
+        // Members merged into another count as that one: their identities
+        // are the target's, and a pair inside one merge is no suggestion.
+        const IDENTITIES: &str = "SELECT i.channel, i.handle_key, i.member_id, \
+             COALESCE(m.merged_into, i.member_id) FROM identities i \
+             JOIN members m ON m.member_id = i.member_id WHERE i.community_id = $1";
         const REJECTED: &str = "SELECT member_a, member_b FROM rejected_merge_suggestions \
              WHERE community = $1";
-        let rows: Vec<(String, String, String)> = match self {
+        let rows: Vec<(String, String, String, String)> = match self {
             Store::Sqlite(s) => {
                 sqlx::query_as(IDENTITIES)
                     .bind(community_id)
@@ -696,10 +774,10 @@ impl Store {
             }
         };
         let mut handles = Vec::new();
-        let mut with_email = std::collections::BTreeSet::new();
-        for (channel, lookup, member_id) in rows {
+        let mut with_email = std::collections::BTreeMap::new();
+        for (channel, lookup, owner, member_id) in rows {
             if channel == "email" {
-                with_email.insert(member_id);
+                with_email.insert(owner, member_id);
             } else {
                 handles.push(HandleRow {
                     member_id,
@@ -709,8 +787,8 @@ impl Store {
             }
         }
         let mut emails = Vec::new();
-        for member_id in with_email {
-            for identity in self.member_identities(&member_id).await?.0 {
+        for (owner, member_id) in with_email {
+            for identity in self.member_identities(&owner).await?.0 {
                 if identity.channel == "email" {
                     let local = canonical_email(&identity.handle).1;
                     emails.push(EmailRow {
@@ -744,6 +822,8 @@ impl Store {
             EventType::IdentityUnlinked,
             EventType::MemberErased,
             EventType::MergeSuggestionRejected,
+            EventType::MembersMerged,
+            EventType::MemberUnmerged,
         ];
         let mut events = self
             .stream_events(member_id, &every, false, i64::MAX)
@@ -795,6 +875,81 @@ impl Store {
             }
         };
         Ok(found.is_some())
+    }
+
+    /// The member `member_id` reads as, and every member that reads as it:
+    /// itself, or the member it was merged into, and the members merged
+    /// into that one. `None` unless it is a member of `community_id`.
+    #[tracing::instrument(name = "db.member_group", level = "info", skip_all, fields(db.system = self.backend()))]
+    pub async fn member_group(
+        &self,
+        community_id: &str,
+        member_id: &str,
+    ) -> Result<Option<MemberGroup>, StoreError> {
+        // One statement: the member, its target, and the target's sources.
+        const SQL: &str = "WITH m AS (SELECT COALESCE(merged_into, member_id) AS canonical \
+             FROM members WHERE member_id = $1 AND community_id = $2) \
+             SELECT m.canonical, o.member_id FROM m \
+             LEFT JOIN members o ON o.merged_into = m.canonical ORDER BY o.member_id";
+        let rows: Vec<(String, Option<String>)> = match self {
+            Store::Sqlite(s) => {
+                sqlx::query_as(SQL)
+                    .bind(member_id)
+                    .bind(community_id)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+            Store::Postgres(s) => {
+                sqlx::query_as(SQL)
+                    .bind(member_id)
+                    .bind(community_id)
+                    .fetch_all(s.pool())
+                    .await?
+            }
+        };
+        let Some((canonical, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let canonical = canonical.clone();
+        let merged: Vec<String> = rows.into_iter().filter_map(|(_, m)| m).collect();
+        Ok(Some(MemberGroup {
+            merged_from: (canonical != member_id).then(|| member_id.to_owned()),
+            member_id: canonical,
+            merged,
+        }))
+    }
+
+    /// Of `member_ids`, those merged into another member now, with that
+    /// member: how reads show a counterpart that was merged.
+    #[tracing::instrument(name = "db.merged_into", level = "info", skip_all, fields(db.system = self.backend()))]
+    pub async fn merged_into(
+        &self,
+        member_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in member_ids.chunks(500) {
+            macro_rules! fetch {
+                ($pool:expr) => {{
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "SELECT member_id, merged_into FROM members \
+                         WHERE merged_into IS NOT NULL AND member_id IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id.clone());
+                    }
+                    qb.push(")");
+                    let rows: Vec<(String, String)> = qb.build_query_as().fetch_all($pool).await?;
+                    rows
+                }};
+            }
+            let rows = match self {
+                Store::Sqlite(s) => fetch!(s.pool()),
+                Store::Postgres(s) => fetch!(s.pool()),
+            };
+            out.extend(rows);
+        }
+        Ok(out)
     }
 
     /// The member an identity belongs to in `community_id`, matching the

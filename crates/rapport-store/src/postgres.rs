@@ -145,14 +145,16 @@ impl PgStore {
         let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
         let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         if let Some(member_id) = command.member_id() {
-            let erased: Option<bool> = sqlx::query_scalar(
-                "SELECT erased FROM members WHERE member_id = $1 AND community_id = $2",
-            )
-            .bind(member_id)
-            .bind(command.community_id())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(refused) = crate::member_precondition(command, erased) {
+            let member = member_facts(&mut tx, command.community_id(), member_id).await?;
+            let target = match command {
+                Command::MergeMembers {
+                    target_member_id, ..
+                } => member_facts(&mut tx, command.community_id(), target_member_id).await?,
+                _ => None,
+            };
+            if let Some(refused) =
+                crate::member_precondition(command, member.as_ref(), target.as_ref())
+            {
                 return Ok(refused);
             }
         }
@@ -238,6 +240,28 @@ impl PgStore {
             .bind(b)
             .execute(&mut *tx)
             .await?;
+        }
+        match command {
+            Command::MergeMembers {
+                source_member_id,
+                target_member_id,
+                ..
+            } => {
+                sqlx::query("UPDATE members SET merged_into = $2 WHERE member_id = $1")
+                    .bind(source_member_id)
+                    .bind(target_member_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Command::UnmergeMember {
+                source_member_id, ..
+            } => {
+                sqlx::query("UPDATE members SET merged_into = NULL WHERE member_id = $1")
+                    .bind(source_member_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {}
         }
         if let Command::EraseMember { member_id, .. } = command {
             // The key first: with it goes every personal part of the member.
@@ -567,4 +591,25 @@ async fn insert_keys(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// What a command's preconditions need to know of a member (see
+/// [`crate::member_precondition`]), under the transaction's lock.
+async fn member_facts(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    community_id: &str,
+    member_id: &str,
+) -> Result<Option<crate::MemberFacts>, StoreError> {
+    let row: Option<(bool, Option<String>, bool)> = sqlx::query_as(crate::sql::MEMBER_FACTS)
+        .bind(member_id)
+        .bind(community_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(
+        row.map(|(erased, merged_into, has_merged)| crate::MemberFacts {
+            erased,
+            merged_into,
+            has_merged,
+        }),
+    )
 }

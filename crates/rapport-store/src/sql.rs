@@ -16,6 +16,13 @@ pub(crate) const EVENT_COLUMNS: &str = "position, community_id, stream_id, strea
 /// erased, so nobody reads its personal data from then on.
 pub(crate) const EVENTS_WITH_KEYS: &str = "events LEFT JOIN member_keys ON owner = member_id";
 
+/// What the commands' preconditions read of a member (`$1`) in its
+/// community (`$2`): erased, merged into whom, whether others are merged
+/// into it. Both dialects.
+pub(crate) const MEMBER_FACTS: &str = "SELECT erased, merged_into, \
+     EXISTS (SELECT 1 FROM members o WHERE o.merged_into = members.member_id) \
+     FROM members WHERE member_id = $1 AND community_id = $2";
+
 /// A value bound to a placeholder of [`select_events`].
 #[derive(Debug, Clone)]
 pub(crate) enum Param {

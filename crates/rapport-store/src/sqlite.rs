@@ -568,14 +568,29 @@ fn command_blocking(
 ) -> Result<CommandOutcome, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(member_id) = command.member_id() {
-        let erased: Option<bool> = tx
-            .query_row(
-                "SELECT erased FROM members WHERE member_id = ?1 AND community_id = ?2",
+        let facts = |member_id: &str| {
+            tx.query_row(
+                crate::sql::MEMBER_FACTS,
                 params![member_id, command.community_id()],
-                |r| r.get(0),
+                |r| {
+                    Ok(crate::MemberFacts {
+                        erased: r.get(0)?,
+                        merged_into: r.get(1)?,
+                        has_merged: r.get(2)?,
+                    })
+                },
             )
-            .optional()?;
-        if let Some(refused) = crate::member_precondition(command, erased) {
+            .optional()
+        };
+        let member = facts(member_id)?;
+        let target = match command {
+            Command::MergeMembers {
+                target_member_id, ..
+            } => facts(target_member_id)?,
+            _ => None,
+        };
+        if let Some(refused) = crate::member_precondition(command, member.as_ref(), target.as_ref())
+        {
             return Ok(refused);
         }
     }
@@ -634,6 +649,30 @@ fn command_blocking(
                 "INSERT OR IGNORE INTO rejected_merge_suggestions (community, member_a, member_b) \
                  VALUES (?1, ?2, ?3)",
                 params![community_id, a, b],
+            )?;
+        }
+        (
+            Command::MergeMembers {
+                source_member_id,
+                target_member_id,
+                ..
+            },
+            _,
+        ) => {
+            tx.execute(
+                "UPDATE members SET merged_into = ?2 WHERE member_id = ?1",
+                params![source_member_id, target_member_id],
+            )?;
+        }
+        (
+            Command::UnmergeMember {
+                source_member_id, ..
+            },
+            _,
+        ) => {
+            tx.execute(
+                "UPDATE members SET merged_into = NULL WHERE member_id = ?1",
+                [source_member_id],
             )?;
         }
         (Command::EraseMember { member_id, .. }, _) => {

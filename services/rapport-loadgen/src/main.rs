@@ -19,6 +19,9 @@
 //! - `catch-up`: wait until the projections have applied the whole log;
 //! - `rebuild`: rebuild the timeline from position 0 and time it.
 //!
+//! Merge benchmark (`bench/merge.sh`): `merge` times `MergeMembers` and
+//! `UnmergeMember` of two members until visible in timeline and score.
+//!
 //! Subscription benchmarks (`bench/subscribe.sh`):
 //! - `follow`: one `SubscribeEvents` from position 0 to the head (catch-up
 //!   delivery rate), and `ReadEvents` paging over the same events;
@@ -27,6 +30,7 @@
 
 mod advocacy;
 mod community;
+mod merge;
 mod probes;
 mod subscribe;
 
@@ -59,6 +63,9 @@ enum Mode {
     Preview,
     /// One subscriber from 0 to the head: catch-up delivery rate.
     Follow,
+    /// Two members of `--per-member` interactions each merged and unmerged
+    /// `--rounds` times: time until visible in timeline and score.
+    Merge,
 }
 
 #[derive(Debug, Parser)]
@@ -121,6 +128,12 @@ struct Args {
     /// acknowledgement (a lower bound of commit-to-receipt).
     #[arg(long)]
     ack_latency: bool,
+    /// Merge mode: interactions of each of the two members.
+    #[arg(long, default_value_t = 10_000)]
+    per_member: u64,
+    /// Merge mode: merges (each followed by its unmerge) timed.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
 }
 
 #[tokio::main]
@@ -173,6 +186,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Mode::Rescore => return advocacy::rescore(channels[0].clone(), label).await,
         Mode::Preview => return advocacy::preview(channels[0].clone(), label).await,
         Mode::Follow => return subscribe::catch_up(channels[0].clone(), label).await,
+        Mode::Merge => {
+            return merge::merge(
+                channels[0].clone(),
+                &run_id.to_string(),
+                args.per_member,
+                args.members,
+                args.rounds,
+                label,
+            )
+            .await;
+        }
     }
     // Each task's share of the rate: one call every `pace`.
     let pace = (args.rate > 0).then(|| {

@@ -67,7 +67,9 @@ pub fn access(path: &str) -> Access {
             | "SetMemberRole"
             | "EraseMember"
             | "ExportMember"
-            | "RejectMergeSuggestion",
+            | "RejectMergeSuggestion"
+            | "MergeMembers"
+            | "UnmergeMember",
         )
         | ("rapport.v1.AdminService", "ListProjections" | "RebuildProjection") => {
             Access::Scope(Scope::Admin)

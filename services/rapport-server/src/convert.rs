@@ -112,6 +112,22 @@ pub fn event_out(e: domain::Event) -> pb::Event {
             member_id,
             other_member_id,
         }),
+        domain::EventBody::MembersMerged {
+            member_id,
+            source_member_id,
+            reason,
+        } => Payload::MembersMerged(pb::MembersMerged {
+            member_id,
+            source_member_id,
+            reason,
+        }),
+        domain::EventBody::MemberUnmerged {
+            member_id,
+            source_member_id,
+        } => Payload::MemberUnmerged(pb::MemberUnmerged {
+            member_id,
+            source_member_id,
+        }),
         domain::EventBody::InteractionRecorded {
             member_id,
             interaction,
@@ -166,6 +182,12 @@ pub fn timeline_entry_out(
         domain::EventBody::MemberRegistered { .. }
         | domain::EventBody::MemberErased { .. }
         | domain::EventBody::MergeSuggestionRejected { .. } => {}
+        domain::EventBody::MembersMerged {
+            source_member_id, ..
+        }
+        | domain::EventBody::MemberUnmerged {
+            source_member_id, ..
+        } => out.merged_member_id = source_member_id,
         domain::EventBody::IdentityLinked { identity, .. }
         | domain::EventBody::IdentityUnlinked { identity, .. } => {
             out.channel = identity.channel.clone();

@@ -47,6 +47,17 @@ pub enum ApiError {
     /// The member's personal data was erased: it takes no more changes.
     #[error("member {member_id:?} was erased")]
     MemberErased { member_id: String },
+    /// A merge-related refusal: the member is merged (act on `into`), or a
+    /// merge would make a chain, or an unmerge names no merge.
+    #[error("{message}")]
+    MergeRefused {
+        message: String,
+        /// The `ErrorInfo` reason, e.g. `MEMBER_MERGED`.
+        reason: &'static str,
+        /// The member to act on instead, when there is one
+        /// (`ErrorInfo.metadata["into_member_id"]`).
+        into: Option<String>,
+    },
     #[error("too many subscriptions are open (at most {limit}); retry later")]
     TooManySubscriptions { limit: usize },
     /// A subscription ends because the server stops; the client resumes
@@ -132,6 +143,14 @@ impl From<ApiError> for Status {
             ApiError::NotFound { reason, .. } => (Code::NotFound, *reason, error.to_string()),
             ApiError::MemberErased { .. } => {
                 (Code::FailedPrecondition, "MEMBER_ERASED", error.to_string())
+            }
+            ApiError::MergeRefused { reason, into, .. } => {
+                let metadata: HashMap<String, String> = into
+                    .iter()
+                    .map(|i| ("into_member_id".to_owned(), i.clone()))
+                    .collect();
+                details.set_error_info(*reason, ERROR_DOMAIN, metadata);
+                (Code::FailedPrecondition, "", error.to_string())
             }
             ApiError::TooManySubscriptions { .. } => (
                 Code::ResourceExhausted,

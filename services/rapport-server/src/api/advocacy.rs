@@ -11,7 +11,7 @@ use rapport_proto::v1::advocacy_service_server::AdvocacyService;
 use rapport_store::CommandOutcome;
 use tonic::{Request, Response, Status};
 
-use super::request::{Violations, refused, resolve};
+use super::request::{Violations, refused, resolve, resolve_group};
 use super::{AppState, Ready, wait_deadline};
 use crate::auth::Guard;
 use crate::convert::{policy_in, policy_out, timestamp};
@@ -60,7 +60,8 @@ impl AdvocacyService for Advocacy {
         v.check()?;
 
         let ready = self.state.ready()?;
-        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
+        let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
+        let member_id = group.member_id;
         let active = ready
             .projections
             .wait_for(NAME, r.min_position, deadline)
@@ -155,6 +156,7 @@ impl AdvocacyService for Advocacy {
         ];
         Ok(Response::new(pb::GetAdvocateScoreResponse {
             member_id,
+            merged_from: group.merged_from.unwrap_or_default(),
             as_of: Some(timestamp(as_of)),
             score: assessment.score.value,
             tier: assessment.tier.as_i32(),

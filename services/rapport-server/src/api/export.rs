@@ -2,8 +2,9 @@
 //! (a subject access request) as one JSON document, handed over as a
 //! `google.protobuf.Struct` so grpcurl shows it as JSON.
 //!
-//! Only the member's own stream: other members' interactions aimed at it
-//! carry their authors' personal data, which is not the requester's.
+//! Only the member's own streams (its own, and those of the members merged
+//! into it: one person): other members' interactions aimed at it carry
+//! their authors' personal data, which is not the requester's.
 
 use std::collections::BTreeMap;
 
@@ -116,10 +117,25 @@ fn event_json(event: &Event) -> Value {
             "merge_suggestion_rejected",
             json!({ "other_member_id": other_member_id }),
         ),
+        EventBody::MembersMerged {
+            source_member_id,
+            reason,
+            ..
+        } => (
+            "members_merged",
+            json!({ "source_member_id": source_member_id, "reason": reason }),
+        ),
+        EventBody::MemberUnmerged {
+            source_member_id, ..
+        } => (
+            "member_unmerged",
+            json!({ "source_member_id": source_member_id }),
+        ),
         EventBody::ScoringPolicySet { .. } => ("scoring_policy_set", json!({})),
     };
     json!({
         "position": event.position,
+        "member_id": event.body.member_id(),
         "stream_version": event.stream_version,
         "recorded_at": rfc3339(event.recorded_at),
         "type": kind,

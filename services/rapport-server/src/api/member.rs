@@ -11,13 +11,13 @@ use rapport_domain::{Command, Identity, Timestamp};
 use rapport_projections::{scores, timeline};
 use rapport_proto::v1 as pb;
 use rapport_proto::v1::member_service_server::MemberService;
-use rapport_store::CommandOutcome;
+use rapport_store::{CommandOutcome, MemberGroup};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::advocacy::{current_policy, set_member_role};
 use super::export;
-use super::request::{MemberRef, Violations, refused, resolve};
+use super::request::{MemberRef, Violations, refused, resolve, resolve_group};
 use super::{AppState, Ready, wait_deadline};
 use crate::auth::Guard;
 use crate::convert::{identity_out, timestamp};
@@ -33,7 +33,8 @@ fn decode_pair_token(token: &str) -> Option<(String, String)> {
     (!a.is_empty() && !b.is_empty()).then(|| (a.to_owned(), b.to_owned()))
 }
 
-/// Longest erasure reason: a ticket or request id, not a story.
+/// Longest operator's reason (erasure, merge): a ticket or request id, not
+/// a story.
 const MAX_REASON_CHARS: usize = 512;
 
 pub struct Members {
@@ -55,11 +56,11 @@ impl MemberService for Members {
         let member = v.member_id("member_id", r.member_id);
         v.check()?;
         let ready = self.state.ready()?;
-        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
-        let member =
-            member_out(ready, &r.community_id, member_id, r.min_position, deadline).await?;
+        let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
+        let member = member_out(ready, &r.community_id, &group, r.min_position, deadline).await?;
         Ok(Response::new(pb::GetMemberResponse {
             member: Some(member),
+            merged_from: group.merged_from.unwrap_or_default(),
         }))
     }
 
@@ -76,17 +77,17 @@ impl MemberService for Members {
         let identity = v.identity_or_email(r.identity, r.email);
         v.check()?;
         let ready = self.state.ready()?;
-        let member_id = resolve(
+        let group = resolve_group(
             ready,
             &r.community_id,
             identity.map(MemberRef::Identity),
             "identity",
         )
         .await?;
-        let member =
-            member_out(ready, &r.community_id, member_id, r.min_position, deadline).await?;
+        let member = member_out(ready, &r.community_id, &group, r.min_position, deadline).await?;
         Ok(Response::new(pb::FindMemberResponse {
             member: Some(member),
+            merged_from: group.merged_from.unwrap_or_default(),
         }))
     }
 
@@ -173,20 +174,20 @@ impl MemberService for Members {
         v.check()?;
         let ready = self.state.ready()?;
         let community_id = r.community_id;
-        let member_id = resolve(ready, &community_id, member, "member_id").await?;
-        let shown = member_out(
-            ready,
-            &community_id,
-            member_id.clone(),
-            r.min_position,
-            deadline,
-        )
-        .await?;
-        let events = ready
-            .store
-            .member_stream(&member_id)
-            .await
-            .map_err(ApiError::from)?;
+        let group = resolve_group(ready, &community_id, member, "member_id").await?;
+        let member_id = group.member_id.clone();
+        let shown = member_out(ready, &community_id, &group, r.min_position, deadline).await?;
+        // One person: the streams of the members merged into it too.
+        let mut events = Vec::new();
+        for member in group.all() {
+            let stream = ready
+                .store
+                .member_stream(&member)
+                .await
+                .map_err(ApiError::from)?;
+            events.extend(stream);
+        }
+        events.sort_by_key(|e| e.position);
         let timelines = ready
             .projections
             .wait_for(timeline::NAME, r.min_position, deadline)
@@ -194,7 +195,7 @@ impl MemberService for Members {
             .map_err(ApiError::from)?;
         let rows = ready
             .projections
-            .member_timeline_rows(timelines.generation, &community_id, &member_id)
+            .member_timeline_rows(timelines.generation, &community_id, &group.all())
             .await
             .map_err(ApiError::from)?
             .into_iter()
@@ -349,18 +350,7 @@ impl MemberService for Members {
         let mut v = Violations::default();
         v.community(&r.community_id);
         let member = v.member("member_id", r.member_id, "member", r.member);
-        let reason = r.reason.trim();
-        if reason.is_empty() {
-            v.add(
-                "reason",
-                "is required (a ticket or request id, kept in the log)",
-            );
-        } else if reason.chars().count() > MAX_REASON_CHARS {
-            v.add(
-                "reason",
-                format!("must be at most {MAX_REASON_CHARS} characters"),
-            );
-        }
+        let reason = operator_reason(&mut v, &r.reason);
         v.check()?;
         let ready = self.state.ready()?;
         let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
@@ -369,7 +359,7 @@ impl MemberService for Members {
             .command(Command::EraseMember {
                 community_id: r.community_id.clone(),
                 member_id: member_id.clone(),
-                reason: reason.to_owned(),
+                reason,
             })
             .await
             .map_err(ApiError::from)?;
@@ -397,6 +387,125 @@ impl MemberService for Members {
     ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
         set_member_role(&self.state, request).await
     }
+
+    async fn merge_members(
+        &self,
+        request: Request<pb::MergeMembersRequest>,
+    ) -> Result<Response<pb::MergeMembersResponse>, Status> {
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        if !r.source_member_id.is_empty() && r.source_member_id == r.target_member_id {
+            v.add(
+                "target_member_id",
+                "must be another member than source_member_id",
+            );
+        }
+        let source = v.member("source_member_id", r.source_member_id, "source", r.source);
+        let target = v.member("target_member_id", r.target_member_id, "target", r.target);
+        let reason = operator_reason(&mut v, &r.reason);
+        v.check()?;
+        let ready = self.state.ready()?;
+        let source = resolve(ready, &r.community_id, source, "source_member_id").await?;
+        let target = resolve(ready, &r.community_id, target, "target_member_id").await?;
+        if source == target {
+            // Named by two identities of one member.
+            return Err(ApiError::field(
+                "target_member_id",
+                "must be another member than source_member_id",
+            )
+            .into());
+        }
+        let outcome = ready
+            .writer
+            .command(Command::MergeMembers {
+                community_id: r.community_id.clone(),
+                source_member_id: source.clone(),
+                target_member_id: target.clone(),
+                reason,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        match outcome {
+            CommandOutcome::Appended(event) => {
+                tracing::info!(community = %r.community_id, source = %source, target = %target, position = event.position, "members merged");
+                Ok(Response::new(pb::MergeMembersResponse {
+                    position: event.position,
+                    member_id: target,
+                    source_member_id: source,
+                }))
+            }
+            CommandOutcome::TargetErased => {
+                Err(ApiError::MemberErased { member_id: target }.into())
+            }
+            CommandOutcome::UnknownTarget => {
+                Err(refused(CommandOutcome::UnknownMember, target, &r.community_id).into())
+            }
+            refusal => Err(refused(refusal, source, &r.community_id).into()),
+        }
+    }
+
+    async fn unmerge_member(
+        &self,
+        request: Request<pb::UnmergeMemberRequest>,
+    ) -> Result<Response<pb::UnmergeMemberResponse>, Status> {
+        let guard = Guard::of(&request);
+        let r = request.into_inner();
+        guard.community(&r.community_id)?;
+        let mut v = Violations::default();
+        v.community(&r.community_id);
+        let source = v.member("source_member_id", r.source_member_id, "source", r.source);
+        v.check()?;
+        let ready = self.state.ready()?;
+        let group = resolve_group(ready, &r.community_id, source, "source_member_id").await?;
+        let Some(source) = group.merged_from else {
+            return Err(
+                refused(CommandOutcome::NotMerged, group.member_id, &r.community_id).into(),
+            );
+        };
+        // The store checks again, under the log's lock, that this is still
+        // the source's merge: a concurrent unmerge or merge makes it refuse.
+        let target = group.member_id;
+        let outcome = ready
+            .writer
+            .command(Command::UnmergeMember {
+                community_id: r.community_id.clone(),
+                source_member_id: source.clone(),
+                target_member_id: target.clone(),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        match outcome {
+            CommandOutcome::Appended(event) => {
+                tracing::info!(community = %r.community_id, source = %source, target = %target, position = event.position, "member unmerged");
+                Ok(Response::new(pb::UnmergeMemberResponse {
+                    position: event.position,
+                    target_member_id: target,
+                    source_member_id: source,
+                }))
+            }
+            refusal => Err(refused(refusal, source, &r.community_id).into()),
+        }
+    }
+}
+
+/// An operator's reason (erasure, merge): required, short, kept in the log.
+fn operator_reason(v: &mut Violations, reason: &str) -> String {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        v.add(
+            "reason",
+            "is required (a ticket or request id, kept in the log)",
+        );
+    } else if reason.chars().count() > MAX_REASON_CHARS {
+        v.add(
+            "reason",
+            format!("must be at most {MAX_REASON_CHARS} characters"),
+        );
+    }
+    reason.to_owned()
 }
 
 /// A link or unlink, validated: the community, the member as the request
@@ -502,6 +611,7 @@ fn member_json(m: &pb::Member) -> serde_json::Value {
         "interactions": m.interactions,
         "tier": pb::Tier::try_from(m.tier).map(|t| t.as_str_name()).unwrap_or_default(),
         "erased": m.erased,
+        "merged_member_ids": m.merged_member_ids,
     })
 }
 
@@ -527,10 +637,11 @@ const ERASED_MEMBER: &str = "erased member";
 async fn member_out(
     ready: &Ready,
     community_id: &str,
-    member_id: String,
+    group: &MemberGroup,
     min_position: u64,
     deadline: Instant,
 ) -> Result<pb::Member, ApiError> {
+    let member_id = group.member_id.clone();
     let timelines = ready
         .projections
         .wait_for(timeline::NAME, min_position, deadline)
@@ -539,10 +650,19 @@ async fn member_out(
         .projections
         .wait_for(scores::NAME, min_position, deadline)
         .await?;
-    let profile = ready.store.member_profile(&member_id).await?;
+    let mut profile = ready.store.member_profile(&member_id).await?;
+    // The members merged into it: their identities are its identities, and
+    // their display name stands in for a missing one.
+    for merged in &group.merged {
+        let other = ready.store.member_profile(merged).await?;
+        profile.identities.extend(other.identities);
+        if profile.display_name.is_empty() {
+            profile.display_name = other.display_name;
+        }
+    }
     let (interactions, first, last) = ready
         .projections
-        .member_activity(timelines.generation, community_id, &member_id)
+        .member_activity(timelines.generation, community_id, &group.all())
         .await?;
     let g = scored.generation;
     let role = ready
@@ -572,5 +692,6 @@ async fn member_out(
         last_seen: last.map(|t| timestamp(Timestamp::from_micros(t))),
         interactions,
         tier: tier.as_i32(),
+        merged_member_ids: group.merged.clone(),
     })
 }

@@ -6,7 +6,7 @@ use rapport_domain::validate::{is_channel_slug, is_community_id};
 use rapport_domain::{FieldViolation, Identity, Timestamp};
 use rapport_proto::v1 as pb;
 
-use rapport_store::CommandOutcome;
+use rapport_store::{CommandOutcome, MemberGroup};
 
 use super::Ready;
 use super::timeline::MAX_PAGE_SIZE;
@@ -55,11 +55,60 @@ pub(super) async fn resolve(
     }
 }
 
+/// The member a read names and the members that read as it (see
+/// `Store::member_group`): a member merged into another answers as that
+/// one, and the response says so.
+pub(super) async fn resolve_group(
+    ready: &Ready,
+    community_id: &str,
+    member: Option<MemberRef>,
+    field: &str,
+) -> Result<MemberGroup, ApiError> {
+    let id = resolve(ready, community_id, member, field).await?;
+    ready
+        .store
+        .member_group(community_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            what: format!("{field} {id:?} in community {community_id:?}"),
+            reason: "MEMBER_NOT_FOUND",
+        })
+}
+
 /// Why a command named a member and wrote nothing, as the caller hears it:
-/// the member was erased, or (unknown, refused otherwise) it is not found.
+/// the member was erased or merged, a merge was refused, or (unknown,
+/// refused otherwise) it is not found.
 pub(super) fn refused(outcome: CommandOutcome, member_id: String, community_id: &str) -> ApiError {
+    let merge = |reason, message: String, into: Option<String>| ApiError::MergeRefused {
+        message,
+        reason,
+        into,
+    };
     match outcome {
         CommandOutcome::MemberErased => ApiError::MemberErased { member_id },
+        CommandOutcome::MemberMerged { into } => merge(
+            "MEMBER_MERGED",
+            format!(
+                "member {member_id:?} is merged into {into:?}: act on {into:?}, or unmerge it first"
+            ),
+            Some(into),
+        ),
+        CommandOutcome::HasMergedMembers => merge(
+            "MEMBER_HAS_MERGED_MEMBERS",
+            format!("other members are merged into {member_id:?}: unmerge them first"),
+            None,
+        ),
+        CommandOutcome::TargetMerged { into } => merge(
+            "TARGET_MERGED",
+            format!("the target is merged into {into:?}: merge into {into:?} instead"),
+            Some(into),
+        ),
+        CommandOutcome::NotMerged => merge(
+            "MEMBER_NOT_MERGED",
+            format!("member {member_id:?} is not merged into another member"),
+            None,
+        ),
+
         _ => ApiError::NotFound {
             what: format!("member_id {member_id:?} in community {community_id:?}"),
             reason: "MEMBER_NOT_FOUND",

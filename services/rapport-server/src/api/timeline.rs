@@ -9,7 +9,7 @@ use rapport_proto::v1 as pb;
 use rapport_proto::v1::timeline_service_server::TimelineService;
 use tonic::{Request, Response, Status};
 
-use super::request::{Violations, resolve};
+use super::request::{Violations, resolve_group};
 use super::{AppState, Ready, wait_deadline};
 use crate::auth::Guard;
 use crate::convert::{tier_change_out, timeline_entry_out, timestamp};
@@ -66,7 +66,8 @@ impl TimelineService for Timelines {
         v.check()?;
 
         let ready = self.state.ready()?;
-        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
+        let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
+        let member_id = group.member_id.clone();
         // Tokens are bound to the member, not to how it was named.
         let digest = request_digest(
             ["timeline", &r.community_id, &member_id]
@@ -99,8 +100,8 @@ impl TimelineService for Timelines {
         };
         let query = TimelineQuery {
             community_id: r.community_id,
-            member_id: member_id.clone(),
-            counterpart: None,
+            members: group.all(),
+            counterparts: Vec::new(),
             channels: r.channels,
             kinds,
             since,
@@ -114,6 +115,7 @@ impl TimelineService for Timelines {
             next_page_token,
             projection_position: active.position,
             member_id,
+            merged_from: group.merged_from.unwrap_or_default(),
         }))
     }
 
@@ -138,10 +140,15 @@ impl TimelineService for Timelines {
         v.check()?;
 
         let ready = self.state.ready()?;
-        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
-        let other_member_id = resolve(ready, &r.community_id, other, "other_member_id").await?;
+        let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
+        let others = resolve_group(ready, &r.community_id, other, "other_member_id").await?;
+        let (member_id, other_member_id) = (group.member_id.clone(), others.member_id.clone());
         if member_id == other_member_id {
-            return Err(ApiError::field("other_member_id", "must be another member").into());
+            return Err(ApiError::field(
+                "other_member_id",
+                "must be another member (not one merged with member_id either)",
+            )
+            .into());
         }
         let digest = request_digest([
             "relationship",
@@ -158,13 +165,13 @@ impl TimelineService for Timelines {
         let g = active.generation;
         let counts = ready
             .projections
-            .relationship_counts(g, &r.community_id, &member_id, &other_member_id)
+            .relationship_counts(g, &r.community_id, &group.all(), &others.all())
             .await
             .map_err(ApiError::from)?;
         let query = TimelineQuery {
             community_id: r.community_id,
-            member_id: member_id.clone(),
-            counterpart: Some(other_member_id.clone()),
+            members: group.all(),
+            counterparts: others.all(),
             after,
             limit: page_size,
             ..TimelineQuery::default()
@@ -184,6 +191,8 @@ impl TimelineService for Timelines {
             projection_position: active.position,
             member_id,
             other_member_id,
+            merged_from: group.merged_from.unwrap_or_default(),
+            other_merged_from: others.merged_from.unwrap_or_default(),
         }))
     }
 
@@ -202,7 +211,7 @@ impl TimelineService for Timelines {
         v.check()?;
 
         let ready = self.state.ready()?;
-        let member_id = resolve(ready, &r.community_id, member, "member_id").await?;
+        let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
         let active = ready
             .projections
             .wait_for(NAME, r.min_position, deadline)
@@ -211,7 +220,7 @@ impl TimelineService for Timelines {
         let g = active.generation;
         let connections = ready
             .projections
-            .connections(g, &r.community_id, &member_id, limit)
+            .connections(g, &r.community_id, &group.all(), limit)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListConnectionsResponse {
@@ -226,7 +235,8 @@ impl TimelineService for Timelines {
                 })
                 .collect(),
             projection_position: active.position,
-            member_id,
+            member_id: group.member_id,
+            merged_from: group.merged_from.unwrap_or_default(),
         }))
     }
 }
@@ -298,7 +308,7 @@ impl Item {
 /// The member's tier changes a page may show: the stored ones (up to the
 /// latest interaction) and the demotions time has made since, up to now.
 async fn tier_items(ready: &Ready, g: u64, query: &TimelineQuery) -> Result<Vec<Item>, ApiError> {
-    let (community, member) = (&query.community_id, &query.member_id);
+    let (community, member) = (&query.community_id, &query.members[0]);
     let policy = ready
         .projections
         .scoring_policy(g, community)
