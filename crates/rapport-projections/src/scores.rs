@@ -6,7 +6,11 @@
 //! - `score_activity_g{g}`: every interaction as the score sees it
 //!   ([`Activity`]: no personal data), keyed in the model's canonical order
 //!   (member, time, position). The input of replays: `as_of` reads,
-//!   explanations, momentum, a late backfill, a policy change, a preview.
+//!   explanations, momentum, a late backfill, a policy change, a preview,
+//!   a merge. `member_id` (and `other_member_id`) is the member the row
+//!   counts for: the event's member, or the member it is merged into now;
+//!   `origin_member_id` (and `other_origin_member_id`) the event's own,
+//!   which an unmerge re-keys by.
 //! - `score_states_g{g}`: per member, and per member and channel, the folded
 //!   [`ScoreState`] (a few sums and at most 26 weeks and 180 days of
 //!   marks), its `bound` and its tier. `bound` is the score at the state's
@@ -28,6 +32,7 @@
 //!   only the ones momentum can still ask for.
 //! - `score_roles_g{g}`, `score_policies_g{g}`: staff and bots; the
 //!   community's current policy.
+//! - `score_merges_g{g}`: which member each merged member counts for now.
 //!
 //! Reads are not kept as prepared statements (`persistent(false)`): a
 //! PostgreSQL session would otherwise reuse the generic plan it chose while
@@ -38,7 +43,9 @@
 //! interaction recorded late counts as already decayed), so each batch only
 //! folds its own interactions into the states it touches. A new policy
 //! re-folds the whole community from the activity rows: the same fold, so
-//! the result is what a replay from position 0 gives.
+//! the result is what a replay from position 0 gives. A merge or an
+//! unmerge re-keys the activity rows and re-folds the members whose
+//! history that changes ([`apply_merge`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -16,7 +16,8 @@
 //!
 //! A sealed part starts with [`SEALED`], a byte no stored personal part
 //! starts with (its first byte is a protobuf tag of a small field number),
-//! so parts written before encryption existed still read as they are.
+//! so parts written before encryption existed still read as they are (until
+//! `Store::migrate` seals them, once per database).
 
 use std::collections::HashMap;
 use std::path::Path;

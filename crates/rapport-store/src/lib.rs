@@ -151,6 +151,10 @@ pub enum CommandOutcome {
     NotMerged,
 }
 
+/// The `store_tasks` row of sealing the personal parts written before
+/// encryption existed.
+pub(crate) const SEAL_LEGACY_TASK: &str = "seal-legacy-personal";
+
 /// The members that read as one (see [`Store::member_group`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberGroup {
@@ -503,14 +507,23 @@ impl Store {
     /// Applies pending migrations. Safe to run from several replicas at once.
     ///
     /// Then turns identity lookups written before they were keyed (plain
-    /// normalized handles) into keyed hashes, once, under the log's lock.
+    /// normalized handles) into keyed hashes, under the log's lock; and,
+    /// once per database, seals the personal parts of events written before
+    /// encryption existed with their members' keys (those of erased members
+    /// are dropped), so an erasure shreds them too.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let rehashed = match self {
+        let (rehashed, sealed) = match self {
             Store::Sqlite(s) => s.migrate().await?,
             Store::Postgres(s) => s.migrate().await?,
         };
         if rehashed > 0 {
             tracing::info!(identities = rehashed, "identity lookups keyed");
+        }
+        if sealed > 0 {
+            tracing::info!(
+                events = sealed,
+                "personal parts written before encryption sealed"
+            );
         }
         Ok(())
     }

@@ -63,8 +63,9 @@ impl PgStore {
         })
     }
 
-    /// Returns how many identity lookups it keyed (see [`Store::migrate`]).
-    pub(crate) async fn migrate(&self) -> Result<usize, StoreError> {
+    /// Returns how many identity lookups it keyed and how many personal
+    /// parts it sealed (see [`Store::migrate`]).
+    pub(crate) async fn migrate(&self) -> Result<(usize, usize), StoreError> {
         // sqlx takes its own advisory lock, so replicas starting together
         // apply each migration once.
         sqlx::migrate!("./migrations/postgres")
@@ -97,7 +98,97 @@ impl PgStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(rows.len())
+        let sealed = self.seal_legacy_personal().await?;
+        Ok((rows.len(), sealed))
+    }
+
+    /// Seals the personal parts written before encryption existed with
+    /// their members' keys (made for members without one), and drops those
+    /// of erased members: once, then marked done in `store_tasks`. Chunks
+    /// of 5,000 events, each under the log's lock. The old row versions stay
+    /// in the table files until vacuum reuses their space.
+    async fn seal_legacy_personal(&self) -> Result<usize, StoreError> {
+        let done: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM store_tasks WHERE task = $1)")
+                .bind(crate::SEAL_LEGACY_TASK)
+                .fetch_one(&self.pool)
+                .await?;
+        if done {
+            return Ok(0);
+        }
+        let mut keys: std::collections::HashMap<String, Option<crate::crypto::DataKey>> =
+            std::collections::HashMap::new();
+        let (mut sealed, mut after) = (0, 0i64);
+        loop {
+            let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK_KEY})");
+            let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+            let rows: Vec<(i64, String, String, Vec<u8>, bool)> = sqlx::query_as(
+                "SELECT e.position, e.member_id, e.community_id, e.personal, \
+                 COALESCE(m.erased, false) FROM events e \
+                 LEFT JOIN members m ON m.member_id = e.member_id \
+                 WHERE e.position > $1 AND e.personal IS NOT NULL \
+                 AND get_byte(e.personal, 0) <> 255 ORDER BY e.position LIMIT 5000",
+            )
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else {
+                sqlx::query(
+                    "INSERT INTO store_tasks (task, done_at) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(crate::SEAL_LEGACY_TASK)
+                .bind(crate::wall_clock().as_micros())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(sealed);
+            };
+            after = last.0;
+            let mut positions = Vec::with_capacity(rows.len());
+            let mut values = Vec::with_capacity(rows.len());
+            for (position, member, community, personal, erased) in &rows {
+                if !keys.contains_key(member) {
+                    let wrapped: Option<Vec<u8>> =
+                        sqlx::query_scalar("SELECT wrapped FROM member_keys WHERE owner = $1")
+                            .bind(member)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let key = match (wrapped, erased) {
+                        (Some(wrapped), _) => Some(self.keyring.data_key(&wrapped, member)?),
+                        // Erased: its personal data goes, as its key went.
+                        (None, true) => None,
+                        (None, false) => {
+                            let (key, wrapped) = self.keyring.master().new_data_key(member);
+                            sqlx::query(
+                                "INSERT INTO member_keys (owner, community, wrapped) \
+                                 VALUES ($1, $2, $3)",
+                            )
+                            .bind(member)
+                            .bind(community)
+                            .bind(wrapped)
+                            .execute(&mut *tx)
+                            .await?;
+                            Some(key)
+                        }
+                    };
+                    keys.insert(member.clone(), key);
+                }
+                positions.push(*position);
+                values.push(keys[member].as_ref().map(|k| k.seal(personal, member)));
+            }
+            sqlx::query(
+                "UPDATE events e SET personal = u.personal \
+                 FROM UNNEST($1::bigint[], $2::bytea[]) AS u (position, personal) \
+                 WHERE e.position = u.position",
+            )
+            .bind(&positions)
+            .bind(&values)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            sealed += rows.len();
+        }
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {

@@ -188,8 +188,9 @@ impl SqliteStore {
         })
     }
 
-    /// Returns how many identity lookups it keyed (see [`Store::migrate`]).
-    pub(crate) async fn migrate(&self) -> Result<usize, StoreError> {
+    /// Returns how many identity lookups it keyed and how many personal
+    /// parts it sealed (see [`Store::migrate`]).
+    pub(crate) async fn migrate(&self) -> Result<(usize, usize), StoreError> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.admin)
             .await?;
@@ -199,7 +200,10 @@ impl SqliteStore {
         let writer = Arc::clone(&self.writer);
         let keyring = self.keyring.clone();
         tokio::task::spawn_blocking(move || {
-            key_identity_lookups(&mut writer.lock().expect("sqlite writer"), &keyring)
+            let mut conn = writer.lock().expect("sqlite writer");
+            let keyed = key_identity_lookups(&mut conn, &keyring)?;
+            let sealed = seal_legacy_personal(&mut conn, &keyring)?;
+            Ok((keyed, sealed))
         })
         .await
         .map_err(|e| StoreError::Corrupt(format!("the sqlite writer panicked: {e}")))?
@@ -556,6 +560,91 @@ fn key_identity_lookups(
     }
     tx.commit()?;
     Ok(rows.len())
+}
+
+/// Seals the personal parts written before encryption existed with their
+/// members' keys (made for members without one), and drops those of erased
+/// members: once, then marked done in `store_tasks`. On the writer's
+/// connection, whose `secure_delete` overwrites the old pages; the WAL is
+/// emptied after.
+fn seal_legacy_personal(
+    conn: &mut rusqlite::Connection,
+    keyring: &Keyring,
+) -> Result<usize, StoreError> {
+    let done: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM store_tasks WHERE task = ?1)",
+        [crate::SEAL_LEGACY_TASK],
+        |r| r.get(0),
+    )?;
+    if done {
+        return Ok(0);
+    }
+    let mut keys: std::collections::HashMap<String, Option<crate::crypto::DataKey>> =
+        std::collections::HashMap::new();
+    let (mut sealed, mut after) = (0, 0i64);
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, String, String, Vec<u8>, bool)> = {
+            let mut select = tx.prepare(
+                "SELECT e.position, e.member_id, e.community_id, e.personal, \
+                 COALESCE(m.erased, 0) FROM events e \
+                 LEFT JOIN members m ON m.member_id = e.member_id \
+                 WHERE e.position > ?1 AND e.personal IS NOT NULL \
+                 AND substr(e.personal, 1, 1) <> x'FF' ORDER BY e.position LIMIT 5000",
+            )?;
+            select
+                .query_map([after], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()?
+        };
+        let Some(last) = rows.last() else {
+            tx.execute(
+                "INSERT INTO store_tasks (task, done_at) VALUES (?1, ?2)",
+                params![crate::SEAL_LEGACY_TASK, crate::wall_clock().as_micros()],
+            )?;
+            tx.commit()?;
+            break;
+        };
+        after = last.0;
+        for (position, member, community, personal, erased) in &rows {
+            if !keys.contains_key(member) {
+                let wrapped: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT wrapped FROM member_keys WHERE owner = ?1",
+                        [member],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let key = match (wrapped, erased) {
+                    (Some(wrapped), _) => Some(keyring.data_key(&wrapped, member)?),
+                    // Erased: its personal data goes, as its key went.
+                    (None, true) => None,
+                    (None, false) => {
+                        let (key, wrapped) = keyring.master().new_data_key(member);
+                        tx.execute(
+                            "INSERT INTO member_keys (owner, community, wrapped) \
+                             VALUES (?1, ?2, ?3)",
+                            params![member, community, wrapped],
+                        )?;
+                        Some(key)
+                    }
+                };
+                keys.insert(member.clone(), key);
+            }
+            let value = keys[member].as_ref().map(|k| k.seal(personal, member));
+            tx.execute(
+                "UPDATE events SET personal = ?2 WHERE position = ?1",
+                params![position, value],
+            )?;
+        }
+        tx.commit()?;
+        sealed += rows.len();
+    }
+    if sealed > 0 {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(sealed)
 }
 
 /// A command's event in its own `BEGIN IMMEDIATE` transaction. The writer

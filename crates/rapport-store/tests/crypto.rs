@@ -10,6 +10,7 @@ use rapport_store::{DbPool, EventQuery, Store, StoreOptions};
 on_both_backends!(
     personal_parts_are_sealed_per_member_and_unreadable_without_its_key,
     identity_lookups_are_keyed_hashes_and_old_ones_are_keyed_at_migrate,
+    parts_written_before_encryption_are_sealed_once_at_start,
 );
 
 async fn execute(store: &Store, sql: &'static str, binds: &[&str]) {
@@ -223,4 +224,143 @@ async fn personal_parts_are_sealed_per_member_and_unreadable_without_its_key(bac
     assert!(profile.identities.iter().all(|i| i.handle.is_empty()));
     let at = store.events_at(&[1, 2, 3, 4]).await.unwrap();
     assert_eq!(at.len(), 4, "the events themselves stay");
+}
+
+/// A database from before encryption: its personal parts in plaintext (made
+/// here by opening sealed ones and writing them back, and by erasing a
+/// member the way the old version could not). The next start seals them
+/// with their members' keys, drops the erased member's, reads the same,
+/// and does it once.
+async fn parts_written_before_encryption_are_sealed_once_at_start(backend: Backend) {
+    let Some((db, store)) = fresh(backend, "crypto_legacy").await else {
+        return;
+    };
+    let mut ana = interaction("acme", "i-1", "ana-legacy");
+    ana.excerpt = "ana-legacy-excerpt".into();
+    let mut bob = interaction("acme", "i-2", "bob-legacy");
+    bob.excerpt = "bob-legacy-excerpt".into();
+    let outcomes = store
+        .append_batch(vec![vec![ana], vec![bob]], T0)
+        .await
+        .unwrap();
+    let ana_id = outcomes[0].as_ref().unwrap()[0].member_id.clone();
+    let bob_id = outcomes[1].as_ref().unwrap()[0].member_id.clone();
+    let before = personal_fields(&store).await;
+    let master = rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap();
+    let keyring = rapport_store::Keyring::new(master.clone());
+
+    // Back to plaintext, as the version before encryption wrote it.
+    let sql = "SELECT e.position, e.member_id, e.personal, k.wrapped FROM events e \
+               JOIN member_keys k ON k.owner = e.member_id WHERE e.personal IS NOT NULL";
+    let rows: Vec<(i64, String, Vec<u8>, Vec<u8>)> = match store.pool() {
+        DbPool::Sqlite(p) => sqlx::query_as(sql).fetch_all(&p).await.unwrap(),
+        DbPool::Postgres(p) => sqlx::query_as(sql).fetch_all(&p).await.unwrap(),
+    };
+    assert_eq!(rows.len(), 4);
+    for (position, member, personal, wrapped) in rows {
+        let plain = keyring
+            .open_personal(Some(personal), Some(&wrapped), &member)
+            .unwrap()
+            .unwrap();
+        let sql = "UPDATE events SET personal = $1 WHERE position = $2";
+        match store.pool() {
+            DbPool::Sqlite(p) => {
+                sqlx::query(sql)
+                    .bind(plain)
+                    .bind(position)
+                    .execute(&p)
+                    .await
+                    .unwrap();
+            }
+            DbPool::Postgres(p) => {
+                sqlx::query(sql)
+                    .bind(plain)
+                    .bind(position)
+                    .execute(&p)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    // Bob was erased by a version that only deleted keys; nobody had one.
+    execute(&store, "DELETE FROM member_keys", &[]).await;
+    execute(&store, "DELETE FROM store_tasks", &[]).await;
+    match store.pool() {
+        DbPool::Sqlite(p) => {
+            sqlx::query("UPDATE members SET erased = 1 WHERE member_id = $1")
+                .bind(&bob_id)
+                .execute(&p)
+                .await
+                .unwrap();
+        }
+        DbPool::Postgres(p) => {
+            sqlx::query("UPDATE members SET erased = true WHERE member_id = $1")
+                .bind(&bob_id)
+                .execute(&p)
+                .await
+                .unwrap();
+        }
+    }
+    let plaintext = raw_personal_parts(&store).await;
+    assert!(
+        plaintext
+            .iter()
+            .any(|(_, p)| p.windows(10).any(|w| w == b"ana-legacy")),
+        "the setup wrote plaintext"
+    );
+    drop(store);
+
+    let restart = || async {
+        let store = Store::connect(&StoreOptions::new(&db.url).with_master_key(master.clone()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    };
+    let store = restart().await;
+    let raw = raw_personal_parts(&store).await;
+    assert_eq!(raw.len(), 2, "ana's two parts; bob's dropped");
+    for (member, personal) in &raw {
+        assert_eq!(member, &ana_id);
+        assert_eq!(personal[0], rapport_store::crypto::SEALED);
+        assert!(!personal.windows(10).any(|w| w == b"ana-legacy"));
+    }
+    let mut after = personal_fields(&store).await;
+    after.sort();
+    let mut expected: Vec<_> = before
+        .into_iter()
+        .map(|f| {
+            if f.0.starts_with("bob") {
+                Default::default()
+            } else {
+                f
+            }
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(after, expected, "ana reads as before; bob is erased");
+    if let DbPool::Sqlite(_) = store.pool() {
+        let path = db.url.trim_start_matches("sqlite:").to_owned();
+        drop(store);
+        for file in [path.clone(), format!("{path}-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            for secret in [&b"ana-legacy"[..], b"bob-legacy"] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret),
+                    "plaintext left in {file}"
+                );
+            }
+        }
+    } else {
+        drop(store);
+    }
+
+    // Once: marked done, so later starts do not scan the log again.
+    let store = restart().await;
+    let sql = "SELECT task FROM store_tasks";
+    let tasks: Vec<String> = match store.pool() {
+        DbPool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(&p).await.unwrap(),
+        DbPool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(&p).await.unwrap(),
+    };
+    assert_eq!(tasks, ["seal-legacy-personal"]);
 }

@@ -64,7 +64,7 @@ fn interaction(run: &str, handle: &str, i: u64, per_member: u64, members: u64) -
 
 /// Reads the timeline and the score of `member` at `position`, retrying
 /// while a projection is behind (each read waits up to 5 s).
-async fn visible(channel: &Channel, member: &str, position: u64) -> Result<f64, Error> {
+async fn visible(channel: &Channel, member: &str, position: u64) -> Result<u32, Error> {
     let mut timelines = TimelineServiceClient::new(channel.clone());
     let mut advocacy = AdvocacyServiceClient::new(channel.clone());
     loop {
@@ -91,7 +91,7 @@ async fn visible(channel: &Channel, member: &str, position: u64) -> Result<f64, 
         });
         request.set_timeout(Duration::from_secs(5));
         match advocacy.get_advocate_score(request).await {
-            Ok(score) => return Ok(score.into_inner().score),
+            Ok(score) => return Ok(score.into_inner().interactions_counted),
             Err(s) if s.code() == tonic::Code::Unavailable => continue,
             Err(s) => return Err(s.into()),
         }
@@ -142,7 +142,7 @@ pub async fn merge(
 
     let mut merges = Histogram::<u64>::new(3)?;
     let mut unmerges = Histogram::<u64>::new(3)?;
-    let mut merged_score = 0.0;
+    let mut merged = 0;
     for _ in 0..rounds {
         let started = Instant::now();
         let position = people
@@ -156,7 +156,12 @@ pub async fn merge(
             .await?
             .into_inner()
             .position;
-        merged_score = visible(&channel, &source, position).await?;
+        merged = visible(&channel, &source, position).await?;
+        assert_eq!(
+            merged as u64,
+            2 * per_member,
+            "the merged score counts both"
+        );
         merges.record(started.elapsed().as_micros() as u64)?;
 
         let started = Instant::now();
@@ -174,8 +179,8 @@ pub async fn merge(
     }
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "{label}: 2 x {per_member} interactions, {rounds} rounds; score {before:.1} alone, \
-         {merged_score:.1} merged; merge visible in timeline and score: median {:.0} ms, \
+        "{label}: 2 x {per_member} interactions, {rounds} rounds; score over {before} \
+         interactions alone, {merged} merged; merge visible in timeline and score: median {:.0} ms, \
          max {:.0} ms; unmerge: median {:.0} ms, max {:.0} ms",
         ms(&merges, 0.5),
         ms(&merges, 1.0),
