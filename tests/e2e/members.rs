@@ -377,21 +377,21 @@ async fn bad_requests_are_field_violations_and_other_communities_not_found(backe
 }
 
 /// A field of a protobuf `Struct`, as its JSON-like kind.
-fn field<'a>(s: &'a prost_types::Struct, name: &str) -> &'a prost_types::value::Kind {
+pub(crate) fn field<'a>(s: &'a prost_types::Struct, name: &str) -> &'a prost_types::value::Kind {
     s.fields
         .get(name)
         .and_then(|v| v.kind.as_ref())
         .unwrap_or_else(|| panic!("no field {name:?} in {s:?}"))
 }
 
-fn object(kind: &prost_types::value::Kind) -> &prost_types::Struct {
+pub(crate) fn object(kind: &prost_types::value::Kind) -> &prost_types::Struct {
     match kind {
         prost_types::value::Kind::StructValue(s) => s,
         other => panic!("not an object: {other:?}"),
     }
 }
 
-fn list(kind: &prost_types::value::Kind) -> Vec<&prost_types::value::Kind> {
+pub(crate) fn list(kind: &prost_types::value::Kind) -> Vec<&prost_types::value::Kind> {
     match kind {
         prost_types::value::Kind::ListValue(l) => {
             l.values.iter().filter_map(|v| v.kind.as_ref()).collect()
@@ -400,7 +400,7 @@ fn list(kind: &prost_types::value::Kind) -> Vec<&prost_types::value::Kind> {
     }
 }
 
-fn text(kind: &prost_types::value::Kind) -> &str {
+pub(crate) fn text(kind: &prost_types::value::Kind) -> &str {
     match kind {
         prost_types::value::Kind::StringValue(s) => s,
         other => panic!("not a string: {other:?}"),

@@ -12,6 +12,7 @@ use tonic_types::StatusExt;
 
 use crate::app::{Backend, TestApp, spawn_app};
 use crate::ingest::violated_fields;
+use crate::members::{field, list, object, text};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -531,6 +532,57 @@ async fn a_merged_member_reads_as_one_person_with_the_whole_history(backend: Bac
         member.interactions,
         ana.interactions + anadev.interactions + 1
     );
+
+    // The export is the person's: every event of both members' streams,
+    // in log order, with their personal data.
+    let document = members(&app)
+        .await
+        .export_member(pb::ExportMemberRequest {
+            community_id: "acme".into(),
+            member_id: anadev.member_id.clone(),
+            min_position: later,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .document
+        .unwrap();
+    let events = list(field(&document, "events"));
+    let owners: BTreeSet<&str> = events
+        .iter()
+        .map(|e| text(field(object(e), "member_id")))
+        .collect();
+    assert_eq!(
+        owners,
+        BTreeSet::from([ana.member_id.as_str(), anadev.member_id.as_str()])
+    );
+    let exported: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| text(field(object(e), "type")) == "interaction_recorded")
+        .map(|e| {
+            text(field(
+                object(field(object(e), "interaction_recorded")),
+                "interaction_id",
+            ))
+        })
+        .collect();
+    let made: BTreeSet<&str> = ana_entries
+        .iter()
+        .chain(&anadev_entries)
+        .filter(|e| {
+            e.r#type == pb::EventType::InteractionRecorded as i32
+                && (e.actor_member_id == ana.member_id || e.actor_member_id == anadev.member_id)
+        })
+        .map(|e| e.interaction_id.as_str())
+        .chain(["later"])
+        .collect();
+    assert_eq!(exported, made, "every interaction either member made");
+    let handles: BTreeSet<&str> = list(field(object(field(&document, "member")), "identities"))
+        .iter()
+        .map(|i| text(field(object(i), "handle")))
+        .collect();
+    assert_eq!(handles, BTreeSet::from(["ana#1234", "anadev"]));
 
     // The log tells it as events.
     let events = app
