@@ -15,6 +15,7 @@
 #   TOTAL=1000000 MEMBERS=20000 bench/advocacy.sh   # a quick run
 #   BACKENDS=postgres BIN_DIR=/tmp/bin bench/advocacy.sh
 #   REBUILD=0 bench/advocacy.sh                     # skip timing a rebuild of the scores
+#   HEAVY_EVERY=100 TOTAL=1000000 bench/advocacy.sh # the heavy member's 10,000 interactions at 1 M
 #
 # Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), psql.
 set -euo pipefail
@@ -45,7 +46,7 @@ run_backend() { # name url
   local name=$1 url=$2
   echo "== $name"
   start_server "$url"
-  lg --mode populate --total "$TOTAL" --members "$MEMBERS" --batch-size 1000 --concurrency 4 --label "$name-populate"
+  lg --mode populate --total "$TOTAL" --members "$MEMBERS" --heavy-every "${HEAVY_EVERY:-1000}" --batch-size 1000 --concurrency 4 --label "$name-populate"
   lg --mode catch-up --label "$name-catch-up"
   lg --mode advocates --duration "$DURATION" --label "$name-list-advocates-top-100"
   lg --mode scores --duration "$DURATION" --members "$MEMBERS" --label "$name-get-advocate-score"

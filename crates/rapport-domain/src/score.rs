@@ -82,6 +82,16 @@ impl Activity {
         base * self.incentive(policy)
     }
 
+    /// Which weight [`Activity::value`] takes: bit 0 for a positive mention,
+    /// else the kind's bit.
+    pub fn value_bit(&self) -> u32 {
+        if self.kind == InteractionKind::Mention && self.positive {
+            1
+        } else {
+            1 << (self.kind.as_i32() as u32 % 32)
+        }
+    }
+
     fn incentive(&self, policy: &Policy) -> f64 {
         if self.incentivized {
             policy.incentive_factor
@@ -178,6 +188,10 @@ pub struct ScoreState {
     pub tier_day: i64,
     /// Interactions folded in.
     pub interactions: u64,
+    /// What kinds of value were folded in (see [`Activity::value_bit`]):
+    /// bounds the value of any one of them ([`ScoreState::max_value`]), so
+    /// an explanation stops reading a member's history early.
+    pub kinds: u32,
 }
 
 /// The UTC day of a time, in days since the epoch.
@@ -251,6 +265,7 @@ impl ScoreState {
     ) -> Option<i64> {
         let t = activity.at.as_micros();
         self.interactions += 1;
+        self.kinds |= activity.value_bit();
         let latest = match self.at {
             // The newest so far: time moves on to it (midnight checks, decay).
             Some(latest) if t > latest => {
@@ -652,6 +667,25 @@ pub fn momentum(activities: &[Activity], policy: &Policy, as_of: Timestamp) -> f
 }
 
 impl ScoreState {
+    /// The most any one activity folded into this state is worth undecayed
+    /// under `policy` (weights and incentives are at most their undecayed
+    /// value); `None` when the state does not know its kinds.
+    pub fn max_value(&self, policy: &Policy) -> Option<f64> {
+        if self.kinds == 0 {
+            return None;
+        }
+        let mut max: f64 = 0.0;
+        if self.kinds & 1 != 0 {
+            max = max.max(policy.positive_mention_weight);
+        }
+        for (kind, weight) in &policy.kind_weights {
+            if self.kinds & (1 << (kind.as_i32() as u32 % 32)) != 0 {
+                max = max.max(*weight);
+            }
+        }
+        Some(max * policy.incentive_factor.max(1.0))
+    }
+
     /// Whether folding `activity` moves the state's latest time into a later
     /// UTC day: the moment the scores projection keeps a snapshot of the
     /// state as it stood (see [`momentum`]).

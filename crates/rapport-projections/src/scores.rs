@@ -83,8 +83,9 @@ impl Projection for Scores {
     }
 
     fn version(&self) -> u64 {
-        // 4: activity rows keyed by the member they count for (merges).
-        4
+        // 4: activity rows keyed by the member they count for (merges);
+        // 5: states know their kinds (`ScoreState::kinds`).
+        5
     }
 
     fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
@@ -1275,6 +1276,8 @@ struct StoredState {
     tier_day: i64,
     #[prost(uint64, tag = "10")]
     interactions: u64,
+    #[prost(uint32, tag = "11")]
+    kinds: u32,
 }
 
 fn encode_state(s: &ScoreState) -> Vec<u8> {
@@ -1289,6 +1292,7 @@ fn encode_state(s: &ScoreState) -> Vec<u8> {
         tier: s.tier.as_i32(),
         tier_day: s.tier_day,
         interactions: s.interactions,
+        kinds: s.kinds,
     }
     .encode_to_vec()
 }
@@ -1312,6 +1316,7 @@ fn decode_state(bytes: &[u8]) -> Result<ScoreState, sqlx::Error> {
         tier: Tier::from_i32(s.tier).ok_or_else(|| corrupt("tier"))?,
         tier_day: s.tier_day,
         interactions: s.interactions,
+        kinds: s.kinds,
     })
 }
 
@@ -1802,7 +1807,8 @@ impl Projections {
     /// The `n` interactions that contribute most to the engagement of a
     /// member whose state is `state`, at `as_of` (not before the latest):
     /// read newest first, stopping once no older interaction could beat
-    /// the n-th (a value is at most the policy's largest weight, decayed).
+    /// the n-th (a value is at most the largest weight among the kinds the
+    /// member has, decayed: `ScoreState::max_value`).
     /// The same choice as `rapport_domain::score::assess`, without reading
     /// the whole history.
     #[allow(clippy::too_many_arguments)]
@@ -1820,12 +1826,18 @@ impl Projections {
         if n == 0 || state.at.is_none() {
             return Ok(Vec::new());
         }
-        let max_value = policy
-            .kind_weights
-            .values()
-            .copied()
-            .chain([policy.positive_mention_weight])
-            .fold(0.0, f64::max);
+        // No older interaction of this member can be worth more than the
+        // most its kinds are worth: a member who only answers stops after
+        // the first page instead of half a year of rows.
+        let max_value = state.max_value(policy).unwrap_or_else(|| {
+            policy
+                .kind_weights
+                .values()
+                .copied()
+                .chain([policy.positive_mention_weight])
+                .fold(0.0, f64::max)
+                * policy.incentive_factor.max(1.0)
+        });
         let decay = |at: Timestamp| {
             let age_days = (as_of.as_micros() - at.as_micros()).max(0) as f64 / 86_400e6;
             0.5f64.powf(age_days / policy.half_life_days)

@@ -12,8 +12,8 @@ use rapport_proto::v1 as pb;
 pub const COMMUNITY: &str = "bench";
 /// The member whose timeline the latency probe reads.
 pub const HEAVY_HANDLE: &str = "probe-heavy";
-/// One interaction in this many is by the heavy member.
-const HEAVY_EVERY: u64 = 1_000;
+/// One interaction in this many is by the heavy member, by default.
+pub const HEAVY_EVERY: u64 = 1_000;
 /// Every `BURST_EVERY` interactions, the last `BURST_LEN` are contest
 /// entries: a giveaway's one-click crowd.
 const BURST_EVERY: u64 = 100_000;
@@ -30,6 +30,9 @@ pub struct Community {
     /// history is recent as a live community's is (recent activity is what
     /// scores, windows and momentum look at).
     pub end: i64,
+    /// One interaction in this many is by the heavy member: 1,000 gives it
+    /// 10,000 interactions in 10 million; 100 gives it as many in 1 million.
+    pub heavy_every: u64,
 }
 
 /// SplitMix64: a fixed, well-mixed hash of the index (reproducible runs,
@@ -66,7 +69,7 @@ impl Community {
             channel: "forum".into(),
             handle,
         };
-        let (actor, kind, target, incentivized, campaign) = if n.is_multiple_of(HEAVY_EVERY) {
+        let (actor, kind, target, incentivized, campaign) = if n.is_multiple_of(self.heavy_every) {
             let other = Self::handle(self.power_law_member(mix(h)));
             (
                 HEAVY_HANDLE.to_owned(),
@@ -154,6 +157,7 @@ mod tests {
             members: 1_000,
             run: "t".into(),
             end: 1_767_225_600,
+            heavy_every: HEAVY_EVERY,
         };
         let all: Vec<_> = (0..c.total).map(|n| c.interaction(n)).collect();
         let heavy = all

@@ -128,6 +128,9 @@ struct Args {
     /// acknowledgement (a lower bound of commit-to-receipt).
     #[arg(long)]
     ack_latency: bool,
+    /// Populate: one interaction in this many is by the heavy probe member.
+    #[arg(long, default_value_t = community::HEAVY_EVERY)]
+    heavy_every: u64,
     /// Merge mode: interactions of each of the two members.
     #[arg(long, default_value_t = 10_000)]
     per_member: u64,
@@ -154,6 +157,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 members: args.members,
                 run: run_id.to_string(),
                 end: (run_id / 1000) as i64 - 3600,
+                heavy_every: args.heavy_every,
             };
             return probes::populate(
                 &channels,

@@ -144,6 +144,7 @@ pub async fn lag(
             members: 1,
             run: format!("{run}-lag"),
             end: 0,
+            heavy_every: crate::community::HEAVY_EVERY,
         }
         .interaction(n + 1);
         interaction.actor = Some(pb::Identity {

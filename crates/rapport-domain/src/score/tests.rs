@@ -274,6 +274,24 @@ fn arb_activities() -> impl Strategy<Value = Vec<Activity>> {
 }
 
 proptest! {
+    /// What lets an explanation stop early: no activity of a member is worth
+    /// more than its state's `max_value`, and it is one of them.
+    #[test]
+    fn a_states_max_value_bounds_each_of_its_activities(activities in arb_activities()) {
+        let policy = Policy { incentive_factor: 0.3, ..Policy::default() };
+        let state = fold_all(&activities, &policy).state;
+        match state.max_value(&policy) {
+            None => prop_assert!(activities.is_empty()),
+            Some(max) => {
+                for a in &activities {
+                    prop_assert!(a.value(&policy) <= max + 1e-12, "{a:?} above {max}");
+                }
+                prop_assert!(activities.iter().any(|a| (a.value(&policy) - max).abs() < 1e-12
+                    || (a.incentivized && (a.value(&policy) / policy.incentive_factor - max).abs() < 1e-9)));
+            }
+        }
+    }
+
     #[test]
     fn adding_an_organic_interaction_never_lowers_the_score(
         activities in arb_activities(),
