@@ -463,7 +463,7 @@ pub fn fold_recording<'a>(
     activities: impl IntoIterator<Item = &'a Activity>,
     policy: &Policy,
 ) -> (ScoreState, HashMap<String, i64>, Vec<TierChange>) {
-    let folded = fold_all(activities, policy);
+    let folded = fold_with(activities, policy, false);
     (folded.state, folded.last_exchange, folded.changes)
 }
 
@@ -493,11 +493,31 @@ pub fn momentum_snapshots_to_keep(snapshots: &BTreeMap<i64, ScoreState>, latest_
 
 /// The fold of [`fold`], with its tier changes and momentum snapshots.
 pub fn fold_all<'a>(activities: impl IntoIterator<Item = &'a Activity>, policy: &Policy) -> Folded {
+    fold_with(activities, policy, true)
+}
+
+/// [`fold_all`]; without `snapshots`, none are taken (`Folded::snapshots`
+/// is empty).
+pub fn fold_with<'a>(
+    activities: impl IntoIterator<Item = &'a Activity>,
+    policy: &Policy,
+    snapshots: bool,
+) -> Folded {
     let mut sorted: Vec<&Activity> = activities.into_iter().collect();
     sorted.sort_by_key(|a| a.position);
+    // A snapshot is a clone of the whole state, taken at every day the
+    // latest time leaves; only the last ones survive the pruning below.
+    // The days are known from the times alone, so only those are taken.
+    let keep_from = if snapshots {
+        snapshot_days_kept(&sorted)
+    } else {
+        i64::MAX
+    };
     let mut out = Folded::default();
     for a in sorted {
-        if let Some(day) = out.state.crosses_day(a) {
+        if let Some(day) = out.state.crosses_day(a)
+            && day >= keep_from
+        {
             out.snapshots.insert(day, out.state.clone());
         }
         let previous = a
@@ -520,6 +540,31 @@ pub fn fold_all<'a>(activities: impl IntoIterator<Item = &'a Activity>, policy: 
         out.snapshots.retain(|day, _| *day >= keep_from);
     }
     out
+}
+
+/// The first snapshot day [`fold_all`] keeps for these activities (in log
+/// order): the days [`ScoreState::crosses_day`] gives follow the running
+/// latest time, so they are known before folding; the result is what
+/// [`momentum_snapshots_to_keep`] picks from all of them.
+fn snapshot_days_kept(sorted: &[&Activity]) -> i64 {
+    let Some(latest) = sorted.iter().map(|a| a.at.as_micros()).max() else {
+        return i64::MIN;
+    };
+    let cutoff = day_of(latest) - MOMENTUM_DAYS;
+    let mut keep_from = i64::MIN;
+    let mut running: Option<i64> = None;
+    for a in sorted {
+        let t = a.at.as_micros();
+        if let Some(r) = running
+            && t > r
+            && day_of(t) > day_of(r)
+            && day_of(r) <= cutoff
+        {
+            keep_from = day_of(r);
+        }
+        running = Some(running.map_or(t, |r| r.max(t)));
+    }
+    keep_from
 }
 
 /// A member's whole tier history up to `as_of`, oldest first: what the

@@ -56,8 +56,15 @@ pub trait Projection: Send + Sync + 'static {
     /// SQL ending the bulk phase, run in one transaction: turn what bulk
     /// applies appended into the generation's indexed tables and aggregates.
     fn finish_bulk(&self, generation: u64, postgres: bool) -> Vec<String>;
+    /// Every table of a generation, by name.
+    fn tables(&self, generation: u64) -> Vec<String>;
     /// DDL dropping every table of a generation.
-    fn drop_tables(&self, generation: u64) -> Vec<String>;
+    fn drop_tables(&self, generation: u64) -> Vec<String> {
+        self.tables(generation)
+            .into_iter()
+            .map(|t| format!("DROP TABLE IF EXISTS {t}"))
+            .collect()
+    }
     /// Applies `events` (consecutive, in position order) to the generation
     /// inside `tx`. `bulk`: the generation is being built and nobody reads
     /// it; append the cheapest form, for [`Projection::finish_bulk`]. Must be

@@ -46,6 +46,9 @@ pub struct RunnerOptions {
     pub retire_grace: Duration,
     /// How often the leader runs [`crate::Projection::maintain`] while idle.
     pub maintain_interval: Duration,
+    /// PostgreSQL: how often the leader looks for tables of its generations
+    /// whose planner statistics are stale, and analyzes them.
+    pub analyze_interval: Duration,
     /// Test hook: fail this many batches after applying their rows and
     /// before moving the checkpoint, as a crash there would.
     pub fail_before_checkpoint: Arc<AtomicU32>,
@@ -61,6 +64,7 @@ impl Default for RunnerOptions {
             leader_check_interval: Duration::from_secs(1),
             retire_grace: Duration::from_secs(30),
             maintain_interval: Duration::from_secs(600),
+            analyze_interval: Duration::from_secs(60),
             fail_before_checkpoint: Arc::default(),
         }
     }
@@ -163,6 +167,7 @@ impl Runner {
         // `Some(cursor)` while a round is under way.
         let mut next_upkeep = Instant::now();
         let mut upkeep: Option<(rapport_domain::Timestamp, Option<String>)> = None;
+        let mut next_analyze = Instant::now() + self.options.analyze_interval;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -176,6 +181,10 @@ impl Runner {
             let report = Instant::now() >= next_report;
             if report {
                 next_report = Instant::now() + Duration::from_secs(10);
+            }
+            if Instant::now() >= next_analyze {
+                self.analyze_stale().await?;
+                next_analyze = Instant::now() + self.options.analyze_interval;
             }
             let progressed = self.step(report).await?;
             if !progressed && (upkeep.is_some() || Instant::now() >= next_upkeep) {
@@ -396,6 +405,44 @@ impl Runner {
                 })
                 .await
         })
+    }
+
+    /// PostgreSQL: analyzes the tables of this projection's generations
+    /// that changed by more than autovacuum's default threshold (50 rows
+    /// and 10%) since they were last analyzed. A read model grows from
+    /// empty, and a plan made with the statistics of an empty table (a
+    /// bitmap scan and a sort of a member's every row, where the primary
+    /// key gives the page in order) stays wrong until they are renewed:
+    /// the projector does not leave that to an autovacuum that may be off
+    /// or behind. ANALYZE blocks neither reads nor writes.
+    async fn analyze_stale(&self) -> Result<(), ProjectionError> {
+        let DbPool::Postgres(pool) = self.store.projections_pool() else {
+            return Ok(());
+        };
+        let name = self.projection.name();
+        let gens = generations::load(&DbPool::Postgres(pool.clone()), name).await?;
+        let tables: Vec<String> = gens
+            .iter()
+            .filter(|g| g.state != State::Retired && g.version == self.projection.version())
+            .flat_map(|g| self.projection.tables(g.generation))
+            .collect();
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT relname::text FROM pg_stat_user_tables WHERE relname = ANY($1) \
+             AND n_mod_since_analyze > 50 + 0.1 * n_live_tup",
+        )
+        .bind(&tables)
+        .fetch_all(&pool)
+        .await
+        .map_err(StoreError::from)?;
+        for table in stale {
+            let started = Instant::now();
+            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+                .execute(&pool)
+                .await
+                .map_err(StoreError::from)?;
+            debug!(projection = name, table = %table, took = ?started.elapsed(), "analyzed");
+        }
+        Ok(())
     }
 
     /// One chunk of the active generation's upkeep, in a transaction that

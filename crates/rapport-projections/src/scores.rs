@@ -54,7 +54,7 @@ use futures::future::BoxFuture;
 use prost::Message;
 use rapport_domain::policy::{Policy, Tier};
 use rapport_domain::score::{
-    Activity, Contribution, ScoreState, TierChange, day_of, fold_all, momentum_base,
+    Activity, Contribution, ScoreState, TierChange, day_of, fold_all, fold_with, momentum_base,
     momentum_snapshots_to_keep,
 };
 use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
@@ -193,7 +193,7 @@ impl Projection for Scores {
         Vec::new()
     }
 
-    fn drop_tables(&self, g: u64) -> Vec<String> {
+    fn tables(&self, g: u64) -> Vec<String> {
         [
             "activity",
             "states",
@@ -205,7 +205,7 @@ impl Projection for Scores {
             "merges",
         ]
         .iter()
-        .map(|t| format!("DROP TABLE IF EXISTS score_{t}_g{g}"))
+        .map(|t| format!("score_{t}_g{g}"))
         .collect()
     }
 
@@ -860,9 +860,9 @@ pub fn fold_member(
     }
     let mut out = vec![(ALL_CHANNELS.to_owned(), fold_all(activities, policy))];
     for (channel, list) in by_channel {
-        let mut folded = fold_all(list, policy);
+        // Tier history and momentum are kept for all channels only.
+        let mut folded = fold_with(list, policy, false);
         folded.changes.clear();
-        folded.snapshots.clear();
         out.push((channel.to_owned(), folded));
     }
     out

@@ -158,11 +158,11 @@ impl Projection for Timeline {
         sql
     }
 
-    fn drop_tables(&self, g: u64) -> Vec<String> {
+    fn tables(&self, g: u64) -> Vec<String> {
         vec![
-            format!("DROP TABLE IF EXISTS timeline_entries_g{g}"),
-            format!("DROP TABLE IF EXISTS timeline_connections_g{g}"),
-            format!("DROP TABLE IF EXISTS timeline_staging_g{g}"),
+            format!("timeline_entries_g{g}"),
+            format!("timeline_connections_g{g}"),
+            format!("timeline_staging_g{g}"),
         ]
     }
 

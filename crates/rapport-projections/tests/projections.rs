@@ -11,7 +11,7 @@ use rapport_domain::timeline::{Role, connection_deltas, timeline_rows};
 use rapport_domain::{Event, Identity, Interaction, InteractionKind, Target, Timestamp};
 use rapport_projections::timeline::{NAME, Timeline, TimelineQuery};
 use rapport_projections::{Projection, Projections, RunnerOptions, Tx};
-use rapport_store::{EventQuery, Store, StoreOptions};
+use rapport_store::{DbPool, EventQuery, Store, StoreOptions};
 use rapport_testkit::TestDatabase;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -230,6 +230,49 @@ on_both_backends!(
     two_replicas_apply_each_event_once,
 );
 
+/// PostgreSQL only (SQLite plans without statistics): the leader renews
+/// the planner statistics of the tables it filled, whether or not
+/// autovacuum would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_the_leader_analyzes_the_tables_it_filled() {
+    let Some((_db, store)) = fresh(Backend::Postgres, "projection_analyze").await else {
+        return;
+    };
+    let DbPool::Postgres(pool) = store.projections_pool() else {
+        unreachable!("a PostgreSQL store");
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(
+        &projections,
+        RunnerOptions {
+            analyze_interval: Duration::from_millis(100),
+            ..options()
+        },
+    );
+    append(&store, 0..300).await;
+    let g = caught_up(&projections).await;
+    let entries = format!("timeline_entries_g{g}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // `last_analyze` is an ANALYZE command's (autovacuum's is
+        // `last_autoanalyze`): the projector's.
+        let (analyzed, stale): (bool, i64) = sqlx::query_as(
+            "SELECT last_analyze IS NOT NULL, n_mod_since_analyze FROM pg_stat_user_tables \
+             WHERE relname = $1",
+        )
+        .bind(&entries)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if analyzed && stale < 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{entries} never analyzed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+}
+
 async fn the_timeline_follows_the_log(backend: Backend) {
     let Some((_db, store)) = fresh(backend, "timeline_follows").await else {
         return;
@@ -386,8 +429,8 @@ impl Projection for TimelineVersion {
     fn finish_bulk(&self, generation: u64, postgres: bool) -> Vec<String> {
         Timeline.finish_bulk(generation, postgres)
     }
-    fn drop_tables(&self, generation: u64) -> Vec<String> {
-        Timeline.drop_tables(generation)
+    fn tables(&self, generation: u64) -> Vec<String> {
+        Timeline.tables(generation)
     }
     fn apply<'a>(
         &'a self,

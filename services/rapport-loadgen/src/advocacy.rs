@@ -130,7 +130,18 @@ pub async fn rescore(channel: Channel, label: &str) -> Result<(), Error> {
         request.set_timeout(Duration::from_secs(5));
         match client.get_scoring_policy(request).await {
             Ok(_) => break,
-            Err(status) if status.code() == tonic::Code::Unavailable => continue,
+            // Still re-scoring: the server said so (projection behind), or
+            // the call's own timeout ran out first.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                continue;
+            }
             Err(status) => return Err(status.into()),
         }
     }

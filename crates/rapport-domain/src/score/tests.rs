@@ -420,6 +420,35 @@ proptest! {
     }
 
     #[test]
+    fn a_fold_takes_exactly_the_snapshots_momentum_keeps(activities in arb_activities()) {
+        // Every snapshot taken, then pruned: what `fold_all` keeps, taking
+        // only those.
+        let policy = Policy::default();
+        let mut sorted: Vec<&Activity> = activities.iter().collect();
+        sorted.sort_by_key(|a| a.position);
+        let mut state = ScoreState::default();
+        let mut pairs = HashMap::new();
+        let mut every = std::collections::BTreeMap::new();
+        for a in sorted {
+            if let Some(day) = state.crosses_day(a) {
+                every.insert(day, state.clone());
+            }
+            let previous = a.other_member.as_ref().and_then(|o| pairs.get(o).copied());
+            if let Some(day) = state.add(a, &policy, previous) {
+                pairs.insert(a.other_member.clone().unwrap(), day);
+            }
+        }
+        if let Some(latest) = state.at {
+            let keep_from = momentum_snapshots_to_keep(&every, day_of(latest));
+            every.retain(|day, _| *day >= keep_from);
+        }
+        let folded = fold_all(&activities, &policy);
+        prop_assert_eq!(&folded.state, &state);
+        prop_assert_eq!(folded.snapshots, every);
+        prop_assert!(fold_with(&activities, &policy, false).snapshots.is_empty());
+    }
+
+    #[test]
     fn scores_stay_between_0_and_100(activities in arb_activities()) {
         let s = assess(&activities, &Policy::default(), at(AS_OF), 0).score;
         prop_assert!((0.0..=100.0).contains(&s.value));
