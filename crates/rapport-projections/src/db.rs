@@ -2,7 +2,7 @@
 //! sqlx code on both (the SQL text is shared; sqlx picks the placeholders).
 
 use rapport_store::DbPool;
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 /// A connection inside an open transaction.
 pub enum Tx<'c> {
@@ -84,4 +84,18 @@ impl WriteTx {
             WriteTx::Postgres(t) => t.commit().await,
         }
     }
+}
+
+/// Appends `prefix` then `values` bound as a list, then `)`.
+pub(crate) fn push_in<DB>(qb: &mut QueryBuilder<DB>, prefix: &str, values: &[String])
+where
+    DB: sqlx::Database,
+    for<'e> String: sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+{
+    qb.push(prefix);
+    let mut list = qb.separated(", ");
+    for v in values {
+        list.push_bind(v.clone());
+    }
+    qb.push(")");
 }

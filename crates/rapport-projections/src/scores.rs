@@ -61,7 +61,7 @@ use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
 use rapport_store::{decode_policy, encode_policy, from_db, to_db};
 use sqlx::QueryBuilder;
 
-use crate::db::{Tx, on_pool, on_tx};
+use crate::db::{Tx, on_pool, on_tx, push_in};
 use crate::{Projection, ProjectionError, Projections};
 
 pub const NAME: &str = "scores";
@@ -713,12 +713,7 @@ async fn refold_members(
                     "DELETE FROM score_{table}_g{g} WHERE community_id = "
                 ));
                 qb.push_bind(community.to_owned());
-                qb.push(" AND member_id IN (");
-                let mut list = qb.separated(", ");
-                for m in chunk {
-                    list.push_bind(m.clone());
-                }
-                qb.push(")");
+                push_in(&mut qb, " AND member_id IN (", chunk);
                 qb.build().execute(&mut **c).await?;
             }
         });
@@ -1236,12 +1231,8 @@ async fn load_activity_rows(
             "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} WHERE community_id = "
         ));
         qb.push_bind(community.to_owned());
-        qb.push(" AND member_id IN (");
-        let mut list = qb.separated(", ");
-        for m in members {
-            list.push_bind(m.clone());
-        }
-        qb.push(") ORDER BY member_id, at, position");
+        push_in(&mut qb, " AND member_id IN (", members);
+        qb.push(" ORDER BY member_id, at, position");
         qb.build_query_as().fetch_all(&mut **c).await?
     });
     let mut out: BTreeMap<String, Vec<Activity>> = BTreeMap::new();

@@ -25,7 +25,7 @@ use rapport_domain::{Event, InteractionKind, Timestamp};
 use rapport_store::{from_db, to_db};
 use sqlx::{QueryBuilder, Row};
 
-use crate::db::{Tx, on_pool};
+use crate::db::{Tx, on_pool, push_in};
 use crate::{Projection, ProjectionError, Projections};
 
 pub const NAME: &str = "timeline";
@@ -730,18 +730,4 @@ impl Projections {
         });
         Ok(out)
     }
-}
-
-/// Appends `prefix` then `values` bound as a list, then `)`.
-fn push_in<DB>(qb: &mut QueryBuilder<DB>, prefix: &str, values: &[String])
-where
-    DB: sqlx::Database,
-    for<'e> String: sqlx::Encode<'e, DB> + sqlx::Type<DB>,
-{
-    qb.push(prefix);
-    let mut list = qb.separated(", ");
-    for v in values {
-        list.push_bind(v.clone());
-    }
-    qb.push(")");
 }

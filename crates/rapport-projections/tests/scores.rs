@@ -142,6 +142,20 @@ async fn caught_up(projections: &Projections) -> u64 {
         .generation
 }
 
+/// Waits until the rebuilt generation serves reads.
+async fn switched_to(projections: &Projections, rebuilt: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = projections.status().await.expect("status");
+        let scores = status.iter().find(|s| s.name == NAME).expect("scores");
+        if scores.active.as_ref().map(|a| a.generation) == Some(rebuilt) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never switched: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn all_events(store: &Store) -> Vec<Event> {
     store
         .read_events(&EventQuery {
@@ -357,16 +371,7 @@ async fn a_rebuild_of_the_scores_is_identical(backend: Backend) {
     let live_rows = projections.scores_dump(live).await.expect("dump");
     let (rebuilt, started) = projections.rebuild(NAME).await.expect("rebuild");
     assert!(started);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = projections.status().await.expect("status");
-        let scores = status.iter().find(|s| s.name == NAME).expect("scores");
-        if scores.active.as_ref().map(|a| a.generation) == Some(rebuilt) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never switched: {status:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    switched_to(&projections, rebuilt).await;
     let rebuilt_rows = projections.scores_dump(rebuilt).await.expect("dump");
     assert_eq!(rebuilt_rows.len(), live_rows.len());
     assert_eq!(rebuilt_rows, live_rows);
@@ -443,16 +448,7 @@ async fn merged_members_score_as_one_and_rebuild_identically(backend: Backend) {
 
     let live_rows = projections.scores_dump(live).await.expect("dump");
     let (rebuilt, _) = projections.rebuild(NAME).await.expect("rebuild");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = projections.status().await.expect("status");
-        let scores = status.iter().find(|s| s.name == NAME).expect("scores");
-        if scores.active.as_ref().map(|a| a.generation) == Some(rebuilt) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never switched: {status:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    switched_to(&projections, rebuilt).await;
     assert_eq!(
         projections.scores_dump(rebuilt).await.expect("dump"),
         live_rows
