@@ -717,43 +717,7 @@ async fn refold_members(
                 qb.build().execute(&mut **c).await?;
             }
         });
-        let rows = load_activity_rows(tx, g, community, chunk).await?;
-        let mut states = Vec::new();
-        let mut tiers = Vec::new();
-        let mut snapshots = Vec::new();
-        let mut pairs = Vec::new();
-        for (member, activities) in rows {
-            for (channel, folded) in fold_member(&activities, policy) {
-                if channel == ALL_CHANNELS {
-                    tiers.extend(
-                        folded
-                            .changes
-                            .iter()
-                            .map(|c| (community.to_owned(), member.clone(), *c)),
-                    );
-                    snapshots.extend(folded.snapshots.iter().map(|(day, state)| {
-                        (
-                            community.to_owned(),
-                            member.clone(),
-                            *day,
-                            encode_state(state),
-                        )
-                    }));
-                }
-                let key = (community.to_owned(), channel, member.clone());
-                pairs.extend(
-                    folded
-                        .last_exchange
-                        .iter()
-                        .map(|(other, day)| ((key.clone(), other.clone()), *day)),
-                );
-                states.push((key, folded.state, policy.clone()));
-            }
-        }
-        upsert_pairs(tx, g, &pairs).await?;
-        insert_tiers(tx, g, &tiers).await?;
-        insert_snapshots(tx, g, &snapshots).await?;
-        upsert_states(tx, g, &states).await?;
+        write_folds(tx, g, community, chunk, policy, true).await?;
     }
     Ok(())
 }
@@ -809,37 +773,61 @@ async fn refold_community(
         }
     });
     for chunk in members.chunks(REFOLD_CHUNK) {
-        let rows = load_activity_rows(tx, g, community, chunk).await?;
-        let mut states = Vec::new();
-        let mut tiers = Vec::new();
-        let mut snapshots = Vec::new();
-        for (member, activities) in rows {
-            for (channel, folded) in fold_member(&activities, policy) {
-                if channel == ALL_CHANNELS {
-                    tiers.extend(
-                        folded
-                            .changes
-                            .into_iter()
-                            .map(|c| (community.to_owned(), member.clone(), c)),
-                    );
-                    snapshots.extend(folded.snapshots.iter().map(|(day, state)| {
-                        (
-                            community.to_owned(),
-                            member.clone(),
-                            *day,
-                            encode_state(state),
-                        )
-                    }));
-                }
-                let key = (community.to_owned(), channel, member.clone());
-                states.push((key, folded.state, policy.clone()));
-            }
-        }
-        insert_tiers(tx, g, &tiers).await?;
-        insert_snapshots(tx, g, &snapshots).await?;
-        upsert_states(tx, g, &states).await?;
+        write_folds(tx, g, community, chunk, policy, false).await?;
     }
     Ok(())
+}
+
+/// Folds `members` from their activity rows and writes their states, tier
+/// histories and momentum snapshots (their old ones deleted by the caller);
+/// with `pairs`, their exchange pairs too (a policy change leaves those).
+async fn write_folds(
+    tx: &mut Tx<'_>,
+    g: u64,
+    community: &str,
+    members: &[String],
+    policy: &Policy,
+    pairs: bool,
+) -> Result<(), sqlx::Error> {
+    let rows = load_activity_rows(tx, g, community, members).await?;
+    let mut states = Vec::new();
+    let mut tiers = Vec::new();
+    let mut snapshots = Vec::new();
+    let mut exchanges = Vec::new();
+    for (member, activities) in rows {
+        for (channel, folded) in fold_member(&activities, policy) {
+            if channel == ALL_CHANNELS {
+                tiers.extend(
+                    folded
+                        .changes
+                        .iter()
+                        .map(|c| (community.to_owned(), member.clone(), *c)),
+                );
+                snapshots.extend(folded.snapshots.iter().map(|(day, state)| {
+                    (
+                        community.to_owned(),
+                        member.clone(),
+                        *day,
+                        encode_state(state),
+                    )
+                }));
+            }
+            let key = (community.to_owned(), channel, member.clone());
+            if pairs {
+                exchanges.extend(
+                    folded
+                        .last_exchange
+                        .iter()
+                        .map(|(other, day)| ((key.clone(), other.clone()), *day)),
+                );
+            }
+            states.push((key, folded.state, policy.clone()));
+        }
+    }
+    upsert_pairs(tx, g, &exchanges).await?;
+    insert_tiers(tx, g, &tiers).await?;
+    insert_snapshots(tx, g, &snapshots).await?;
+    upsert_states(tx, g, &states).await
 }
 
 /// A member's states: all channels, then each channel on its own.
