@@ -225,6 +225,13 @@ pub struct TierChange {
 /// The tier after a score of `score` when the member held `held`: promotion
 /// at once, demotion only below the held tier's start minus the margin, and
 /// then to the highest tier the score keeps within the margin.
+/// Drops the keys of `map` before `first`.
+fn forget_before<V>(map: &mut BTreeMap<i64, V>, first: i64) {
+    if map.first_key_value().is_some_and(|(k, _)| *k < first) {
+        *map = map.split_off(&first);
+    }
+}
+
 pub fn next_tier(policy: &Policy, held: Tier, score: f64) -> Tier {
     let reached = policy.thresholds.tier_of(score);
     if reached >= held {
@@ -324,10 +331,14 @@ impl ScoreState {
             }
         }
         if t == latest {
-            // Forget what no window at or after `latest` can see.
-            self.weeks.retain(|w, _| *w >= first_week);
-            self.exchange_days.retain(|d, _| *d >= first_day);
-            self.channels.retain(|_, d| *d >= first_day);
+            // Forget what no window at or after `latest` can see. The maps
+            // keyed by time drop their oldest keys only when there are
+            // some: a `retain` would visit every key at every interaction.
+            forget_before(&mut self.weeks, first_week);
+            forget_before(&mut self.exchange_days, first_day);
+            if self.channels.values().any(|d| *d < first_day) {
+                self.channels.retain(|_, d| *d >= first_day);
+            }
         }
 
         // Promotion is immediate: checked as soon as the interaction counts,

@@ -27,6 +27,7 @@ mod db;
 pub mod generations;
 pub mod runner;
 pub mod scores;
+mod sqlite_pass;
 pub mod timeline;
 
 use std::collections::BTreeMap;

@@ -62,6 +62,7 @@ use rapport_store::{decode_policy, encode_policy, from_db, to_db};
 use sqlx::QueryBuilder;
 
 use crate::db::{Tx, on_pool, on_tx, push_in};
+use crate::sqlite_pass;
 use crate::{Projection, ProjectionError, Projections};
 
 pub const NAME: &str = "scores";
@@ -73,7 +74,7 @@ pub const ALL_CHANNELS: &str = "";
 const CHUNK: usize = 500;
 
 /// Members re-folded per query when a policy changes.
-const REFOLD_CHUNK: usize = 500;
+pub(crate) const REFOLD_CHUNK: usize = 500;
 
 pub struct Scores;
 
@@ -397,7 +398,7 @@ struct ActivityRow {
 }
 
 /// (community, channel key, member): one state.
-type StateKey = (String, String, String);
+pub(crate) type StateKey = (String, String, String);
 
 /// A state as stored.
 #[derive(Debug, Clone)]
@@ -516,10 +517,7 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
         .collect();
     let mut pairs = load_pairs(tx, g, &pair_keys).await?;
 
-    let mut new_states = Vec::with_capacity(touched.len());
-    let mut new_pairs = Vec::new();
-    let mut new_tiers: Vec<(String, String, TierChange)> = Vec::new();
-    let mut new_snapshots: Vec<(String, String, i64, Vec<u8>)> = Vec::new();
+    let mut rows = FoldRows::default();
     for (key, list) in touched {
         // Tier history is kept for the all-channels state only.
         let mut changes = Vec::new();
@@ -529,29 +527,27 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
             if key.1 == ALL_CHANNELS
                 && let Some(day) = state.crosses_day(a)
             {
-                new_snapshots.push((key.0.clone(), key.2.clone(), day, encode_state(&state)));
+                rows.snapshots
+                    .push((key.0.clone(), key.2.clone(), day, encode_state(&state)));
             }
             let pair = a.other_member.as_ref().map(|o| (key.clone(), o.clone()));
             let previous = pair.as_ref().and_then(|p| pairs.get(p).copied());
             if let Some(day) = state.add_recording(a, policy, previous, &mut changes) {
                 let pair = pair.expect("an exchange has another member");
                 pairs.insert(pair.clone(), day);
-                new_pairs.push((pair, day));
+                rows.exchanges.push((pair, day));
             }
         }
         if key.1 == ALL_CHANNELS {
-            new_tiers.extend(
+            rows.tiers.extend(
                 changes
                     .into_iter()
                     .map(|c| (key.0.clone(), key.2.clone(), c)),
             );
         }
-        new_states.push((key, state, policy.clone()));
+        rows.states.push(StateRow::new(key, &state, policy));
     }
-    upsert_pairs(tx, g, &new_pairs).await?;
-    insert_tiers(tx, g, &new_tiers).await?;
-    insert_snapshots(tx, g, &new_snapshots).await?;
-    upsert_states(tx, g, &new_states).await
+    rows.write(tx, g).await
 }
 
 /// Keys new activity rows by the members their members are merged into.
@@ -751,6 +747,12 @@ async fn refold_community(
     community: &str,
     policy: &Policy,
 ) -> Result<(), sqlx::Error> {
+    if let Tx::Sqlite(c) = tx {
+        return sqlite_pass::on_sqlx_connection(c, |conn| {
+            sqlite_pass::refold_community(conn, g, community, policy)
+        })
+        .await;
+    }
     let members: Vec<String> = on_tx!(tx, c => {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT member_id FROM score_activity_g{g} WHERE community_id = $1 \
@@ -789,45 +791,99 @@ async fn write_folds(
     policy: &Policy,
     pairs: bool,
 ) -> Result<(), sqlx::Error> {
-    let rows = load_activity_rows(tx, g, community, members).await?;
-    let mut states = Vec::new();
-    let mut tiers = Vec::new();
-    let mut snapshots = Vec::new();
-    let mut exchanges = Vec::new();
-    for (member, activities) in rows {
-        for (channel, folded) in fold_member(&activities, policy) {
+    let mut rows = FoldRows::default();
+    for (member, activities) in load_activity_rows(tx, g, community, members).await? {
+        rows.add(
+            community,
+            &member,
+            fold_member(&activities, policy),
+            policy,
+            pairs,
+        );
+    }
+    rows.write(tx, g).await
+}
+
+/// The rows folds write: states, tier changes, momentum snapshots and
+/// exchange pairs.
+#[derive(Default)]
+pub(crate) struct FoldRows {
+    pub(crate) states: Vec<StateRow>,
+    pub(crate) tiers: Vec<(String, String, TierChange)>,
+    pub(crate) snapshots: Vec<(String, String, i64, Vec<u8>)>,
+    pub(crate) exchanges: Vec<((StateKey, String), i64)>,
+}
+
+impl FoldRows {
+    /// Adds a member's folds ([`fold_member`]); their exchange pairs only
+    /// with `pairs`.
+    pub(crate) fn add(
+        &mut self,
+        community: &str,
+        member: &str,
+        folds: Vec<(String, rapport_domain::score::Folded)>,
+        policy: &Policy,
+        pairs: bool,
+    ) {
+        for (channel, folded) in folds {
             if channel == ALL_CHANNELS {
-                tiers.extend(
+                self.tiers.extend(
                     folded
                         .changes
                         .iter()
-                        .map(|c| (community.to_owned(), member.clone(), *c)),
+                        .map(|c| (community.to_owned(), member.to_owned(), *c)),
                 );
-                snapshots.extend(folded.snapshots.iter().map(|(day, state)| {
-                    (
-                        community.to_owned(),
-                        member.clone(),
-                        *day,
-                        encode_state(state),
-                    )
-                }));
+                self.snapshots
+                    .extend(folded.snapshots.iter().map(|(day, state)| {
+                        (
+                            community.to_owned(),
+                            member.to_owned(),
+                            *day,
+                            encode_state(state),
+                        )
+                    }));
             }
-            let key = (community.to_owned(), channel, member.clone());
+            let key = (community.to_owned(), channel, member.to_owned());
             if pairs {
-                exchanges.extend(
+                self.exchanges.extend(
                     folded
                         .last_exchange
                         .iter()
                         .map(|(other, day)| ((key.clone(), other.clone()), *day)),
                 );
             }
-            states.push((key, folded.state, policy.clone()));
+            self.states.push(StateRow::new(key, &folded.state, policy));
         }
     }
-    upsert_pairs(tx, g, &exchanges).await?;
-    insert_tiers(tx, g, &tiers).await?;
-    insert_snapshots(tx, g, &snapshots).await?;
-    upsert_states(tx, g, &states).await
+
+    async fn write(&self, tx: &mut Tx<'_>, g: u64) -> Result<(), sqlx::Error> {
+        upsert_pairs(tx, g, &self.exchanges).await?;
+        insert_tiers(tx, g, &self.tiers).await?;
+        insert_snapshots(tx, g, &self.snapshots).await?;
+        upsert_states(tx, g, &self.states).await
+    }
+}
+
+/// A `score_states` row as written.
+pub(crate) struct StateRow {
+    pub(crate) key: StateKey,
+    pub(crate) state: Vec<u8>,
+    pub(crate) at: i64,
+    pub(crate) bound: f64,
+    pub(crate) tier: i16,
+}
+
+impl StateRow {
+    pub(crate) fn new(key: StateKey, state: &ScoreState, policy: &Policy) -> Self {
+        let at = state.at.unwrap_or(0);
+        StateRow {
+            key,
+            state: encode_state(state),
+            at,
+            bound: state.evaluate(policy, Timestamp::from_micros(at)).value,
+            tier: state.tier.as_i32() as i16,
+        }
+    }
 }
 
 /// A member's states: all channels, then each channel on its own.
@@ -1114,27 +1170,22 @@ async fn upsert_pairs(
     Ok(())
 }
 
-async fn upsert_states(
-    tx: &mut Tx<'_>,
-    g: u64,
-    states: &[(StateKey, ScoreState, Policy)],
-) -> Result<(), sqlx::Error> {
+async fn upsert_states(tx: &mut Tx<'_>, g: u64, states: &[StateRow]) -> Result<(), sqlx::Error> {
     for chunk in states.chunks(CHUNK) {
         on_tx!(tx, c => {
             let mut qb = QueryBuilder::new(format!(
                 "INSERT INTO score_states_g{g} (community_id, channel, member_id, state, at, \
                  bound, tier) "
             ));
-            qb.push_values(chunk, |mut b, ((community, channel, member), state, policy)| {
-                let at = state.at.unwrap_or(0);
-                let bound = state.evaluate(policy, Timestamp::from_micros(at)).value;
+            qb.push_values(chunk, |mut b, row| {
+                let (community, channel, member) = &row.key;
                 b.push_bind(community.clone())
                     .push_bind(channel.clone())
                     .push_bind(member.clone())
-                    .push_bind(encode_state(state))
-                    .push_bind(at)
-                    .push_bind(bound)
-                    .push_bind(state.tier.as_i32() as i16);
+                    .push_bind(row.state.clone())
+                    .push_bind(row.at)
+                    .push_bind(row.bound)
+                    .push_bind(row.tier);
             });
             qb.push(
                 " ON CONFLICT (community_id, channel, member_id) DO UPDATE SET \
@@ -1151,9 +1202,9 @@ async fn upsert_states(
 /// that maintenance tightens as time passes.
 type StateTuple = (String, String, String, Vec<u8>, i64, i16);
 
-type ActivityTuple = (String, i64, i64, i16, String, i16, i16, Option<String>);
+pub(crate) type ActivityTuple = (String, i64, i64, i16, String, i16, i16, Option<String>);
 
-fn activity_from(row: ActivityTuple) -> Result<(String, Activity), sqlx::Error> {
+pub(crate) fn activity_from(row: ActivityTuple) -> Result<(String, Activity), sqlx::Error> {
     let (member, at, position, kind, channel, incentivized, positive, other) = row;
     let kind = InteractionKind::from_i32(i32::from(kind))
         .ok_or_else(|| sqlx::Error::Decode(format!("interaction kind {kind}").into()))?;
@@ -1174,7 +1225,7 @@ fn activity_from(row: ActivityTuple) -> Result<(String, Activity), sqlx::Error> 
     ))
 }
 
-const ACTIVITY_COLUMNS: &str =
+pub(crate) const ACTIVITY_COLUMNS: &str =
     "member_id, at, position, kind, channel, incentivized, positive, other_member_id";
 
 fn activities_query<DB: sqlx::Database>(
@@ -1587,13 +1638,46 @@ impl Projections {
     }
 
     /// Every member of a community with their activities, grouped by member
-    /// and in canonical order, `chunk` members at a time: for previews.
+    /// and in canonical order, `chunk` members at a time: for previews. On
+    /// SQLite one read on a blocking thread, handing chunks of members over
+    /// while `each` runs here (see `sqlite_pass`).
     pub async fn for_each_member_activities(
         &self,
         g: u64,
         community_id: &str,
         mut each: impl FnMut(&str, &[Activity]),
     ) -> Result<(), ProjectionError> {
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<(String, Vec<Activity>)>>(2);
+        let community = community_id.to_owned();
+        let sqlite = self.store().read_projections_sqlite(move |conn| {
+            let mut chunk = Vec::with_capacity(REFOLD_CHUNK);
+            sqlite_pass::for_each_member(conn, g, &community, |member, activities| {
+                chunk.push((member, activities));
+                if chunk.len() == REFOLD_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(REFOLD_CHUNK));
+                    // Only a cancelled caller stops receiving.
+                    chunks
+                        .blocking_send(full)
+                        .map_err(|_| sqlx::Error::Protocol("the preview was cancelled".into()))?;
+                }
+                Ok(())
+            })?;
+            if !chunk.is_empty() {
+                let _ = chunks.blocking_send(chunk);
+            }
+            Ok(())
+        });
+        let consume = async {
+            while let Some(chunk) = received.recv().await {
+                for (member, activities) in chunk {
+                    each(&member, &activities);
+                }
+            }
+        };
+        let (read, ()) = futures::join!(sqlite, consume);
+        if let Some(read) = read {
+            return read.map_err(ProjectionError::from);
+        }
         let pool = self.store().projections_pool();
         let mut after = String::new();
         loop {

@@ -1033,6 +1033,20 @@ impl Store {
         }
     }
 
+    /// Runs `read` on a rusqlite connection to the read models' file, on a
+    /// blocking thread; `None` on PostgreSQL. For passes over a whole
+    /// community's rows, which sqlx's SQLite driver would hand across
+    /// threads one copied value at a time (see the `sqlite` module doc).
+    pub async fn read_projections_sqlite<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<Result<T, StoreError>> {
+        match self {
+            Store::Sqlite(s) => Some(s.read_projections(read).await),
+            Store::Postgres(_) => None,
+        }
+    }
+
     /// Closes every connection, waiting for those in use.
     pub async fn close(&self) {
         match self {

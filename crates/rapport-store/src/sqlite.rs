@@ -2,7 +2,7 @@
 //!
 //! Migrations and most reads go through sqlx pools; reads of the log by
 //! position (followers, projectors: thousands of rows a call) go through
-//! rusqlite connections on blocking threads ([`LogReaders`]), since sqlx's
+//! rusqlite connections on blocking threads ([`Readers`]), since sqlx's
 //! driver hands every row across threads and copies every value, which held
 //! a follower to about 100,000 events/s. Appends go through one
 //! rusqlite connection on a blocking thread: a whole batch (lookups, plan,
@@ -78,21 +78,32 @@ pub struct SqliteStore {
     /// Identities and stream versions this process's writer committed.
     cache: Arc<Mutex<WriterCache>>,
     /// Reads the log by position (see the module doc).
-    log_readers: Arc<LogReaders>,
+    log_readers: Arc<Readers>,
+    /// Reads the read models' file for whole-community passes (a preview
+    /// reads every activity row of a community), for the same reason.
+    projection_readers: Arc<Readers>,
     keyring: Keyring,
 }
 
-/// rusqlite connections for reading the log, opened on demand, at most
+/// rusqlite connections for reading one file, opened on demand, at most
 /// `permits` in use at once, the idle ones kept for the next read (so there
 /// are never more than `permits` of them).
 #[derive(Debug)]
-struct LogReaders {
+struct Readers {
     path: String,
     idle: Mutex<Vec<rusqlite::Connection>>,
     permits: tokio::sync::Semaphore,
 }
 
-impl LogReaders {
+impl Readers {
+    fn new(path: &str, permits: usize) -> Arc<Self> {
+        Arc::new(Readers {
+            path: path.to_owned(),
+            idle: Mutex::default(),
+            permits: tokio::sync::Semaphore::new(permits),
+        })
+    }
+
     /// Runs `read` on a connection, on a blocking thread.
     async fn read<T: Send + 'static>(
         self: &Arc<Self>,
@@ -172,11 +183,9 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(writer));
         spawn_checkpointer(&path_for_checkpoints, Arc::downgrade(&writer))?;
         spawn_checkpointer(&projections_file, Arc::downgrade(&writer))?;
-        let log_readers = Arc::new(LogReaders {
-            path: path_for_checkpoints.clone(),
-            idle: Mutex::default(),
-            permits: tokio::sync::Semaphore::new(options.max_connections.max(1) as usize),
-        });
+        let permits = options.max_connections.max(1) as usize;
+        let log_readers = Readers::new(&path_for_checkpoints, permits);
+        let projection_readers = Readers::new(&projections_file, permits);
         Ok(SqliteStore {
             admin,
             readers,
@@ -184,6 +193,7 @@ impl SqliteStore {
             writer,
             cache: Arc::default(),
             log_readers,
+            projection_readers,
             keyring: Keyring::new(master),
         })
     }
@@ -300,6 +310,13 @@ impl SqliteStore {
 
     pub(crate) fn projections_pool(&self) -> &sqlx::Pool<Sqlite> {
         &self.projections
+    }
+
+    pub(crate) async fn read_projections<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.projection_readers.read(read).await
     }
 
     pub(crate) async fn close(&self) {
