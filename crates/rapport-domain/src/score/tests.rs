@@ -308,6 +308,38 @@ proptest! {
         prop_assert!(after >= before - 1e-9, "{before} -> {after}");
     }
 
+    /// The bisection of `advance_tier` gives what checking every midnight
+    /// in turn gives (the model's definition).
+    #[test]
+    fn midnight_checks_by_bisection_equal_checking_each_day(
+        activities in arb_activities(),
+        days in 0i64..400,
+        half_life in 5.0f64..120.0,
+        margin in 0.0f64..10.0,
+    ) {
+        let policy = Policy { half_life_days: half_life, demotion_margin: margin, ..Policy::default() };
+        let state = fold_all(&activities, &policy).state;
+        prop_assume!(state.at.is_some());
+        let until = state.at.unwrap() + days * DAY_MICROS + 1;
+        let mut fast = state.clone();
+        let mut fast_changes = Vec::new();
+        fast.advance_tier(&policy, until, &mut fast_changes);
+        let mut slow = state;
+        let mut slow_changes = Vec::new();
+        while slow.tier_day < day_of(until) {
+            slow.tier_day += 1;
+            let midnight = Timestamp::from_micros(slow.tier_day * DAY_MICROS);
+            let tier = next_tier(&policy, slow.tier, slow.evaluate(&policy, midnight).value);
+            if tier != slow.tier {
+                slow_changes.push(TierChange { at: midnight, position: 0, from: slow.tier, to: tier });
+                slow.tier = tier;
+            }
+        }
+        prop_assert_eq!(fast_changes, slow_changes);
+        prop_assert_eq!(fast.tier, slow.tier);
+        prop_assert_eq!(fast.tier_day, slow.tier_day);
+    }
+
     #[test]
     fn with_nothing_new_the_score_never_rises(activities in arb_activities(), days in 0i64..500) {
         let policy = Policy::default();
