@@ -191,9 +191,23 @@ impl Runner {
                 let (now, after) = upkeep
                     .take()
                     .unwrap_or_else(|| (rapport_store::wall_clock(), None));
+                let first = after.is_none();
                 match self.maintain(now, after).await? {
                     Some(next) => upkeep = Some((now, Some(next))),
-                    None => next_upkeep = Instant::now() + self.options.maintain_interval,
+                    None => {
+                        next_upkeep = Instant::now() + self.options.maintain_interval;
+                        // A round of many chunks took the projector's idle
+                        // time for a while: say when it is over, and how
+                        // long it took in wall time.
+                        if !first {
+                            let took = rapport_store::wall_clock().as_micros() - now.as_micros();
+                            tracing::info!(
+                                projection = self.projection.name(),
+                                seconds = took / 1_000_000,
+                                "upkeep round done"
+                            );
+                        }
+                    }
                 }
                 // One chunk per poll: upkeep is paced so that it never
                 // takes the machine from reads and live batches.
