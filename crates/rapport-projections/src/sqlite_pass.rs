@@ -4,7 +4,7 @@
 //! candidate policy ([`for_each_member`]). At 10 million interactions each
 //! pass reads 10 million rows, and sqlx's SQLite driver hands every row to
 //! another thread and copies every value under a mutex, which was most of
-//! their time (docs/performance.md, "Re-scoring on SQLite").
+//! their time (docs/performance.md, "Re-scoring and previews on SQLite").
 //!
 //! The re-fold runs on the projector's own connection, inside its open
 //! transaction, through the raw handle sqlx lends ([`on_sqlx_connection`]):

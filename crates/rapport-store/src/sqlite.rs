@@ -48,6 +48,10 @@ const PRAGMAS: [(&str, &str); 4] = [
     ("journal_size_limit", "67108864"),
 ];
 
+/// How long a write to the read models' file waits for another projector's
+/// transaction (see `SqliteStore::connect`).
+const PROJECTIONS_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -171,7 +175,13 @@ impl SqliteStore {
             .connect_with(
                 connect
                     .filename(&projections_file)
-                    .synchronous(SqliteSynchronous::Normal),
+                    .synchronous(SqliteSynchronous::Normal)
+                    // The projectors take turns at this file's write lock,
+                    // and at 10 M interactions one's batch can hold it for
+                    // longer than 5 s: the other should wait its turn, not
+                    // fail, log a warning and sleep before trying again
+                    // (34 times in 30 minutes of a 10 M catch-up).
+                    .busy_timeout(PROJECTIONS_BUSY_TIMEOUT),
             )
             .await?;
         // The file exists and is in WAL mode now (sqlx created it).
