@@ -225,13 +225,6 @@ pub struct TierChange {
 /// The tier after a score of `score` when the member held `held`: promotion
 /// at once, demotion only below the held tier's start minus the margin, and
 /// then to the highest tier the score keeps within the margin.
-/// Drops the keys of `map` before `first`.
-fn forget_before<V>(map: &mut BTreeMap<i64, V>, first: i64) {
-    if map.first_key_value().is_some_and(|(k, _)| *k < first) {
-        *map = map.split_off(&first);
-    }
-}
-
 pub fn next_tier(policy: &Policy, held: Tier, score: f64) -> Tier {
     let reached = policy.thresholds.tier_of(score);
     if reached >= held {
@@ -243,6 +236,13 @@ pub fn next_tier(policy: &Policy, held: Tier, score: f64) -> Tier {
         .filter(|t| *t <= held)
         .find(|t| score >= policy.thresholds.start(*t) - policy.demotion_margin)
         .unwrap_or(Tier::Observer)
+}
+
+/// Drops the keys of `map` before `first`.
+fn forget_before<V>(map: &mut BTreeMap<i64, V>, first: i64) {
+    if map.first_key_value().is_some_and(|(k, _)| *k < first) {
+        *map = map.split_off(&first);
+    }
 }
 
 impl ScoreState {

@@ -73,7 +73,8 @@ pub const ALL_CHANNELS: &str = "";
 /// Rows per multi-row statement: far below both databases' parameter limits.
 const CHUNK: usize = 500;
 
-/// Members re-folded per query when a policy changes.
+/// Members per chunk of a whole-community pass (a policy change's re-fold,
+/// a preview): per query on PostgreSQL, per hand-over on SQLite.
 pub(crate) const REFOLD_CHUNK: usize = 500;
 
 pub struct Scores;
@@ -740,6 +741,11 @@ async fn insert_snapshots(
     Ok(())
 }
 
+/// The tables a policy change rewrites for a community. Pairs stay: the
+/// last day of exchange per pair does not depend on the policy (kinds,
+/// incentives and windows only).
+pub(crate) const POLICY_TABLES: [&str; 3] = ["states", "tiers", "snapshots"];
+
 /// Folds every member of `community` again under `policy`.
 async fn refold_community(
     tx: &mut Tx<'_>,
@@ -763,9 +769,7 @@ async fn refold_community(
         .await?
     });
     on_tx!(tx, c => {
-        // Pairs stay: the last day of exchange per pair does not depend on
-        // the policy (kinds, incentives and windows only).
-        for table in ["states", "tiers", "snapshots"] {
+        for table in POLICY_TABLES {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM score_{table}_g{g} WHERE community_id = $1"
             )))
@@ -1650,21 +1654,12 @@ impl Projections {
         let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<(String, Vec<Activity>)>>(2);
         let community = community_id.to_owned();
         let sqlite = self.store().read_projections_sqlite(move |conn| {
-            let mut chunk = Vec::with_capacity(REFOLD_CHUNK);
-            sqlite_pass::for_each_member(conn, g, &community, |member, activities| {
-                chunk.push((member, activities));
-                if chunk.len() == REFOLD_CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(REFOLD_CHUNK));
-                    // Only a cancelled caller stops receiving.
-                    chunks
-                        .blocking_send(full)
-                        .map_err(|_| sqlx::Error::Protocol("the preview was cancelled".into()))?;
-                }
-                Ok(())
+            sqlite_pass::for_each_chunk(conn, g, &community, |chunk| {
+                // Only a cancelled caller stops receiving.
+                chunks
+                    .blocking_send(chunk)
+                    .map_err(|_| sqlx::Error::Protocol("the preview was cancelled".into()))
             })?;
-            if !chunk.is_empty() {
-                let _ = chunks.blocking_send(chunk);
-            }
             Ok(())
         });
         let consume = async {

@@ -1,10 +1,10 @@
 //! Whole-community passes over the scores' activity rows on SQLite, through
 //! rusqlite rather than sqlx: a policy change re-folds every member of the
 //! community ([`refold_community`]), a preview folds every member under a
-//! candidate policy ([`for_each_member`]). At 10 million interactions each
-//! pass reads 10 million rows, and sqlx's SQLite driver hands every row to
-//! another thread and copies every value under a mutex, which was most of
-//! their time (docs/performance.md, "Re-scoring and previews on SQLite").
+//! candidate policy; both read through [`for_each_chunk`]. At 10 million
+//! interactions each pass reads 10 million rows, and sqlx's SQLite driver
+//! hands every row to another thread and copies every value under a mutex,
+//! which was most of their time (docs/performance.md, "Re-scoring and previews on SQLite").
 //!
 //! The re-fold runs on the projector's own connection, inside its open
 //! transaction, through the raw handle sqlx lends ([`on_sqlx_connection`]):
@@ -20,7 +20,8 @@ use rusqlite::Connection;
 use sqlx::SqliteConnection;
 
 use crate::scores::{
-    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, REFOLD_CHUNK, activity_from, fold_member,
+    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, POLICY_TABLES, REFOLD_CHUNK, activity_from,
+    fold_member,
 };
 
 /// A rusqlite error as the projector's error type.
@@ -57,13 +58,13 @@ pub(crate) async fn on_sqlx_connection<T>(
 }
 
 /// Calls `each` with every member of `community` and their activities, in
-/// the model's canonical order (member, time, position): one statement, so
-/// one consistent snapshot.
-pub(crate) fn for_each_member(
+/// the model's canonical order (member, time, position), [`REFOLD_CHUNK`]
+/// members at a time: one statement, so one consistent snapshot.
+pub(crate) fn for_each_chunk(
     conn: &Connection,
     g: u64,
     community: &str,
-    mut each: impl FnMut(String, Vec<Activity>) -> Result<(), sqlx::Error>,
+    mut each: impl FnMut(Vec<(String, Vec<Activity>)>) -> Result<(), sqlx::Error>,
 ) -> Result<(), sqlx::Error> {
     let mut statement = conn
         .prepare(&format!(
@@ -72,7 +73,7 @@ pub(crate) fn for_each_member(
         ))
         .map_err(driver)?;
     let mut rows = statement.query([community]).map_err(driver)?;
-    let mut current: Option<(String, Vec<Activity>)> = None;
+    let mut chunk: Vec<(String, Vec<Activity>)> = Vec::with_capacity(REFOLD_CHUNK);
     while let Some(row) = rows.next().map_err(driver)? {
         let tuple: ActivityTuple = (
             row.get(0).map_err(driver)?,
@@ -85,32 +86,37 @@ pub(crate) fn for_each_member(
             row.get(7).map_err(driver)?,
         );
         let (member, activity) = activity_from(tuple)?;
-        match &mut current {
+        match chunk.last_mut() {
             Some((m, list)) if *m == member => list.push(activity),
             _ => {
-                if let Some((m, list)) = current.replace((member, vec![activity])) {
-                    each(m, list)?;
+                // A new member: the chunk is handed over once it is full
+                // and its last member complete.
+                if chunk.len() == REFOLD_CHUNK {
+                    each(std::mem::replace(
+                        &mut chunk,
+                        Vec::with_capacity(REFOLD_CHUNK),
+                    ))?;
                 }
+                chunk.push((member, vec![activity]));
             }
         }
     }
-    match current {
-        Some((m, list)) => each(m, list),
-        None => Ok(()),
+    if chunk.is_empty() {
+        return Ok(());
     }
+    each(chunk)
 }
 
-/// Deletes the community's states, tier histories and snapshots and folds
-/// every member again under `policy` (exchange pairs do not depend on the
-/// policy and stay). The same rows as `scores::refold_community` writes
-/// through sqlx, which a test holds it to.
+/// Deletes the community's rows a policy decides ([`POLICY_TABLES`]) and
+/// folds every member again under `policy`: the same rows as
+/// `scores::refold_community` writes through sqlx, which a test holds it to.
 pub(crate) fn refold_community(
     conn: &Connection,
     g: u64,
     community: &str,
     policy: &Policy,
 ) -> Result<(), sqlx::Error> {
-    for table in ["states", "tiers", "snapshots"] {
+    for table in POLICY_TABLES {
         conn.execute(
             &format!("DELETE FROM score_{table}_g{g} WHERE community_id = ?1"),
             [community],
@@ -141,21 +147,13 @@ pub(crate) fn refold_community(
             }
         });
         let folder_gone = || sqlx::Error::Protocol("the re-fold thread stopped".into());
-        let mut chunk = Vec::with_capacity(REFOLD_CHUNK);
-        for_each_member(conn, g, community, |member, activities| {
-            chunk.push((member, activities));
-            if chunk.len() == REFOLD_CHUNK {
-                jobs.send(std::mem::take(&mut chunk))
-                    .map_err(|_| folder_gone())?;
-                while let Ok(rows) = folded.try_recv() {
-                    writer.write(&rows)?;
-                }
+        for_each_chunk(conn, g, community, |chunk| {
+            jobs.send(chunk).map_err(|_| folder_gone())?;
+            while let Ok(rows) = folded.try_recv() {
+                writer.write(&rows)?;
             }
             Ok(())
         })?;
-        if !chunk.is_empty() {
-            jobs.send(chunk).map_err(|_| folder_gone())?;
-        }
         drop(jobs);
         for rows in folded {
             writer.write(&rows)?;
@@ -164,13 +162,13 @@ pub(crate) fn refold_community(
     })
 }
 
-/// Writes [`FoldRows`] with cached single-row statements: SQLite runs a
-/// prepared insert in microseconds, and there are no binds to build.
+/// Writes the [`FoldRows`] of a policy change (no exchange pairs: those
+/// stay) with cached single-row statements: SQLite runs a prepared insert
+/// in microseconds, and there are no binds to build.
 struct RowWriter<'c> {
     states: rusqlite::CachedStatement<'c>,
     tiers: rusqlite::CachedStatement<'c>,
     snapshots: rusqlite::CachedStatement<'c>,
-    pairs: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> RowWriter<'c> {
@@ -192,21 +190,11 @@ impl<'c> RowWriter<'c> {
                 "INSERT INTO score_snapshots_g{g} (community_id, member_id, day, state) \
                  VALUES (?1, ?2, ?3, ?4)"
             ))?,
-            pairs: prepare(format!(
-                "INSERT INTO score_pairs_g{g} (community_id, member_id, channel, \
-                 other_member_id, last_day) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (community_id, member_id, channel, other_member_id) \
-                 DO UPDATE SET last_day = excluded.last_day"
-            ))?,
         })
     }
 
     fn write(&mut self, rows: &FoldRows) -> Result<(), sqlx::Error> {
-        for (((community, channel, member), other), day) in &rows.exchanges {
-            self.pairs
-                .execute(rusqlite::params![community, member, channel, other, day])
-                .map_err(driver)?;
-        }
+        debug_assert!(rows.exchanges.is_empty(), "a policy change leaves pairs");
         for (community, member, change) in &rows.tiers {
             self.tiers
                 .execute(rusqlite::params![
@@ -313,7 +301,7 @@ mod tests {
         let all = |sql: &str| conn.prepare(sql).expect("prepare");
         let states = all(
             "SELECT community_id, channel, member_id, state, at, bound, tier \
-                          FROM score_states_g1",
+             FROM score_states_g1",
         )
         .query_map([], |r| {
             Ok((
@@ -331,7 +319,7 @@ mod tests {
         .expect("states");
         let tiers = all(
             "SELECT community_id, member_id, at, position, from_tier, to_tier \
-                         FROM score_tiers_g1",
+             FROM score_tiers_g1",
         )
         .query_map([], |r| {
             Ok((
@@ -466,9 +454,11 @@ mod tests {
         insert(&conn, "other", &community(5));
         let mut seen = BTreeMap::new();
         let mut order = Vec::new();
-        for_each_member(&conn, 1, "acme", |member, activities| {
-            order.push(member.clone());
-            seen.insert(member, activities);
+        for_each_chunk(&conn, 1, "acme", |chunk| {
+            for (member, activities) in chunk {
+                order.push(member.clone());
+                seen.insert(member, activities);
+            }
             Ok(())
         })
         .expect("read");
