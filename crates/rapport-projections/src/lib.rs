@@ -25,6 +25,9 @@
 
 mod db;
 pub mod generations;
+#[cfg(test)]
+mod pass_fixtures;
+mod pg_pass;
 pub mod runner;
 pub mod scores;
 mod sqlite_pass;

@@ -58,12 +58,12 @@ use rapport_domain::score::{
     momentum_snapshots_to_keep,
 };
 use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
-use rapport_store::{decode_policy, encode_policy, from_db, to_db};
+use rapport_store::{DbPool, decode_policy, encode_policy, from_db, to_db};
 use sqlx::QueryBuilder;
 
 use crate::db::{Tx, on_pool, on_tx, push_in};
-use crate::sqlite_pass;
 use crate::{Projection, ProjectionError, Projections};
+use crate::{pg_pass, sqlite_pass};
 
 pub const NAME: &str = "scores";
 
@@ -74,8 +74,42 @@ pub const ALL_CHANNELS: &str = "";
 const CHUNK: usize = 500;
 
 /// Members per chunk of a whole-community pass (a policy change's re-fold,
-/// a preview): per query on PostgreSQL, per hand-over on SQLite.
+/// a preview): the unit handed to the fold and written back.
 pub(crate) const REFOLD_CHUNK: usize = 500;
+
+/// A chunk of a whole-community pass: members with their activities.
+pub(crate) type MemberChunk = Vec<(String, Vec<Activity>)>;
+
+/// Groups a community's activity rows, read in canonical order (member,
+/// time, position), into chunks of [`REFOLD_CHUNK`] whole members.
+#[derive(Default)]
+pub(crate) struct MemberChunks {
+    chunk: MemberChunk,
+}
+
+impl MemberChunks {
+    /// Adds the next row; returns the previous chunk once it is full and
+    /// its last member complete (this row starts another member).
+    pub(crate) fn push(&mut self, member: String, activity: Activity) -> Option<MemberChunk> {
+        match self.chunk.last_mut() {
+            Some((m, list)) if *m == member => {
+                list.push(activity);
+                None
+            }
+            _ => {
+                let full = (self.chunk.len() == REFOLD_CHUNK)
+                    .then(|| std::mem::replace(&mut self.chunk, Vec::with_capacity(REFOLD_CHUNK)));
+                self.chunk.push((member, vec![activity]));
+                full
+            }
+        }
+    }
+
+    /// The last chunk, if the read found any row since the previous one.
+    pub(crate) fn finish(self) -> Option<MemberChunk> {
+        (!self.chunk.is_empty()).then_some(self.chunk)
+    }
+}
 
 pub struct Scores;
 
@@ -724,6 +758,22 @@ async fn insert_snapshots(
     g: u64,
     snapshots: &[(String, String, i64, Vec<u8>)],
 ) -> Result<(), sqlx::Error> {
+    if let Tx::Postgres(c) = tx {
+        if snapshots.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO score_snapshots_g{g} (community_id, member_id, day, state) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[])"
+        )))
+        .bind(column(snapshots, |r| r.0.as_str()))
+        .bind(column(snapshots, |r| r.1.as_str()))
+        .bind(column(snapshots, |r| r.2))
+        .bind(column(snapshots, |r| r.3.as_slice()))
+        .execute(&mut **c)
+        .await?;
+        return Ok(());
+    }
     for chunk in snapshots.chunks(CHUNK) {
         on_tx!(tx, c => {
             let mut qb = QueryBuilder::new(format!(
@@ -746,42 +796,23 @@ async fn insert_snapshots(
 /// incentives and windows only).
 pub(crate) const POLICY_TABLES: [&str; 3] = ["states", "tiers", "snapshots"];
 
-/// Folds every member of `community` again under `policy`.
+/// Folds every member of `community` again under `policy`: one ordered
+/// read of the community on either backend (see `sqlite_pass`, `pg_pass`).
 async fn refold_community(
     tx: &mut Tx<'_>,
     g: u64,
     community: &str,
     policy: &Policy,
 ) -> Result<(), sqlx::Error> {
-    if let Tx::Sqlite(c) = tx {
-        return sqlite_pass::on_sqlx_connection(c, |conn| {
-            sqlite_pass::refold_community(conn, g, community, policy)
-        })
-        .await;
-    }
-    let members: Vec<String> = on_tx!(tx, c => {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT DISTINCT member_id FROM score_activity_g{g} WHERE community_id = $1 \
-             ORDER BY member_id"
-        )))
-        .bind(community)
-        .fetch_all(&mut **c)
-        .await?
-    });
-    on_tx!(tx, c => {
-        for table in POLICY_TABLES {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM score_{table}_g{g} WHERE community_id = $1"
-            )))
-            .bind(community)
-            .execute(&mut **c)
-            .await?;
+    match tx {
+        Tx::Sqlite(c) => {
+            sqlite_pass::on_sqlx_connection(c, |conn| {
+                sqlite_pass::refold_community(conn, g, community, policy)
+            })
+            .await
         }
-    });
-    for chunk in members.chunks(REFOLD_CHUNK) {
-        write_folds(tx, g, community, chunk, policy, false).await?;
+        Tx::Postgres(c) => pg_pass::refold_community(c, g, community, policy).await,
     }
-    Ok(())
 }
 
 /// Folds `members` from their activity rows and writes their states, tier
@@ -819,6 +850,22 @@ pub(crate) struct FoldRows {
 }
 
 impl FoldRows {
+    /// The folds of a chunk of a policy change or a preview (no exchange
+    /// pairs: those do not depend on the policy).
+    pub(crate) fn of_chunk(community: &str, chunk: &MemberChunk, policy: &Policy) -> FoldRows {
+        let mut rows = FoldRows::default();
+        for (member, activities) in chunk {
+            rows.add(
+                community,
+                member,
+                fold_member(activities, policy),
+                policy,
+                false,
+            );
+        }
+        rows
+    }
+
     /// Adds a member's folds ([`fold_member`]); their exchange pairs only
     /// with `pairs`.
     pub(crate) fn add(
@@ -860,7 +907,7 @@ impl FoldRows {
         }
     }
 
-    async fn write(&self, tx: &mut Tx<'_>, g: u64) -> Result<(), sqlx::Error> {
+    pub(crate) async fn write(&self, tx: &mut Tx<'_>, g: u64) -> Result<(), sqlx::Error> {
         upsert_pairs(tx, g, &self.exchanges).await?;
         insert_tiers(tx, g, &self.tiers).await?;
         insert_snapshots(tx, g, &self.snapshots).await?;
@@ -916,6 +963,25 @@ async fn insert_tiers(
     g: u64,
     changes: &[(String, String, TierChange)],
 ) -> Result<(), sqlx::Error> {
+    if let Tx::Postgres(c) = tx {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO score_tiers_g{g} (community_id, member_id, at, position, from_tier, \
+             to_tier) SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], \
+             $5::int2[], $6::int2[])"
+        )))
+        .bind(column(changes, |r| r.0.as_str()))
+        .bind(column(changes, |r| r.1.as_str()))
+        .bind(column(changes, |r| r.2.at.as_micros()))
+        .bind(column(changes, |r| to_db(r.2.position)))
+        .bind(column(changes, |r| r.2.from.as_i32() as i16))
+        .bind(column(changes, |r| r.2.to.as_i32() as i16))
+        .execute(&mut **c)
+        .await?;
+        return Ok(());
+    }
     for chunk in changes.chunks(CHUNK) {
         on_tx!(tx, c => {
             let mut qb = QueryBuilder::new(format!(
@@ -1175,6 +1241,29 @@ async fn upsert_pairs(
 }
 
 async fn upsert_states(tx: &mut Tx<'_>, g: u64, states: &[StateRow]) -> Result<(), sqlx::Error> {
+    if let Tx::Postgres(c) = tx {
+        if states.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO score_states_g{g} (community_id, channel, member_id, state, at, bound, \
+             tier) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], \
+             $5::int8[], $6::float8[], $7::int2[]) \
+             ON CONFLICT (community_id, channel, member_id) DO UPDATE SET \
+             state = excluded.state, at = excluded.at, bound = excluded.bound, \
+             tier = excluded.tier"
+        )))
+        .bind(column(states, |r| r.key.0.as_str()))
+        .bind(column(states, |r| r.key.1.as_str()))
+        .bind(column(states, |r| r.key.2.as_str()))
+        .bind(column(states, |r| r.state.as_slice()))
+        .bind(column(states, |r| r.at))
+        .bind(column(states, |r| r.bound))
+        .bind(column(states, |r| r.tier))
+        .execute(&mut **c)
+        .await?;
+        return Ok(());
+    }
     for chunk in states.chunks(CHUNK) {
         on_tx!(tx, c => {
             let mut qb = QueryBuilder::new(format!(
@@ -1200,6 +1289,13 @@ async fn upsert_states(tx: &mut Tx<'_>, g: u64, states: &[StateRow]) -> Result<(
         });
     }
     Ok(())
+}
+
+/// One column of `rows`, to bind as a PostgreSQL array: a multi-row
+/// statement with one parameter per column instead of one per value, which
+/// PostgreSQL parses and plans in the same time whatever the row count.
+fn column<'r, R, T>(rows: &'r [R], get: impl Fn(&'r R) -> T) -> Vec<T> {
+    rows.iter().map(get).collect()
 }
 
 /// A `score_states` row as the dump reads it: without the bound, a cache
@@ -1642,26 +1738,45 @@ impl Projections {
     }
 
     /// Every member of a community with their activities, grouped by member
-    /// and in canonical order, `chunk` members at a time: for previews. On
-    /// SQLite one read on a blocking thread, handing chunks of members over
-    /// while `each` runs here (see `sqlite_pass`).
+    /// and in canonical order, in chunks of whole members: for previews. One
+    /// ordered read on another thread (a blocking one through rusqlite on
+    /// SQLite, see `sqlite_pass`; a task streaming the rows on PostgreSQL,
+    /// see `pg_pass`) hands chunks over while `each` runs here.
     pub async fn for_each_member_activities(
         &self,
         g: u64,
         community_id: &str,
         mut each: impl FnMut(&str, &[Activity]),
     ) -> Result<(), ProjectionError> {
-        let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<(String, Vec<Activity>)>>(2);
+        // Two chunks in flight at most: memory stays bounded whichever
+        // side is slower. Only a cancelled caller stops receiving.
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<MemberChunk>(2);
+        let cancelled = || sqlx::Error::Protocol("the preview was cancelled".into());
         let community = community_id.to_owned();
-        let sqlite = self.store().read_projections_sqlite(move |conn| {
-            sqlite_pass::for_each_chunk(conn, g, &community, |chunk| {
-                // Only a cancelled caller stops receiving.
-                chunks
-                    .blocking_send(chunk)
-                    .map_err(|_| sqlx::Error::Protocol("the preview was cancelled".into()))
-            })?;
-            Ok(())
-        });
+        let read: BoxFuture<'_, Result<(), ProjectionError>> = match self.store().projections_pool()
+        {
+            DbPool::Sqlite(_) => {
+                let read = self.store().read_projections_sqlite(move |conn| {
+                    sqlite_pass::for_each_chunk(conn, g, &community, |chunk| {
+                        chunks.blocking_send(chunk).map_err(|_| cancelled())
+                    })?;
+                    Ok(())
+                });
+                async move { Ok(read.await.unwrap_or(Ok(()))?) }.boxed()
+            }
+            DbPool::Postgres(pool) => {
+                let read = tokio::spawn(async move {
+                    pg_pass::for_each_chunk(&pool, g, &community, chunks).await
+                });
+                async move {
+                    read.await.map_err(|e| {
+                        ProjectionError::Corrupt(format!("the preview's read failed: {e}"))
+                    })??;
+                    Ok(())
+                }
+                .boxed()
+            }
+        };
         let consume = async {
             while let Some(chunk) = received.recv().await {
                 for (member, activities) in chunk {
@@ -1669,57 +1784,8 @@ impl Projections {
                 }
             }
         };
-        let (read, ()) = futures::join!(sqlite, consume);
-        if let Some(read) = read {
-            return read.map_err(ProjectionError::from);
-        }
-        let pool = self.store().projections_pool();
-        let mut after = String::new();
-        loop {
-            let sql = format!(
-                "SELECT DISTINCT member_id FROM score_activity_g{g} \
-                 WHERE community_id = $1 AND member_id > $2 ORDER BY member_id LIMIT {REFOLD_CHUNK}"
-            );
-            let members: Vec<String> = on_pool!(&pool, p => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .bind(community_id)
-                    .bind(&after)
-                    .persistent(false).fetch_all(p)
-                    .await?
-            });
-            let Some(last) = members.last().cloned() else {
-                return Ok(());
-            };
-            let rows: Vec<ActivityTuple> = on_pool!(&pool, p => {
-                let mut qb = QueryBuilder::new(format!(
-                    "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} WHERE community_id = "
-                ));
-                qb.push_bind(community_id.to_owned());
-                qb.push(" AND member_id >= ");
-                qb.push_bind(members[0].clone());
-                qb.push(" AND member_id <= ");
-                qb.push_bind(last.clone());
-                qb.push(" ORDER BY member_id, at, position");
-                qb.build_query_as().persistent(false).fetch_all(p).await?
-            });
-            let mut current: Option<String> = None;
-            let mut list = Vec::new();
-            for row in rows {
-                let (member, activity) = activity_from(row)?;
-                if current.as_deref() != Some(member.as_str()) {
-                    if let Some(m) = current.take() {
-                        each(&m, &list);
-                    }
-                    list.clear();
-                    current = Some(member);
-                }
-                list.push(activity);
-            }
-            if let Some(m) = current {
-                each(&m, &list);
-            }
-            after = last;
-        }
+        let (read, ()) = futures::join!(read, consume);
+        read
     }
 
     /// A member's stored tier changes, newest first: those with a key

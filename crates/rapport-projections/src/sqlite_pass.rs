@@ -15,13 +15,12 @@
 use std::sync::mpsc;
 
 use rapport_domain::policy::Policy;
-use rapport_domain::score::Activity;
 use rusqlite::Connection;
 use sqlx::SqliteConnection;
 
 use crate::scores::{
-    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, POLICY_TABLES, REFOLD_CHUNK, activity_from,
-    fold_member,
+    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, MemberChunk, MemberChunks, POLICY_TABLES,
+    activity_from,
 };
 
 /// A rusqlite error as the projector's error type.
@@ -58,13 +57,13 @@ pub(crate) async fn on_sqlx_connection<T>(
 }
 
 /// Calls `each` with every member of `community` and their activities, in
-/// the model's canonical order (member, time, position), [`REFOLD_CHUNK`]
-/// members at a time: one statement, so one consistent snapshot.
+/// the model's canonical order (member, time, position), in chunks of whole
+/// members ([`MemberChunks`]): one statement, so one consistent snapshot.
 pub(crate) fn for_each_chunk(
     conn: &Connection,
     g: u64,
     community: &str,
-    mut each: impl FnMut(Vec<(String, Vec<Activity>)>) -> Result<(), sqlx::Error>,
+    mut each: impl FnMut(MemberChunk) -> Result<(), sqlx::Error>,
 ) -> Result<(), sqlx::Error> {
     let mut statement = conn
         .prepare(&format!(
@@ -73,7 +72,7 @@ pub(crate) fn for_each_chunk(
         ))
         .map_err(driver)?;
     let mut rows = statement.query([community]).map_err(driver)?;
-    let mut chunk: Vec<(String, Vec<Activity>)> = Vec::with_capacity(REFOLD_CHUNK);
+    let mut chunks = MemberChunks::default();
     while let Some(row) = rows.next().map_err(driver)? {
         let tuple: ActivityTuple = (
             row.get(0).map_err(driver)?,
@@ -86,30 +85,20 @@ pub(crate) fn for_each_chunk(
             row.get(7).map_err(driver)?,
         );
         let (member, activity) = activity_from(tuple)?;
-        match chunk.last_mut() {
-            Some((m, list)) if *m == member => list.push(activity),
-            _ => {
-                // A new member: the chunk is handed over once it is full
-                // and its last member complete.
-                if chunk.len() == REFOLD_CHUNK {
-                    each(std::mem::replace(
-                        &mut chunk,
-                        Vec::with_capacity(REFOLD_CHUNK),
-                    ))?;
-                }
-                chunk.push((member, vec![activity]));
-            }
+        if let Some(full) = chunks.push(member, activity) {
+            each(full)?;
         }
     }
-    if chunk.is_empty() {
-        return Ok(());
+    match chunks.finish() {
+        Some(last) => each(last),
+        None => Ok(()),
     }
-    each(chunk)
 }
 
 /// Deletes the community's rows a policy decides ([`POLICY_TABLES`]) and
-/// folds every member again under `policy`: the same rows as
-/// `scores::refold_community` writes through sqlx, which a test holds it to.
+/// folds every member again under `policy`: the rows of the folds
+/// (`FoldRows::of_chunk`), as on PostgreSQL (`pg_pass`); a test of each
+/// holds them to the folds.
 pub(crate) fn refold_community(
     conn: &Connection,
     g: u64,
@@ -127,20 +116,11 @@ pub(crate) fn refold_community(
     std::thread::scope(|scope| {
         // Two chunks in flight at most: memory stays bounded by the
         // chunk size whichever side is slower.
-        let (jobs, queued) = mpsc::sync_channel::<Vec<(String, Vec<Activity>)>>(2);
+        let (jobs, queued) = mpsc::sync_channel::<MemberChunk>(2);
         let (fold_done, folded) = mpsc::channel::<FoldRows>();
         scope.spawn(move || {
             for chunk in queued {
-                let mut rows = FoldRows::default();
-                for (member, activities) in chunk {
-                    rows.add(
-                        community,
-                        &member,
-                        fold_member(&activities, policy),
-                        policy,
-                        false,
-                    );
-                }
+                let rows = FoldRows::of_chunk(community, &chunk, policy);
                 if fold_done.send(rows).is_err() {
                     return;
                 }
@@ -228,41 +208,14 @@ impl<'c> RowWriter<'c> {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use rapport_domain::InteractionKind;
     use rapport_domain::policy::Policy;
+    use rapport_domain::score::Activity;
     use rusqlite::Connection;
 
     use super::*;
     use crate::Projection;
-    use crate::scores::{ALL_CHANNELS, Scores};
-
-    const DAY: i64 = 86_400_000_000;
-    const T0: i64 = 1_750_000_000_000_000;
-
-    /// Enough members for several chunks and a partial last one, each with
-    /// a few activities across channels and kinds, some aimed at others.
-    fn community(members: usize) -> BTreeMap<String, Vec<Activity>> {
-        let mut out: BTreeMap<String, Vec<Activity>> = BTreeMap::new();
-        let mut position = 0u64;
-        for i in 0..members {
-            for j in 0..(1 + i % 6) {
-                position += 1;
-                let member = format!("m{i:05}");
-                out.entry(member).or_default().push(Activity {
-                    position,
-                    at: rapport_domain::Timestamp::from_micros(
-                        T0 + ((i * 7 + j * 13) % 90) as i64 * DAY + j as i64,
-                    ),
-                    kind: InteractionKind::from_i32(1 + ((i + j) % 14) as i32).expect("a kind"),
-                    channel: ["discord", "forum", "github"][(i + j) % 3].to_owned(),
-                    incentivized: i % 5 == 0,
-                    positive: j % 2 == 0,
-                    other_member: (j % 3 == 1).then(|| format!("m{:05}", (i + 1) % members)),
-                });
-            }
-        }
-        out
-    }
+    use crate::pass_fixtures::{Rows, community, expected};
+    use crate::scores::{ALL_CHANNELS, REFOLD_CHUNK, Scores};
 
     fn insert(conn: &Connection, community: &str, members: &BTreeMap<String, Vec<Activity>>) {
         let mut insert = conn
@@ -290,12 +243,6 @@ mod tests {
             }
         }
     }
-
-    type Rows = (
-        BTreeSet<(String, String, String, Vec<u8>, i64, u64, i64)>,
-        BTreeSet<(String, String, i64, i64, i64, i64)>,
-        BTreeSet<(String, String, i64, Vec<u8>)>,
-    );
 
     fn stored(conn: &Connection) -> Rows {
         let all = |sql: &str| conn.prepare(sql).expect("prepare");
@@ -340,54 +287,6 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("snapshots");
         (states, tiers, snapshots)
-    }
-
-    fn expected(
-        community: &str,
-        members: &BTreeMap<String, Vec<Activity>>,
-        policy: &Policy,
-    ) -> Rows {
-        let mut rows = FoldRows::default();
-        for (member, activities) in members {
-            rows.add(
-                community,
-                member,
-                fold_member(activities, policy),
-                policy,
-                false,
-            );
-        }
-        (
-            rows.states
-                .into_iter()
-                .map(|s| {
-                    let (c, ch, m) = s.key;
-                    (
-                        c,
-                        ch,
-                        m,
-                        s.state,
-                        s.at,
-                        s.bound.to_bits(),
-                        i64::from(s.tier),
-                    )
-                })
-                .collect(),
-            rows.tiers
-                .into_iter()
-                .map(|(c, m, t)| {
-                    (
-                        c,
-                        m,
-                        t.at.as_micros(),
-                        t.position as i64,
-                        i64::from(t.from.as_i32()),
-                        i64::from(t.to.as_i32()),
-                    )
-                })
-                .collect(),
-            rows.snapshots.into_iter().collect(),
-        )
     }
 
     /// Every member folded once, across chunk boundaries and the pipeline's
