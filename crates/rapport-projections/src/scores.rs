@@ -383,27 +383,21 @@ async fn tighten_bounds(
     }
     for chunk in lowered.chunks(CHUNK) {
         on_tx!(tx, c => {
-            let mut qb = QueryBuilder::new(format!(
-                "UPDATE score_states_g{g} SET bound = v.bound FROM ("
-            ));
+            // A CTE names the VALUES' columns on both backends (SQLite has
+            // no column list for a subquery's alias).
+            let mut qb = QueryBuilder::new("WITH v (community_id, channel, member_id, bound) AS (");
             qb.push_values(chunk, |mut b, (community, channel, member, bound)| {
                 b.push_bind(community.to_string())
                     .push_bind(channel.to_string())
                     .push_bind(member.to_string())
                     .push_bind(*bound);
             });
-            qb.push(
-                ") AS v (community_id, channel, member_id, bound) \
-                 WHERE score_states_g",
-            );
-            qb.push(g.to_string());
-            qb.push(
-                ".community_id = v.community_id AND score_states_g",
-            );
-            qb.push(g.to_string());
-            qb.push(".channel = v.channel AND score_states_g");
-            qb.push(g.to_string());
-            qb.push(".member_id = v.member_id");
+            qb.push(format!(
+                ") UPDATE score_states_g{g} SET bound = v.bound FROM v \
+                 WHERE score_states_g{g}.community_id = v.community_id \
+                 AND score_states_g{g}.channel = v.channel \
+                 AND score_states_g{g}.member_id = v.member_id"
+            ));
             qb.build().execute(&mut **c).await?;
         });
     }
@@ -2126,5 +2120,88 @@ impl Projections {
         });
         out.extend(activity.into_iter().map(|r| format!("activity {r:?}")));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::pass_fixtures::community;
+
+    /// Writes the all-channels states of a small community, lets a year
+    /// pass, runs the bound upkeep and returns (bound before, bound after,
+    /// the score a year later) per member.
+    async fn upkeep_a_year_later(mut tx: Tx<'_>) -> Vec<(f64, f64, f64)> {
+        for sql in Scores.create_tables(1, tx.is_postgres()) {
+            on_tx!(&mut tx, c => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut **c)
+                    .await
+                    .expect("create");
+            });
+        }
+        let policy = Policy::default();
+        let mut states = Vec::new();
+        let mut latest = Timestamp::from_micros(0);
+        for (member, activities) in community(5) {
+            let state = fold_all(&activities, &policy).state;
+            latest = latest.max(state.at.map(Timestamp::from_micros).expect("folded"));
+            states.push(StateRow::new(
+                ("acme".into(), ALL_CHANNELS.into(), member),
+                &state,
+                &policy,
+            ));
+        }
+        upsert_states(&mut tx, 1, &states).await.expect("states");
+        let later = latest.plus_seconds(365 * 86_400);
+        let next = tighten_bounds(&mut tx, 1, later, None)
+            .await
+            .expect("upkeep");
+        assert_eq!(next, None, "one round covers five states");
+        let bounds: Vec<(String, f64)> = on_tx!(&mut tx, c => sqlx::query_as(
+            "SELECT member_id, bound FROM score_states_g1 ORDER BY member_id",
+        )
+        .fetch_all(&mut **c)
+        .await)
+        .expect("bounds");
+        let at = later.plus_seconds(-BOUND_SLACK_SECONDS);
+        states
+            .iter()
+            .zip(bounds)
+            .map(|(row, (member, bound))| {
+                assert_eq!(row.key.2, member);
+                let state = decode_state(&row.state).expect("state");
+                (row.bound, bound, state.evaluate(&policy, at).value)
+            })
+            .collect()
+    }
+
+    /// Every bound decays to the score a day before "now" (and never below
+    /// it): a year after the last interaction, each one is lowered.
+    fn assert_lowered(bounds: &[(f64, f64, f64)]) {
+        assert_eq!(bounds.len(), 5);
+        for &(before, after, score) in bounds {
+            assert!(after < before - BOUND_EPSILON, "{after} not below {before}");
+            assert_eq!(after, score);
+        }
+    }
+
+    #[tokio::test]
+    async fn upkeep_lowers_bounds_on_sqlite() {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("open");
+        assert_lowered(&upkeep_a_year_later(Tx::Sqlite(&mut conn)).await);
+    }
+
+    #[tokio::test]
+    async fn upkeep_lowers_bounds_on_postgres() {
+        let Some(db) = rapport_testkit::TestDatabase::postgres("upkeep_lowers_bounds").await else {
+            return;
+        };
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+        assert_lowered(&upkeep_a_year_later(Tx::Postgres(&mut conn)).await);
     }
 }
