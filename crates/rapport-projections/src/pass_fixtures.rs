@@ -7,7 +7,7 @@ use rapport_domain::InteractionKind;
 use rapport_domain::policy::Policy;
 use rapport_domain::score::Activity;
 
-use crate::scores::{FoldRows, fold_member};
+use crate::scores::FoldRows;
 
 const DAY: i64 = 86_400_000_000;
 const T0: i64 = 1_750_000_000_000_000;
@@ -50,16 +50,11 @@ pub(crate) fn expected(
     members: &BTreeMap<String, Vec<Activity>>,
     policy: &Policy,
 ) -> Rows {
-    let mut rows = FoldRows::default();
-    for (member, activities) in members {
-        rows.add(
-            community,
-            member,
-            fold_member(activities, policy),
-            policy,
-            false,
-        );
-    }
+    let chunk = members
+        .iter()
+        .map(|(member, activities)| (member.clone(), activities.clone()))
+        .collect();
+    let rows = FoldRows::of_chunk(community, &chunk, policy);
     (
         rows.states
             .into_iter()
