@@ -14,6 +14,14 @@ impl Tx<'_> {
     pub fn is_postgres(&self) -> bool {
         matches!(self, Tx::Postgres(_))
     }
+
+    /// The same transaction, lent again to a call that takes a `Tx`.
+    pub fn reborrow(&mut self) -> Tx<'_> {
+        match self {
+            Tx::Sqlite(c) => Tx::Sqlite(c),
+            Tx::Postgres(c) => Tx::Postgres(c),
+        }
+    }
 }
 
 /// Runs `$body` with `$conn` bound to the transaction's connection, whichever
@@ -38,6 +46,16 @@ macro_rules! on_pool {
 }
 
 pub(crate) use {on_pool, on_tx};
+
+/// Runs SQL statements without parameters (DDL, whole-table moves) in order.
+pub(crate) async fn execute_all(tx: Tx<'_>, statements: Vec<String>) -> Result<(), sqlx::Error> {
+    on_tx!(tx, c => {
+        for sql in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *c).await?;
+        }
+    });
+    Ok(())
+}
 
 /// A write transaction of a read model, on the store's projections pool.
 ///

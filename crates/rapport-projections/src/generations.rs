@@ -164,10 +164,7 @@ pub async fn finish_bulk(
         Some((State::Building, p)) if p == position => {}
         _ => return Err(ProjectionError::Fenced { name, generation }),
     }
-    let postgres = tx.tx().is_postgres();
-    for sql in projection.finish_bulk(generation, postgres) {
-        execute(tx.tx(), sql).await?;
-    }
+    projection.finish_bulk(tx.tx(), generation).await?;
     on_tx!(tx.tx(), c => sqlx::query(
         "UPDATE projection_generations SET bulk = FALSE, changed_at = $3 WHERE name = $1 AND generation = $2",
     )

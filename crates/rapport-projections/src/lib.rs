@@ -57,9 +57,14 @@ pub trait Projection: Send + Sync + 'static {
     /// DDL creating a generation's tables, and whatever its bulk phase
     /// appends to.
     fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String>;
-    /// SQL ending the bulk phase, run in one transaction: turn what bulk
-    /// applies appended into the generation's indexed tables and aggregates.
-    fn finish_bulk(&self, generation: u64, postgres: bool) -> Vec<String>;
+    /// Ends the bulk phase inside `tx` (the transaction that also clears the
+    /// generation's bulk flag): turns what bulk applies appended into the
+    /// generation's indexed tables and aggregates.
+    fn finish_bulk<'a>(
+        &'a self,
+        tx: Tx<'a>,
+        generation: u64,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     /// Every table of a generation, by name.
     fn tables(&self, generation: u64) -> Vec<String>;
     /// DDL dropping every table of a generation.

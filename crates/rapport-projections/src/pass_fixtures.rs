@@ -54,7 +54,7 @@ pub(crate) fn expected(
         .iter()
         .map(|(member, activities)| (member.clone(), activities.clone()))
         .collect();
-    let rows = FoldRows::of_chunk(community, &chunk, policy);
+    let rows = FoldRows::of_chunk(community, &chunk, policy, false);
     (
         rows.states
             .into_iter()

@@ -20,8 +20,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::db::Tx;
 use crate::scores::{
-    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, MemberChunk, MemberChunks, POLICY_TABLES,
-    activity_from,
+    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, MemberChunk, MemberChunks, Refold, activity_from,
 };
 
 /// Rows per `FETCH` of the re-fold's cursor: about a chunk's worth at the
@@ -29,15 +28,16 @@ use crate::scores::{
 /// tests, so that a test community spans several fetches.
 const FETCH_ROWS: usize = if cfg!(test) { 1_000 } else { 20_000 };
 
-/// Deletes the community's rows a policy decides ([`POLICY_TABLES`]) and
+/// Deletes the community's rows `refold` rewrites ([`Refold::tables`]) and
 /// folds every member again under `policy`, inside the caller's transaction.
 pub(crate) async fn refold_community(
     conn: &mut PgConnection,
     g: u64,
     community: &str,
     policy: &Policy,
+    refold: Refold,
 ) -> Result<(), sqlx::Error> {
-    for table in POLICY_TABLES {
+    for table in refold.tables() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM score_{table}_g{g} WHERE community_id = $1"
         )))
@@ -58,7 +58,9 @@ pub(crate) async fn refold_community(
     let shared = Arc::new((community.to_owned(), policy.clone()));
     let fold = |chunk: MemberChunk| {
         let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || FoldRows::of_chunk(&shared.0, &chunk, &shared.1))
+        tokio::task::spawn_blocking(move || {
+            FoldRows::of_chunk(&shared.0, &chunk, &shared.1, refold.pairs())
+        })
     };
     let folded = |handle: tokio::task::JoinHandle<FoldRows>| async move {
         handle
@@ -258,10 +260,10 @@ mod tests {
         };
         candidate.thresholds.participant = 5.0;
         let mut tx = conn.begin().await.expect("begin");
-        refold_community(&mut tx, 1, "other", &policy)
+        refold_community(&mut tx, 1, "other", &policy, Refold::Policy)
             .await
             .expect("refold other");
-        refold_community(&mut tx, 1, "acme", &candidate)
+        refold_community(&mut tx, 1, "acme", &candidate, Refold::Policy)
             .await
             .expect("refold acme");
         tx.commit().await.expect("commit");

@@ -33,6 +33,10 @@
 //! - `score_roles_g{g}`, `score_policies_g{g}`: staff and bots; the
 //!   community's current policy.
 //! - `score_merges_g{g}`: which member each merged member counts for now.
+//! - `score_staging_g{g}`: while the generation is built in bulk, its
+//!   activity rows in log order; [`Scores::finish_bulk`] moves them into
+//!   the activity table in key order and folds every community once (the
+//!   pass of a policy change, exchange pairs included), then drops it.
 //!
 //! Reads are not kept as prepared statements (`persistent(false)`): a
 //! PostgreSQL session would otherwise reuse the generic plan it chose while
@@ -61,7 +65,7 @@ use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
 use rapport_store::{DbPool, decode_policy, encode_policy, from_db, to_db};
 use sqlx::QueryBuilder;
 
-use crate::db::{Tx, on_pool, on_tx, push_in};
+use crate::db::{Tx, execute_all, on_pool, on_tx, push_in};
 use crate::{Projection, ProjectionError, Projections};
 use crate::{pg_pass, sqlite_pass};
 
@@ -113,6 +117,21 @@ impl MemberChunks {
 
 pub struct Scores;
 
+/// The columns of an activity row, in the activity table and in a bulk
+/// build's staging table alike.
+const ACTIVITY_DDL: &str = "
+    community_id    TEXT     NOT NULL,
+    member_id       TEXT     NOT NULL,
+    at              BIGINT   NOT NULL,
+    position        BIGINT   NOT NULL,
+    kind            SMALLINT NOT NULL,
+    channel         TEXT     NOT NULL,
+    incentivized    SMALLINT NOT NULL,
+    positive        SMALLINT NOT NULL,
+    other_member_id TEXT,
+    origin_member_id       TEXT NOT NULL,
+    other_origin_member_id TEXT";
+
 impl Projection for Scores {
     fn name(&self) -> &'static str {
         NAME
@@ -120,8 +139,9 @@ impl Projection for Scores {
 
     fn version(&self) -> u64 {
         // 4: activity rows keyed by the member they count for (merges);
-        // 5: states know their kinds (`ScoreState::kinds`).
-        5
+        // 5: states know their kinds (`ScoreState::kinds`);
+        // 6: a bulk build appends to `score_staging` and folds at its end.
+        6
     }
 
     fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
@@ -132,21 +152,14 @@ impl Projection for Scores {
         };
         vec![
             format!(
-                "CREATE TABLE score_activity_g{g} (
-                    community_id    TEXT     NOT NULL,
-                    member_id       TEXT     NOT NULL,
-                    at              BIGINT   NOT NULL,
-                    position        BIGINT   NOT NULL,
-                    kind            SMALLINT NOT NULL,
-                    channel         TEXT     NOT NULL,
-                    incentivized    SMALLINT NOT NULL,
-                    positive        SMALLINT NOT NULL,
-                    other_member_id TEXT,
-                    origin_member_id       TEXT NOT NULL,
-                    other_origin_member_id TEXT,
+                "CREATE TABLE score_activity_g{g} ({ACTIVITY_DDL},
                     PRIMARY KEY (community_id, member_id, at, position)
                 ){without_rowid}"
             ),
+            // A bulk build's activity rows, in log order (no key to keep in
+            // order row by row): `finish_bulk` moves them into the activity
+            // table in key order.
+            format!("CREATE TABLE score_staging_g{g} ({ACTIVITY_DDL})"),
             // The rows a merge or an unmerge re-keys as the other member.
             format!(
                 "CREATE INDEX score_activity_others_g{g} ON score_activity_g{g} \
@@ -224,9 +237,21 @@ impl Projection for Scores {
         ]
     }
 
-    fn finish_bulk(&self, _g: u64, _postgres: bool) -> Vec<String> {
-        // States are folded as events arrive, in bulk too: nothing to derive.
-        Vec::new()
+    /// A bulk build appended activity rows only; now they go into the
+    /// activity table in key order, and every community is folded once
+    /// under its policy: the pass of a policy change, with exchange pairs.
+    /// That is what applying the log batch by batch gives (a policy change
+    /// re-folds the whole community the same way; a test compares the two).
+    fn finish_bulk<'a>(&'a self, mut tx: Tx<'a>, g: u64) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            flush_staging(&mut tx, g).await?;
+            for community in communities(&mut tx, g).await? {
+                let policy = load_policy(&mut tx, g, &community).await?;
+                refold_community(&mut tx, g, &community, &policy, Refold::Everything).await?;
+            }
+            execute_all(tx, vec![format!("DROP TABLE score_staging_g{g}")]).await
+        }
+        .boxed()
     }
 
     fn tables(&self, g: u64) -> Vec<String> {
@@ -241,6 +266,7 @@ impl Projection for Scores {
             "merges",
         ]
         .iter()
+        .chain(&["staging"])
         .map(|t| format!("score_{t}_g{g}"))
         .collect()
     }
@@ -250,11 +276,12 @@ impl Projection for Scores {
         mut tx: Tx<'a>,
         g: u64,
         events: &'a [Event],
-        _bulk: bool,
+        bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
             // Merges re-key rows the events before them wrote: apply the
-            // events between merges as batches, in log order.
+            // events between merges as batches, in log order (in bulk, with
+            // the rows staged so far moved where a merge re-keys them).
             let mut run_start = 0;
             for (i, event) in events.iter().enumerate() {
                 let merge = match &event.body {
@@ -273,12 +300,15 @@ impl Projection for Scores {
                     _ => None,
                 };
                 if let Some((source, into)) = merge {
-                    apply_batch(&mut tx, g, &events[run_start..i]).await?;
-                    apply_merge(&mut tx, g, &event.community_id, source, into).await?;
+                    apply_batch(&mut tx, g, &events[run_start..i], bulk).await?;
+                    if bulk {
+                        flush_staging(&mut tx, g).await?;
+                    }
+                    apply_merge(&mut tx, g, &event.community_id, source, into, bulk).await?;
                     run_start = i + 1;
                 }
             }
-            apply_batch(&mut tx, g, &events[run_start..]).await
+            apply_batch(&mut tx, g, &events[run_start..], bulk).await
         }
         .boxed()
     }
@@ -466,7 +496,14 @@ fn activity_of(event: &Event) -> Option<ActivityRow> {
     })
 }
 
-async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sqlx::Error> {
+/// Applies events other than merges. `bulk`: only the activity rows (staged),
+/// roles and policies; `finish_bulk` folds the states.
+async fn apply_batch(
+    tx: &mut Tx<'_>,
+    g: u64,
+    events: &[Event],
+    bulk: bool,
+) -> Result<(), sqlx::Error> {
     let mut activities = Vec::new();
     let mut roles: BTreeMap<(String, String), MemberRole> = BTreeMap::new();
     let mut policies: BTreeMap<String, (Policy, u64)> = BTreeMap::new();
@@ -497,16 +534,20 @@ async fn apply_batch(tx: &mut Tx<'_>, g: u64, events: &[Event]) -> Result<(), sq
         return Ok(());
     }
     canonicalize(tx, g, &mut activities).await?;
-    insert_activities(tx, g, &activities).await?;
+    let table = if bulk { "staging" } else { "activity" };
+    insert_activities(tx, g, table, &activities).await?;
     upsert_roles(tx, g, &roles).await?;
     for (community, (policy, position)) in &policies {
         upsert_policy(tx, g, community, policy, *position).await?;
+    }
+    if bulk {
+        return Ok(());
     }
 
     // A community with a new policy: every member re-folded from the
     // activity rows (which now include this batch's).
     for (community, (policy, _)) in &policies {
-        refold_community(tx, g, community, policy).await?;
+        refold_community(tx, g, community, policy, Refold::Policy).await?;
     }
 
     // Every other touched state: folded forward, or re-folded on a backfill.
@@ -649,6 +690,7 @@ async fn apply_merge(
     community: &str,
     source: &str,
     into: Option<&String>,
+    bulk: bool,
 ) -> Result<(), sqlx::Error> {
     let target: String = match into {
         Some(target) => target.clone(),
@@ -703,6 +745,10 @@ async fn apply_merge(
                 .await?;
         }
     });
+    if bulk {
+        // No states yet: `finish_bulk` folds everyone.
+        return Ok(());
+    }
     let exchanged: Vec<String> = on_tx!(tx, c => {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT member_id FROM score_activity_g{g} \
@@ -790,6 +836,29 @@ async fn insert_snapshots(
 /// incentives and windows only).
 pub(crate) const POLICY_TABLES: [&str; 3] = ["states", "tiers", "snapshots"];
 
+/// What a whole-community re-fold rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refold {
+    /// A policy change: the rows a policy decides ([`POLICY_TABLES`]).
+    Policy,
+    /// The end of a bulk build: those and the exchange pairs.
+    Everything,
+}
+
+impl Refold {
+    /// The tables it deletes the community's rows of, then writes.
+    pub(crate) fn tables(self) -> &'static [&'static str] {
+        match self {
+            Refold::Policy => &POLICY_TABLES,
+            Refold::Everything => &["states", "tiers", "snapshots", "pairs"],
+        }
+    }
+
+    pub(crate) fn pairs(self) -> bool {
+        self == Refold::Everything
+    }
+}
+
 /// Folds every member of `community` again under `policy`: one ordered
 /// read of the community on either backend (see `sqlite_pass`, `pg_pass`).
 async fn refold_community(
@@ -797,16 +866,52 @@ async fn refold_community(
     g: u64,
     community: &str,
     policy: &Policy,
+    refold: Refold,
 ) -> Result<(), sqlx::Error> {
     match tx {
         Tx::Sqlite(c) => {
             sqlite_pass::on_sqlx_connection(c, |conn| {
-                sqlite_pass::refold_community(conn, g, community, policy)
+                sqlite_pass::refold_community(conn, g, community, policy, refold)
             })
             .await
         }
-        Tx::Postgres(c) => pg_pass::refold_community(c, g, community, policy).await,
+        Tx::Postgres(c) => pg_pass::refold_community(c, g, community, policy, refold).await,
     }
+}
+
+/// Moves a bulk build's staged activity rows into the activity table, in
+/// key order: each lands after the previous one, so the b-tree is written
+/// page after page instead of one random page per row.
+async fn flush_staging(tx: &mut Tx<'_>, g: u64) -> Result<(), sqlx::Error> {
+    let columns = "community_id, member_id, at, position, kind, channel, incentivized, \
+                   positive, other_member_id, origin_member_id, other_origin_member_id";
+    execute_all(
+        tx.reborrow(),
+        vec![
+            format!(
+                "INSERT INTO score_activity_g{g} ({columns}) SELECT {columns} \
+                 FROM score_staging_g{g} ORDER BY community_id, member_id, at, position"
+            ),
+            format!("DELETE FROM score_staging_g{g}"),
+        ],
+    )
+    .await
+}
+
+/// The communities with activity rows: one index probe each (a loose scan
+/// of the primary key), not a read of every row.
+async fn communities(tx: &mut Tx<'_>, g: u64) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!(
+        "WITH RECURSIVE c (id) AS ( \
+           SELECT MIN(community_id) FROM score_activity_g{g} \
+           UNION ALL \
+           SELECT (SELECT MIN(community_id) FROM score_activity_g{g} WHERE community_id > c.id) \
+           FROM c WHERE c.id IS NOT NULL) \
+         SELECT id FROM c WHERE id IS NOT NULL"
+    );
+    Ok(on_tx!(tx, c => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false).fetch_all(&mut **c).await?
+    }))
 }
 
 /// Folds `members` from their activity rows and writes their states, tier
@@ -844,9 +949,15 @@ pub(crate) struct FoldRows {
 }
 
 impl FoldRows {
-    /// The folds of a chunk of a policy change or a preview (no exchange
-    /// pairs: those do not depend on the policy).
-    pub(crate) fn of_chunk(community: &str, chunk: &MemberChunk, policy: &Policy) -> FoldRows {
+    /// The folds of a chunk of a whole-community pass; their exchange
+    /// pairs only with `pairs` (they do not depend on the policy: a policy
+    /// change and a preview leave them).
+    pub(crate) fn of_chunk(
+        community: &str,
+        chunk: &MemberChunk,
+        policy: &Policy,
+        pairs: bool,
+    ) -> FoldRows {
         let mut rows = FoldRows::default();
         for (member, activities) in chunk {
             rows.add(
@@ -854,7 +965,7 @@ impl FoldRows {
                 member,
                 fold_member(activities, policy),
                 policy,
-                false,
+                pairs,
             );
         }
         rows
@@ -996,15 +1107,18 @@ async fn insert_tiers(
     Ok(())
 }
 
+/// Inserts activity rows into `score_{table}_g{g}`: the activity table, or
+/// a bulk build's staging table.
 async fn insert_activities(
     tx: &mut Tx<'_>,
     g: u64,
+    table: &str,
     rows: &[ActivityRow],
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(CHUNK) {
         on_tx!(tx, c => {
             let mut qb = QueryBuilder::new(format!(
-                "INSERT INTO score_activity_g{g} (community_id, member_id, at, position, kind, \
+                "INSERT INTO score_{table}_g{g} (community_id, member_id, at, position, kind, \
                  channel, incentivized, positive, other_member_id, origin_member_id, \
                  other_origin_member_id) "
             ));

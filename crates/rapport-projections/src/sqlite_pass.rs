@@ -1,7 +1,8 @@
 //! Whole-community passes over the scores' activity rows on SQLite, through
 //! rusqlite rather than sqlx: a policy change re-folds every member of the
-//! community ([`refold_community`]), a preview folds every member under a
-//! candidate policy; both read through [`for_each_chunk`]. At 10 million
+//! community ([`refold_community`]; so does the end of a bulk build), a
+//! preview folds every member under a candidate policy; both read through
+//! [`for_each_chunk`]. At 10 million
 //! interactions each pass reads 10 million rows, and sqlx's SQLite driver
 //! hands every row to another thread and copies every value under a mutex,
 //! which was most of their time (docs/performance.md, "Re-scoring and previews on SQLite").
@@ -19,8 +20,7 @@ use rusqlite::Connection;
 use sqlx::SqliteConnection;
 
 use crate::scores::{
-    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, MemberChunk, MemberChunks, POLICY_TABLES,
-    activity_from,
+    ACTIVITY_COLUMNS, ActivityTuple, FoldRows, MemberChunk, MemberChunks, Refold, activity_from,
 };
 
 /// A rusqlite error as the projector's error type.
@@ -95,7 +95,7 @@ pub(crate) fn for_each_chunk(
     }
 }
 
-/// Deletes the community's rows a policy decides ([`POLICY_TABLES`]) and
+/// Deletes the community's rows `refold` rewrites ([`Refold::tables`]) and
 /// folds every member again under `policy`: the rows of the folds
 /// (`FoldRows::of_chunk`), as on PostgreSQL (`pg_pass`); a test of each
 /// holds them to the folds.
@@ -104,8 +104,9 @@ pub(crate) fn refold_community(
     g: u64,
     community: &str,
     policy: &Policy,
+    refold: Refold,
 ) -> Result<(), sqlx::Error> {
-    for table in POLICY_TABLES {
+    for table in refold.tables() {
         conn.execute(
             &format!("DELETE FROM score_{table}_g{g} WHERE community_id = ?1"),
             [community],
@@ -120,7 +121,7 @@ pub(crate) fn refold_community(
         let (fold_done, folded) = mpsc::channel::<FoldRows>();
         scope.spawn(move || {
             for chunk in queued {
-                let rows = FoldRows::of_chunk(community, &chunk, policy);
+                let rows = FoldRows::of_chunk(community, &chunk, policy, refold.pairs());
                 if fold_done.send(rows).is_err() {
                     return;
                 }
@@ -142,13 +143,14 @@ pub(crate) fn refold_community(
     })
 }
 
-/// Writes the [`FoldRows`] of a policy change (no exchange pairs: those
-/// stay) with cached single-row statements: SQLite runs a prepared insert
-/// in microseconds, and there are no binds to build.
+/// Writes the [`FoldRows`] of a re-fold (the community's old rows deleted)
+/// with cached single-row statements: SQLite runs a prepared insert in
+/// microseconds, and there are no binds to build.
 struct RowWriter<'c> {
     states: rusqlite::CachedStatement<'c>,
     tiers: rusqlite::CachedStatement<'c>,
     snapshots: rusqlite::CachedStatement<'c>,
+    pairs: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> RowWriter<'c> {
@@ -170,11 +172,20 @@ impl<'c> RowWriter<'c> {
                 "INSERT INTO score_snapshots_g{g} (community_id, member_id, day, state) \
                  VALUES (?1, ?2, ?3, ?4)"
             ))?,
+            pairs: prepare(format!(
+                "INSERT INTO score_pairs_g{g} (community_id, member_id, channel, \
+                 other_member_id, last_day) VALUES (?1, ?2, ?3, ?4, ?5)"
+            ))?,
         })
     }
 
     fn write(&mut self, rows: &FoldRows) -> Result<(), sqlx::Error> {
-        debug_assert!(rows.exchanges.is_empty(), "a policy change leaves pairs");
+        // A member's fold names each pair once: its last exchange.
+        for (((community, channel, member), other), day) in &rows.exchanges {
+            self.pairs
+                .execute(rusqlite::params![community, member, channel, other, day])
+                .map_err(driver)?;
+        }
         for (community, member, change) in &rows.tiers {
             self.tiers
                 .execute(rusqlite::params![
@@ -303,7 +314,7 @@ mod tests {
         insert(&conn, "acme", &acme);
         insert(&conn, "other", &other);
         let policy = Policy::default();
-        refold_community(&conn, 1, "other", &policy).expect("refold other");
+        refold_community(&conn, 1, "other", &policy, Refold::Policy).expect("refold other");
         conn.execute(
             "INSERT INTO score_states_g1 VALUES ('acme', '', 'gone', x'00', 0, 99.0, 4)",
             [],
@@ -315,7 +326,7 @@ mod tests {
             ..Policy::default()
         };
         candidate.thresholds.participant = 5.0;
-        refold_community(&conn, 1, "acme", &candidate).expect("refold acme");
+        refold_community(&conn, 1, "acme", &candidate, Refold::Policy).expect("refold acme");
 
         let mut want = expected("acme", &acme, &candidate);
         let theirs = expected("other", &other, &policy);

@@ -25,7 +25,7 @@ use rapport_domain::{Event, InteractionKind, Timestamp};
 use rapport_store::{from_db, to_db};
 use sqlx::{QueryBuilder, Row};
 
-use crate::db::{Tx, on_pool, push_in};
+use crate::db::{Tx, execute_all, on_pool, push_in};
 use crate::{Projection, ProjectionError, Projections};
 
 pub const NAME: &str = "timeline";
@@ -112,7 +112,8 @@ impl Projection for Timeline {
         ]
     }
 
-    fn finish_bulk(&self, g: u64, postgres: bool) -> Vec<String> {
+    fn finish_bulk<'a>(&'a self, tx: Tx<'a>, g: u64) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        let postgres = tx.is_postgres();
         let mut sql = if postgres {
             // A heap is in no order anyway: the staging table becomes the
             // entries table, and its indexes are built by sorting once,
@@ -155,7 +156,7 @@ impl Projection for Timeline {
                  ORDER BY community_id, member_id, counterpart"
             ),
         ]);
-        sql
+        execute_all(tx, sql).boxed()
     }
 
     fn tables(&self, g: u64) -> Vec<String> {

@@ -426,8 +426,12 @@ impl Projection for TimelineVersion {
     fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String> {
         Timeline.create_tables(generation, postgres)
     }
-    fn finish_bulk(&self, generation: u64, postgres: bool) -> Vec<String> {
-        Timeline.finish_bulk(generation, postgres)
+    fn finish_bulk<'a>(
+        &'a self,
+        tx: Tx<'a>,
+        generation: u64,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Timeline.finish_bulk(tx, generation)
     }
     fn tables(&self, generation: u64) -> Vec<String> {
         Timeline.tables(generation)
