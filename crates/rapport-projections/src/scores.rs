@@ -53,8 +53,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
 use prost::Message;
 use rapport_domain::policy::{Policy, Tier};
 use rapport_domain::score::{
@@ -1492,6 +1492,12 @@ async fn load_activity_rows(
 
 /// The stored form of a [`ScoreState`] (protobuf: compact, and fields can
 /// be added; a change of meaning bumps the projection's version instead).
+///
+/// The maps are protobuf maps on the wire (`map<int64, uint32>`, ...), read
+/// here as their repeated entries: a ranking decodes hundreds of states per
+/// call, and inserting 180 days one by one into a map was most of that
+/// (docs/performance.md, "The leaderboard at 10 M"); entries are written in
+/// key order, so the maps are built from sorted runs.
 #[derive(Clone, PartialEq, Message)]
 struct StoredState {
     #[prost(double, tag = "1")]
@@ -1500,12 +1506,12 @@ struct StoredState {
     advocacy: f64,
     #[prost(int64, optional, tag = "3")]
     at: Option<i64>,
-    #[prost(btree_map = "int64, uint32", tag = "4")]
-    weeks: BTreeMap<i64, u32>,
-    #[prost(btree_map = "int64, uint32", tag = "5")]
-    exchange_days: BTreeMap<i64, u32>,
-    #[prost(btree_map = "string, int64", tag = "6")]
-    channels: BTreeMap<String, i64>,
+    #[prost(message, repeated, tag = "4")]
+    weeks: Vec<DayEntry>,
+    #[prost(message, repeated, tag = "5")]
+    exchange_days: Vec<DayEntry>,
+    #[prost(message, repeated, tag = "6")]
+    channels: Vec<ChannelEntry>,
     #[prost(bool, tag = "7")]
     organic: bool,
     #[prost(int32, tag = "8")]
@@ -1518,14 +1524,54 @@ struct StoredState {
     kinds: u32,
 }
 
+/// An entry of a `map<int64, uint32>`: a week or a day and its count.
+#[derive(Clone, PartialEq, Message)]
+struct DayEntry {
+    #[prost(int64, tag = "1")]
+    key: i64,
+    #[prost(uint32, tag = "2")]
+    value: u32,
+}
+
+/// An entry of a `map<string, int64>`: a channel and its last day.
+#[derive(Clone, PartialEq, Message)]
+struct ChannelEntry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(int64, tag = "2")]
+    value: i64,
+}
+
 fn encode_state(s: &ScoreState) -> Vec<u8> {
+    let days = |map: &BTreeMap<i64, u32>| {
+        map.iter()
+            .map(|(key, value)| DayEntry {
+                key: *key,
+                value: *value,
+            })
+            .collect()
+    };
     StoredState {
         engagement: s.engagement,
         advocacy: s.advocacy,
         at: s.at,
-        weeks: s.weeks.iter().map(|(w, m)| (*w, u32::from(*m))).collect(),
-        exchange_days: s.exchange_days.clone(),
-        channels: s.channels.clone(),
+        weeks: s
+            .weeks
+            .iter()
+            .map(|(key, mark)| DayEntry {
+                key: *key,
+                value: u32::from(*mark),
+            })
+            .collect(),
+        exchange_days: days(&s.exchange_days),
+        channels: s
+            .channels
+            .iter()
+            .map(|(key, value)| ChannelEntry {
+                key: key.clone(),
+                value: *value,
+            })
+            .collect(),
         organic: s.organic,
         tier: s.tier.as_i32(),
         tier_day: s.tier_day,
@@ -1542,14 +1588,20 @@ fn decode_state(bytes: &[u8]) -> Result<ScoreState, sqlx::Error> {
         engagement: s.engagement,
         advocacy: s.advocacy,
         at: s.at,
+        // `collect` sorts (a no-op on these sorted runs) and builds each map
+        // in one pass; a repeated key keeps its last value, as a map does.
         weeks: s
             .weeks
             .into_iter()
-            .map(|(w, m)| u8::try_from(m).map(|m| (w, m)))
+            .map(|e| u8::try_from(e.value).map(|m| (e.key, m)))
             .collect::<Result<_, _>>()
             .map_err(|_| corrupt("week mark"))?,
-        exchange_days: s.exchange_days,
-        channels: s.channels,
+        exchange_days: s
+            .exchange_days
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect(),
+        channels: s.channels.into_iter().map(|e| (e.key, e.value)).collect(),
         organic: s.organic,
         tier: Tier::from_i32(s.tier).ok_or_else(|| corrupt("tier"))?,
         tier_day: s.tier_day,
@@ -1593,8 +1645,15 @@ pub struct TierRange {
 /// Activities read per round of [`Projections::top_contributions`].
 const TOP_SCAN_PAGE: i64 = 256;
 
-/// States read per round of [`Projections::rank`].
-const RANK_PAGE: i64 = 256;
+/// States the first read of [`Projections::rank`] takes beyond the `want`
+/// it needs: with bounds kept tight by upkeep, a page settles within a few
+/// states past it. Each later read takes twice as many as the one before.
+/// Every state read is decoded and evaluated (about 30 µs at 10 M), so
+/// reading 256 for a top 100 cost more than the ranking needed.
+const RANK_SLACK: usize = 32;
+
+/// The most states one read of [`Projections::rank`] takes.
+const RANK_PAGE_MAX: usize = 4096;
 
 /// Reads of the active scores generation.
 impl Projections {
@@ -1721,12 +1780,14 @@ impl Projections {
         // between two (`tighten_bounds`), and the member comes again after
         // the cursor. Its state is the same; count it once.
         let mut seen = std::collections::HashSet::new();
+        let mut page_size = (want + want / 4 + RANK_SLACK).min(RANK_PAGE_MAX);
         loop {
             let page = self
-                .states_by_bound(g, query, min_bound, after.as_ref(), RANK_PAGE)
+                .states_by_bound(g, query, min_bound, after.as_ref(), page_size as i64)
                 .await?;
             read += page.len();
-            let exhausted = (page.len() as i64) < RANK_PAGE;
+            let exhausted = page.len() < page_size;
+            page_size = (page_size * 2).min(RANK_PAGE_MAX);
             for stored in page.iter() {
                 if !seen.insert(stored.member_id.clone()) {
                     continue;
@@ -1805,7 +1866,10 @@ impl Projections {
         limit: i64,
     ) -> Result<Vec<StoredScore>, ProjectionError> {
         let pool = self.store().projections_pool();
-        let rows: Vec<(String, Vec<u8>, f64)> = on_pool!(&pool, p => {
+        // Decoded as they arrive: the driver steps through the next rows
+        // meanwhile (on SQLite, on its own thread).
+        let mut out = Vec::new();
+        on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT s.member_id, s.state, s.bound FROM score_states_g{g} s \
                  WHERE s.community_id = "
@@ -1832,17 +1896,16 @@ impl Projections {
             ));
             qb.push(" ORDER BY s.bound DESC, s.member_id LIMIT ");
             qb.push_bind(limit);
-            qb.build_query_as().persistent(false).fetch_all(p).await?
-        });
-        rows.into_iter()
-            .map(|(member_id, bytes, bound)| {
-                Ok(StoredScore {
+            let mut rows = qb.build_query_as::<(String, Vec<u8>, f64)>().persistent(false).fetch(p);
+            while let Some((member_id, bytes, bound)) = rows.try_next().await? {
+                out.push(StoredScore {
                     member_id,
                     state: decode_state(&bytes)?,
                     bound,
-                })
-            })
-            .collect()
+                });
+            }
+        });
+        Ok(out)
     }
 
     /// Every member of a community with their activities, grouped by member
@@ -1987,12 +2050,12 @@ impl Projections {
             .map(|(member, _)| *member)
             .collect();
         let pool = self.store().projections_pool();
-        let mut snapshots: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
+        let mut snapshots: HashMap<String, ScoreState> = HashMap::new();
         for chunk in needed.chunks(CHUNK) {
             // Per member, only the newest snapshot not after the base day:
             // one index probe each (a correlated subquery per listed
             // member), whatever maintenance has pruned yet.
-            let rows: Vec<(String, Option<i64>, Option<Vec<u8>>)> = on_pool!(&pool, p => {
+            on_pool!(&pool, p => {
                 let mut qb = QueryBuilder::new(format!(
                     "SELECT m.column1, \
                      (SELECT x.day FROM score_snapshots_g{g} x WHERE x.community_id = "
@@ -2010,13 +2073,17 @@ impl Projections {
                 qb.push(" ORDER BY x.day DESC LIMIT 1) FROM (VALUES ");
                 push_tuples(&mut qb, chunk.iter().map(|m| [*m]));
                 qb.push(") AS m");
-                qb.build_query_as().persistent(false).fetch_all(p).await?
-            });
-            for (member, day, state) in rows {
-                if let (Some(day), Some(state)) = (day, state) {
-                    snapshots.insert(member, (day, state));
+                // Decoded as they arrive, while the driver reads on.
+                let mut rows = qb
+                    .build_query_as::<(String, Option<i64>, Option<Vec<u8>>)>()
+                    .persistent(false)
+                    .fetch(p);
+                while let Some((member, day, state)) = rows.try_next().await? {
+                    if let (Some(_), Some(state)) = (day, state) {
+                        snapshots.insert(member, decode_state(&state)?);
+                    }
                 }
-            }
+            });
         }
         members
             .iter()
@@ -2024,11 +2091,7 @@ impl Projections {
                 let then = if state.at.is_none_or(|latest| day_of(latest) <= base_day) {
                     (*state).clone()
                 } else {
-                    snapshots
-                        .get(*member)
-                        .map(|(_, bytes)| decode_state(bytes))
-                        .transpose()?
-                        .unwrap_or_default()
+                    snapshots.remove(*member).unwrap_or_default()
                 };
                 let now = as_of.max(Timestamp::from_micros(state.at.unwrap_or(i64::MIN)));
                 Ok(state.evaluate(policy, now).value - then.evaluate(policy, base).value)
@@ -2243,6 +2306,90 @@ mod tests {
 
     use super::*;
     use crate::pass_fixtures::community;
+
+    /// The stored state as it was declared before its maps were read as
+    /// entries: what every stored row was written with.
+    #[derive(Clone, PartialEq, Message)]
+    struct MapState {
+        #[prost(double, tag = "1")]
+        engagement: f64,
+        #[prost(double, tag = "2")]
+        advocacy: f64,
+        #[prost(int64, optional, tag = "3")]
+        at: Option<i64>,
+        #[prost(btree_map = "int64, uint32", tag = "4")]
+        weeks: BTreeMap<i64, u32>,
+        #[prost(btree_map = "int64, uint32", tag = "5")]
+        exchange_days: BTreeMap<i64, u32>,
+        #[prost(btree_map = "string, int64", tag = "6")]
+        channels: BTreeMap<String, i64>,
+        #[prost(bool, tag = "7")]
+        organic: bool,
+        #[prost(int32, tag = "8")]
+        tier: i32,
+        #[prost(int64, tag = "9")]
+        tier_day: i64,
+        #[prost(uint64, tag = "10")]
+        interactions: u64,
+        #[prost(uint32, tag = "11")]
+        kinds: u32,
+    }
+
+    /// States of real folds, with zero keys and values (which protobuf
+    /// leaves out of a map entry) among them.
+    fn states() -> Vec<ScoreState> {
+        let policy = Policy::default();
+        let mut out: Vec<ScoreState> = community(20)
+            .into_values()
+            .map(|activities| fold_all(&activities, &policy).state)
+            .collect();
+        let mut zeros = out[0].clone();
+        zeros.exchange_days.insert(0, 0);
+        zeros.exchange_days.insert(-3, 7);
+        zeros.weeks.insert(0, 1);
+        zeros.channels.insert(String::new(), 0);
+        out.push(zeros);
+        // A busy member's: every day of the window and every week marked.
+        let mut busy = out[0].clone();
+        busy.exchange_days = (20_000..20_180)
+            .map(|day| (day, (day % 5) as u32))
+            .collect();
+        busy.weeks = (2_800..2_826)
+            .map(|week| (week, (week % 2 + 1) as u8))
+            .collect();
+        out.push(busy);
+        out.push(ScoreState::default());
+        out
+    }
+
+    /// Reading the maps as entries changes nothing on the wire: states
+    /// written with protobuf maps decode the same, and what is written now
+    /// is byte for byte what the maps wrote.
+    #[test]
+    fn stored_states_keep_their_wire_format() {
+        for state in states() {
+            let old = MapState {
+                engagement: state.engagement,
+                advocacy: state.advocacy,
+                at: state.at,
+                weeks: state
+                    .weeks
+                    .iter()
+                    .map(|(w, m)| (*w, u32::from(*m)))
+                    .collect(),
+                exchange_days: state.exchange_days.clone(),
+                channels: state.channels.clone(),
+                organic: state.organic,
+                tier: state.tier.as_i32(),
+                tier_day: state.tier_day,
+                interactions: state.interactions,
+                kinds: state.kinds,
+            }
+            .encode_to_vec();
+            assert_eq!(encode_state(&state), old);
+            assert_eq!(decode_state(&old).expect("decode"), state);
+        }
+    }
 
     /// Writes the all-channels states of a small community, lets a year
     /// pass, runs the bound upkeep and returns (bound before, bound after,
