@@ -9,7 +9,7 @@
 use rapport_store::{DbPool, from_db, to_db, wall_clock};
 use sqlx::Row;
 
-use crate::db::{Tx, WriteTx, on_pool, on_tx};
+use crate::db::{Tx, WriteTx, execute_all, on_pool, on_tx};
 use crate::{Projection, ProjectionError};
 
 /// The lifecycle of a generation.
@@ -143,9 +143,7 @@ pub async fn start_building(
     .await
     .map(drop)?);
     let postgres = tx.tx().is_postgres();
-    for ddl in projection.create_tables(generation, postgres) {
-        execute(tx.tx(), ddl).await?;
-    }
+    execute_all(tx.tx(), projection.create_tables(generation, postgres)).await?;
     tx.commit().await?;
     Ok((generation, true))
 }
@@ -228,9 +226,7 @@ pub async fn drop_retired(
     generation: u64,
 ) -> Result<(), ProjectionError> {
     let mut tx = WriteTx::begin(pool).await?;
-    for ddl in projection.drop_tables(generation) {
-        execute(tx.tx(), ddl).await?;
-    }
+    execute_all(tx.tx(), projection.drop_tables(generation)).await?;
     on_tx!(tx.tx(), c => sqlx::query(
         "DELETE FROM projection_generations WHERE name = $1 AND generation = $2 AND state = 'retired'",
     )
@@ -284,11 +280,6 @@ pub async fn set_position(
     .execute(&mut *c)
     .await
     .map(drop)?);
-    Ok(())
-}
-
-async fn execute(tx: Tx<'_>, ddl: String) -> Result<(), ProjectionError> {
-    on_tx!(tx, c => sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut *c).await.map(drop)?);
     Ok(())
 }
 

@@ -244,12 +244,12 @@ impl Projection for Scores {
     /// re-folds the whole community the same way; a test compares the two).
     fn finish_bulk<'a>(&'a self, mut tx: Tx<'a>, g: u64) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
-            flush_staging(&mut tx, g).await?;
+            move_staging(&mut tx, g, "DROP TABLE").await?;
             for community in communities(&mut tx, g).await? {
                 let policy = load_policy(&mut tx, g, &community).await?;
                 refold_community(&mut tx, g, &community, &policy, Refold::Everything).await?;
             }
-            execute_all(tx, vec![format!("DROP TABLE score_staging_g{g}")]).await
+            Ok(())
         }
         .boxed()
     }
@@ -264,9 +264,9 @@ impl Projection for Scores {
             "roles",
             "policies",
             "merges",
+            "staging",
         ]
         .iter()
-        .chain(&["staging"])
         .map(|t| format!("score_{t}_g{g}"))
         .collect()
     }
@@ -302,7 +302,7 @@ impl Projection for Scores {
                 if let Some((source, into)) = merge {
                     apply_batch(&mut tx, g, &events[run_start..i], bulk).await?;
                     if bulk {
-                        flush_staging(&mut tx, g).await?;
+                        move_staging(&mut tx, g, "DELETE FROM").await?;
                     }
                     apply_merge(&mut tx, g, &event.community_id, source, into, bulk).await?;
                     run_start = i + 1;
@@ -881,18 +881,19 @@ async fn refold_community(
 
 /// Moves a bulk build's staged activity rows into the activity table, in
 /// key order: each lands after the previous one, so the b-tree is written
-/// page after page instead of one random page per row.
-async fn flush_staging(tx: &mut Tx<'_>, g: u64) -> Result<(), sqlx::Error> {
-    let columns = "community_id, member_id, at, position, kind, channel, incentivized, \
-                   positive, other_member_id, origin_member_id, other_origin_member_id";
+/// page after page instead of one random page per row. `then` empties the
+/// staging table (`DELETE`, before a merge) or drops it (`DROP TABLE`, at
+/// the end of the bulk phase: no emptying first).
+async fn move_staging(tx: &mut Tx<'_>, g: u64, then: &str) -> Result<(), sqlx::Error> {
     execute_all(
         tx.reborrow(),
         vec![
             format!(
-                "INSERT INTO score_activity_g{g} ({columns}) SELECT {columns} \
-                 FROM score_staging_g{g} ORDER BY community_id, member_id, at, position"
+                "INSERT INTO score_activity_g{g} ({ACTIVITY_ROW_COLUMNS}) \
+                 SELECT {ACTIVITY_ROW_COLUMNS} FROM score_staging_g{g} \
+                 ORDER BY community_id, member_id, at, position"
             ),
-            format!("DELETE FROM score_staging_g{g}"),
+            format!("{then} score_staging_g{g}"),
         ],
     )
     .await
@@ -1107,6 +1108,11 @@ async fn insert_tiers(
     Ok(())
 }
 
+/// Every column of an activity row, as written (`insert_activities`) and
+/// moved from staging (`move_staging`).
+const ACTIVITY_ROW_COLUMNS: &str = "community_id, member_id, at, position, kind, channel, \
+    incentivized, positive, other_member_id, origin_member_id, other_origin_member_id";
+
 /// Inserts activity rows into `score_{table}_g{g}`: the activity table, or
 /// a bulk build's staging table.
 async fn insert_activities(
@@ -1118,9 +1124,7 @@ async fn insert_activities(
     for chunk in rows.chunks(CHUNK) {
         on_tx!(tx, c => {
             let mut qb = QueryBuilder::new(format!(
-                "INSERT INTO score_{table}_g{g} (community_id, member_id, at, position, kind, \
-                 channel, incentivized, positive, other_member_id, origin_member_id, \
-                 other_origin_member_id) "
+                "INSERT INTO score_{table}_g{g} ({ACTIVITY_ROW_COLUMNS}) "
             ));
             qb.push_values(chunk, |mut b, r| {
                 let a = &r.activity;
@@ -1496,7 +1500,8 @@ async fn load_activity_rows(
 /// The maps are protobuf maps on the wire (`map<int64, uint32>`, ...), read
 /// here as their repeated entries: a ranking decodes hundreds of states per
 /// call, and inserting 180 days one by one into a map was most of that
-/// (docs/performance.md, "The leaderboard at 10 M"); entries are written in
+/// (docs/performance.md, "Scores rebuilds in bulk, and the leaderboard at
+/// 10 M"); entries are written in
 /// key order, so the maps are built from sorted runs.
 #[derive(Clone, PartialEq, Message)]
 struct StoredState {
@@ -1543,14 +1548,6 @@ struct ChannelEntry {
 }
 
 fn encode_state(s: &ScoreState) -> Vec<u8> {
-    let days = |map: &BTreeMap<i64, u32>| {
-        map.iter()
-            .map(|(key, value)| DayEntry {
-                key: *key,
-                value: *value,
-            })
-            .collect()
-    };
     StoredState {
         engagement: s.engagement,
         advocacy: s.advocacy,
@@ -1563,7 +1560,14 @@ fn encode_state(s: &ScoreState) -> Vec<u8> {
                 value: u32::from(*mark),
             })
             .collect(),
-        exchange_days: days(&s.exchange_days),
+        exchange_days: s
+            .exchange_days
+            .iter()
+            .map(|(key, value)| DayEntry {
+                key: *key,
+                value: *value,
+            })
+            .collect(),
         channels: s
             .channels
             .iter()
@@ -2058,13 +2062,6 @@ impl Projections {
             on_pool!(&pool, p => {
                 let mut qb = QueryBuilder::new(format!(
                     "SELECT m.column1, \
-                     (SELECT x.day FROM score_snapshots_g{g} x WHERE x.community_id = "
-                ));
-                qb.push_bind(community_id.to_owned());
-                qb.push(" AND x.member_id = m.column1 AND x.day <= ");
-                qb.push_bind(base_day);
-                qb.push(format!(
-                    " ORDER BY x.day DESC LIMIT 1), \
                      (SELECT x.state FROM score_snapshots_g{g} x WHERE x.community_id = "
                 ));
                 qb.push_bind(community_id.to_owned());
@@ -2075,11 +2072,11 @@ impl Projections {
                 qb.push(") AS m");
                 // Decoded as they arrive, while the driver reads on.
                 let mut rows = qb
-                    .build_query_as::<(String, Option<i64>, Option<Vec<u8>>)>()
+                    .build_query_as::<(String, Option<Vec<u8>>)>()
                     .persistent(false)
                     .fetch(p);
-                while let Some((member, day, state)) = rows.try_next().await? {
-                    if let (Some(_), Some(state)) = (day, state) {
+                while let Some((member, state)) = rows.try_next().await? {
+                    if let Some(state) = state {
                         snapshots.insert(member, decode_state(&state)?);
                     }
                 }
@@ -2395,14 +2392,8 @@ mod tests {
     /// pass, runs the bound upkeep and returns (bound before, bound after,
     /// the score a year later) per member.
     async fn upkeep_a_year_later(mut tx: Tx<'_>) -> Vec<(f64, f64, f64)> {
-        for sql in Scores.create_tables(1, tx.is_postgres()) {
-            on_tx!(&mut tx, c => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut **c)
-                    .await
-                    .expect("create");
-            });
-        }
+        let ddl = Scores.create_tables(1, tx.is_postgres());
+        execute_all(tx.reborrow(), ddl).await.expect("create");
         let policy = Policy::default();
         let mut states = Vec::new();
         let mut latest = Timestamp::from_micros(0);
