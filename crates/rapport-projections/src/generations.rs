@@ -177,9 +177,28 @@ pub async fn finish_bulk(
 }
 
 /// Makes `building` the active generation and retires the previous one, in
-/// one transaction.
-pub async fn activate(pool: &DbPool, name: &str, building: u64) -> Result<(), ProjectionError> {
+/// one transaction, if `building` is still building at `position`.
+///
+/// The check fences off a deposed leader (or, on SQLite, a second process
+/// on the file) that loaded the generations before another switched: its
+/// late switch would otherwise retire the generation just activated and
+/// leave no model serving reads.
+pub async fn activate(
+    pool: &DbPool,
+    name: &'static str,
+    building: u64,
+    position: u64,
+) -> Result<(), ProjectionError> {
     let mut tx = WriteTx::begin(pool).await?;
+    match lock(tx.tx(), name, building).await? {
+        Some((State::Building, p)) if p == position => {}
+        _ => {
+            return Err(ProjectionError::Fenced {
+                name,
+                generation: building,
+            });
+        }
+    }
     let now = wall_clock().as_micros();
     on_tx!(tx.tx(), c => sqlx::query(
         "UPDATE projection_generations SET state = 'retired', changed_at = $2 \

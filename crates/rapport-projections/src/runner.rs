@@ -324,7 +324,7 @@ impl Runner {
                 );
                 progressed = true;
             } else {
-                generations::activate(&pool, name, b.generation).await?;
+                generations::activate(&pool, name, b.generation, position).await?;
                 self.local.applied.send_replace(position);
                 info!(
                     projection = name,

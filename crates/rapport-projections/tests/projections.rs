@@ -228,6 +228,7 @@ on_both_backends!(
     a_rebuild_is_identical_to_the_live_model,
     new_projection_code_rebuilds_beside_the_live_model_and_switches,
     two_replicas_apply_each_event_once,
+    a_late_switch_by_another_process_is_fenced,
 );
 
 /// PostgreSQL only (SQLite plans without statistics): the leader renews
@@ -252,7 +253,10 @@ async fn postgres_the_leader_analyzes_the_tables_it_filled() {
     append(&store, 0..300).await;
     let g = caught_up(&projections).await;
     let entries = format!("timeline_entries_g{g}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // PostgreSQL counts a backend's row changes in shared statistics only
+    // when it flushes them: at most once a second, and an idle backend
+    // after 10 s. The projector sees the table stale only then.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // `last_analyze` is an ANALYZE command's (autovacuum's is
         // `last_autoanalyze`): the projector's.
@@ -531,4 +535,57 @@ async fn two_replicas_apply_each_event_once(backend: Backend) {
         running_a.stop().await;
         running_b.stop().await;
     }
+}
+
+/// Two processes that both saw a generation catch up may both try to switch
+/// to it (on SQLite two processes on one file, on PostgreSQL a deposed
+/// leader that has not noticed): the later switch must change nothing,
+/// where it once retired the generation just activated and left no model
+/// serving reads.
+async fn a_late_switch_by_another_process_is_fenced(backend: Backend) {
+    use rapport_projections::ProjectionError;
+    use rapport_projections::generations::{self, Start, State};
+    let Some((_db, store)) = fresh(backend, "projection_late_switch").await else {
+        return;
+    };
+    let pool = store.projections_pool();
+    let states = || async {
+        generations::load(&pool, NAME)
+            .await
+            .unwrap()
+            .iter()
+            .map(|g| (g.generation, g.state))
+            .collect::<Vec<_>>()
+    };
+    let build = || async {
+        let (g, started) = generations::start_building(&pool, &Timeline, Start::Rebuild)
+            .await
+            .unwrap();
+        assert!(started);
+        generations::finish_bulk(&pool, &Timeline, g, 0)
+            .await
+            .unwrap();
+        g
+    };
+
+    let first = build().await;
+    generations::activate(&pool, NAME, first, 0).await.unwrap();
+    let late = generations::activate(&pool, NAME, first, 0).await;
+    assert!(
+        matches!(late, Err(ProjectionError::Fenced { .. })),
+        "{late:?}"
+    );
+    assert_eq!(states().await, [(first, State::Active)]);
+
+    let second = build().await;
+    generations::activate(&pool, NAME, second, 0).await.unwrap();
+    let late = generations::activate(&pool, NAME, first, 0).await;
+    assert!(
+        matches!(late, Err(ProjectionError::Fenced { .. })),
+        "{late:?}"
+    );
+    assert_eq!(
+        states().await,
+        [(first, State::Retired), (second, State::Active)]
+    );
 }
