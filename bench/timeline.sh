@@ -41,17 +41,17 @@ trap cleanup EXIT
 
 source bench/lib.sh
 
-disk_sqlite() { # log db file (the read models are beside it)
-  python3 - "$1" "${1%.db}-projections.db" "$TOTAL" <<'PY' | tee -a "$RESULTS/out.txt"
-import sqlite3, sys
-log_db, projections_db, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+disk_sqlite() { # log db file (each read model has a file beside it)
+  python3 - "$1" "${1%.db}-timeline.db" "${1%.db}-scores.db" "$TOTAL" <<'PY' | tee -a "$RESULTS/out.txt"
+import os, sqlite3, sys
+log_db, timeline_db, scores_db, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 def sizes(path):
     return dict(sqlite3.connect(path).execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
-log_sizes, projection_sizes = sizes(log_db), sizes(projections_db)
+log_sizes = sizes(log_db)
 log = sum(v for k, v in log_sizes.items() if k in ("events", "events_by_community") or k.startswith("sqlite_autoindex_events"))
 other = sum(log_sizes.values()) - log
-timeline = sum(v for k, v in projection_sizes.items() if k.startswith("timeline_"))
-files = sum(log_sizes.values()) + sum(projection_sizes.values())
+timeline = sum(v for k, v in sizes(timeline_db).items() if k.startswith("timeline_"))
+files = sum(os.path.getsize(f) for f in (log_db, timeline_db, scores_db) if os.path.exists(f))
 print(f"sqlite disk: log {log/total:.0f} B/interaction, timeline {timeline/total:.0f} B/interaction, "
       f"identity/keys/members {other/total:.0f} B/interaction, files {files/2**30:.2f} GiB")
 PY

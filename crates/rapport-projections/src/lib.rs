@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rapport_domain::Event;
-use rapport_store::{Store, StoreError};
+use rapport_store::{DbPool, Store, StoreError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -226,6 +226,12 @@ impl Projections {
         &self.store
     }
 
+    /// The pool of read model `name`'s tables and checkpoints (see
+    /// [`Store::projection_pool`]).
+    pub async fn pool(&self, name: &str) -> Result<DbPool, ProjectionError> {
+        Ok(self.store.projection_pool(name).await?)
+    }
+
     /// Starts one projector task per read model. They stop when `shutdown`
     /// turns true; await the handles to know they have.
     pub fn spawn(
@@ -256,10 +262,10 @@ impl Projections {
 
     /// Every projection's generations, checkpoints and lag.
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
-        let pool = self.store.projections_pool();
         let head = self.store.head().await?;
         let mut out = Vec::new();
         for (name, (projection, local)) in self.projections.iter() {
+            let pool = self.pool(name).await?;
             let gens = generations::load(&pool, name).await?;
             let find = |s| gens.iter().find(|g| g.state == s).cloned();
             out.push(ProjectionStatus {
@@ -281,7 +287,7 @@ impl Projections {
     pub async fn rebuild(&self, name: &str) -> Result<(u64, bool), ProjectionError> {
         let (projection, _) = self.get(name)?;
         generations::start_building(
-            &self.store.projections_pool(),
+            &self.pool(name).await?,
             projection.as_ref(),
             generations::Start::Rebuild,
         )
@@ -299,7 +305,7 @@ impl Projections {
     ) -> Result<Active, ProjectionError> {
         let (_, local) = self.get(name)?;
         let mut applied = local.applied.subscribe();
-        let pool = self.store.projections_pool();
+        let pool = self.pool(name).await?;
         loop {
             let active = generations::active(&pool, name).await?;
             match active {

@@ -231,7 +231,7 @@ impl Runner {
     /// this code builds, switch to a rebuilt generation that caught up, drop
     /// retired ones. Returns whether anything moved.
     async fn step(&self, report: bool) -> Result<bool, ProjectionError> {
-        let pool = self.store.projections_pool();
+        let pool = self.store.projection_pool(self.projection.name()).await?;
         let name = self.projection.name();
         let version = self.projection.version();
         let gens = generations::load(&pool, name).await?;
@@ -430,7 +430,8 @@ impl Runner {
     /// the projector does not leave that to an autovacuum that may be off
     /// or behind. ANALYZE blocks neither reads nor writes.
     async fn analyze_stale(&self) -> Result<(), ProjectionError> {
-        let DbPool::Postgres(pool) = self.store.projections_pool() else {
+        let DbPool::Postgres(pool) = self.store.projection_pool(self.projection.name()).await?
+        else {
             return Ok(());
         };
         let name = self.projection.name();
@@ -467,7 +468,7 @@ impl Runner {
         now: rapport_domain::Timestamp,
         after: Option<String>,
     ) -> Result<Option<String>, ProjectionError> {
-        let pool = self.store.projections_pool();
+        let pool = self.store.projection_pool(self.projection.name()).await?;
         let name = self.projection.name();
         let gens = generations::load(&pool, name).await?;
         let Some(active) = gens
@@ -506,7 +507,7 @@ impl Runner {
         let started = std::time::Instant::now();
         let to = events.last().map_or(from, |e| e.position);
         let name = self.projection.name();
-        let pool = self.store.projections_pool();
+        let pool = self.store.projection_pool(self.projection.name()).await?;
         let mut tx = WriteTx::begin(&pool).await?;
         match generations::lock(tx.tx(), name, generation.generation).await? {
             Some((state, position)) if state != State::Retired && position == from => {}

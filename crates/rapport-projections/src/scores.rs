@@ -1668,7 +1668,7 @@ impl Projections {
         g: u64,
         community_id: &str,
     ) -> Result<Option<(Policy, u64)>, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let sql =
             format!("SELECT policy, position FROM score_policies_g{g} WHERE community_id = $1");
         let row: Option<(Vec<u8>, i64)> = on_pool!(&pool, p => {
@@ -1687,7 +1687,7 @@ impl Projections {
         community_id: &str,
         member_id: &str,
     ) -> Result<MemberRole, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let sql =
             format!("SELECT role FROM score_roles_g{g} WHERE community_id = $1 AND member_id = $2");
         let role: Option<i16> = on_pool!(&pool, p => {
@@ -1714,7 +1714,7 @@ impl Projections {
         channel: Option<&str>,
         until: Option<Timestamp>,
     ) -> Result<Vec<Activity>, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let rows: Vec<ActivityTuple> = on_pool!(&pool, p => {
             activities_query(g, community_id, member_id, channel, until)
                 .build_query_as()
@@ -1738,7 +1738,7 @@ impl Projections {
         member_id: &str,
         channel: &str,
     ) -> Result<Option<ScoreState>, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let sql = format!(
             "SELECT state FROM score_states_g{g} \
              WHERE community_id = $1 AND channel = $2 AND member_id = $3"
@@ -1869,7 +1869,7 @@ impl Projections {
         after: Option<&(f64, String)>,
         limit: i64,
     ) -> Result<Vec<StoredScore>, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         // Decoded as they arrive: the driver steps through the next rows
         // meanwhile (on SQLite, on its own thread).
         let mut out = Vec::new();
@@ -1928,10 +1928,9 @@ impl Projections {
         let (chunks, mut received) = tokio::sync::mpsc::channel::<MemberChunk>(2);
         let cancelled = || sqlx::Error::Protocol("the preview was cancelled".into());
         let community = community_id.to_owned();
-        let read: BoxFuture<'_, Result<(), ProjectionError>> = match self.store().projections_pool()
-        {
+        let read: BoxFuture<'_, Result<(), ProjectionError>> = match self.pool(NAME).await? {
             DbPool::Sqlite(_) => {
-                let read = self.store().read_projections_sqlite(move |conn| {
+                let read = self.store().read_projections_sqlite(NAME, move |conn| {
                     sqlite_pass::for_each_chunk(conn, g, &community, |chunk| {
                         chunks.blocking_send(chunk).map_err(|_| cancelled())
                     })?;
@@ -1973,7 +1972,7 @@ impl Projections {
         range: &TierRange,
         limit: u32,
     ) -> Result<Vec<TierChange>, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let rows: Vec<(i64, i64, i16, i16)> = on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT at, position, from_tier, to_tier FROM score_tiers_g{g} \
@@ -2053,7 +2052,7 @@ impl Projections {
             .filter(|(_, state)| state.at.is_some_and(|latest| day_of(latest) > base_day))
             .map(|(member, _)| *member)
             .collect();
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let mut snapshots: HashMap<String, ScoreState> = HashMap::new();
         for chunk in needed.chunks(CHUNK) {
             // Per member, only the newest snapshot not after the base day:
@@ -2134,7 +2133,7 @@ impl Projections {
             let age_days = (as_of.as_micros() - at.as_micros()).max(0) as f64 / 86_400e6;
             0.5f64.powf(age_days / policy.half_life_days)
         };
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let mut top: Vec<Contribution> = Vec::new();
         let mut before: Option<(i64, i64)> = None;
         loop {
@@ -2211,7 +2210,7 @@ impl Projections {
         g: u64,
         community_id: &str,
     ) -> Result<BTreeSet<String>, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let sql = format!(
             "SELECT member_id FROM score_roles_g{g} WHERE community_id = $1 AND role <> {}",
             MemberRole::Member as i16
@@ -2227,7 +2226,7 @@ impl Projections {
 
     /// Sorted rows of every scores table of generation `g`, for equality tests.
     pub async fn scores_dump(&self, g: u64) -> Result<Vec<String>, ProjectionError> {
-        let pool = self.store().projections_pool();
+        let pool = self.pool(NAME).await?;
         let mut out = Vec::new();
         let states: Vec<StateTuple> = on_pool!(&pool, p => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(

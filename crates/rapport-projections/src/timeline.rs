@@ -444,7 +444,7 @@ impl Projections {
         g: u64,
         query: &TimelineQuery,
     ) -> Result<Vec<TimelineEntry>, ProjectionError> {
-        let pool = self.store.projections_pool();
+        let pool = self.pool(NAME).await?;
         let rows: Vec<(i64, i64, i16)> = on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT occurred_at, position, role FROM timeline_entries_g{g} \
@@ -548,7 +548,7 @@ impl Projections {
         )>,
         ProjectionError,
     > {
-        let pool = self.store.projections_pool();
+        let pool = self.pool(NAME).await?;
         Ok(on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT occurred_at, position, role, event_type, channel, kind, counterpart \
@@ -569,7 +569,7 @@ impl Projections {
         community_id: &str,
         members: &[String],
     ) -> Result<(u64, Option<i64>, Option<i64>), ProjectionError> {
-        let pool = self.store.projections_pool();
+        let pool = self.pool(NAME).await?;
         let (count, first, last): (i64, Option<i64>, Option<i64>) = on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT COUNT(*), MIN(occurred_at), MAX(occurred_at) FROM timeline_entries_g{g} \
@@ -593,7 +593,7 @@ impl Projections {
         members: &[String],
         others: &[String],
     ) -> Result<Vec<KindCount>, ProjectionError> {
-        let pool = self.store.projections_pool();
+        let pool = self.pool(NAME).await?;
         let rows: Vec<(Option<i16>, i16, i64)> = on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT kind, role, COUNT(*) FROM timeline_entries_g{g} WHERE community_id = "
@@ -642,7 +642,7 @@ impl Projections {
         members: &[String],
         limit: u32,
     ) -> Result<Vec<Connection>, ProjectionError> {
-        let pool = self.store.projections_pool();
+        let pool = self.pool(NAME).await?;
         let rows: Vec<(String, i64, i64, i64, i64)> = on_pool!(&pool, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT other_member_id, sent, received, first_at, last_at \
@@ -690,7 +690,7 @@ impl Projections {
     /// Every row of generation `g`'s tables in a canonical order, as text:
     /// for comparing a rebuilt model with the live one.
     pub async fn timeline_dump(&self, g: u64) -> Result<Vec<String>, ProjectionError> {
-        let pool = self.store.projections_pool();
+        let pool = self.pool(NAME).await?;
         let entries = format!(
             "SELECT community_id, member_id, occurred_at, position, role, event_type, channel, kind, counterpart \
              FROM timeline_entries_g{g} ORDER BY community_id, member_id, occurred_at, position, role"

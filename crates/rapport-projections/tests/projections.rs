@@ -239,7 +239,7 @@ async fn postgres_the_leader_analyzes_the_tables_it_filled() {
     let Some((_db, store)) = fresh(Backend::Postgres, "projection_analyze").await else {
         return;
     };
-    let DbPool::Postgres(pool) = store.projections_pool() else {
+    let DbPool::Postgres(pool) = store.projection_pool(NAME).await.unwrap() else {
         unreachable!("a PostgreSQL store");
     };
     let projections = Projections::new(store.clone());
@@ -548,7 +548,7 @@ async fn a_late_switch_by_another_process_is_fenced(backend: Backend) {
     let Some((_db, store)) = fresh(backend, "projection_late_switch").await else {
         return;
     };
-    let pool = store.projections_pool();
+    let pool = store.projection_pool(NAME).await.unwrap();
     let states = || async {
         generations::load(&pool, NAME)
             .await
@@ -588,4 +588,45 @@ async fn a_late_switch_by_another_process_is_fenced(backend: Backend) {
         states().await,
         [(first, State::Retired), (second, State::Active)]
     );
+}
+
+/// SQLite has one write lock per file: each read model has a file of its
+/// own, so a long transaction of one (a policy change's re-fold of a whole
+/// community) holds back neither appends nor the other's projector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_read_models_write_side_by_side() {
+    let Some((db, store)) = fresh(Backend::Sqlite, "read_model_files").await else {
+        return;
+    };
+    let DbPool::Sqlite(scores) = store.projection_pool("scores").await.unwrap() else {
+        unreachable!("a SQLite store");
+    };
+    let DbPool::Sqlite(timeline) = store.projection_pool(NAME).await.unwrap() else {
+        unreachable!("a SQLite store");
+    };
+    let mut long = scores.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("CREATE TABLE busy (x INTEGER)")
+        .execute(&mut *long)
+        .await
+        .unwrap();
+
+    let write = async {
+        let mut tx = timeline.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("CREATE TABLE beside (x INTEGER)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        append(&store, 0..10).await;
+    };
+    tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .expect("the timeline's file and the log are written while the scores' is locked");
+    long.rollback().await.unwrap();
+
+    let log = db.url.strip_prefix("sqlite:").unwrap();
+    let dir = std::path::Path::new(log).parent().unwrap();
+    for file in ["rapport.db", "rapport-timeline.db", "rapport-scores.db"] {
+        assert!(dir.join(file).exists(), "{file} in {}", dir.display());
+    }
 }

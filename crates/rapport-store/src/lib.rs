@@ -1021,28 +1021,31 @@ impl Store {
         }
     }
 
-    /// The pool of the read models' tables. On SQLite they live in a
-    /// database file of their own beside the log's, whose commits do not
-    /// wait for the disk (see `SqliteStore::projections`); on PostgreSQL in
-    /// the same database (their transactions turn off `synchronous_commit`
-    /// themselves). The log's tables are not reachable through it.
-    pub fn projections_pool(&self) -> DbPool {
+    /// The pool of read model `name`'s tables (and its checkpoints, in
+    /// `projection_generations`). On SQLite each read model lives in a
+    /// database file of its own beside the log's, opened and migrated the
+    /// first time it is asked for, whose commits do not wait for the disk
+    /// (see `sqlite::ReadModelFiles`); on PostgreSQL in the log's database
+    /// (their transactions turn off `synchronous_commit` themselves). The
+    /// log's tables are not reachable through it.
+    pub async fn projection_pool(&self, name: &str) -> Result<DbPool, StoreError> {
         match self {
-            Store::Sqlite(s) => DbPool::Sqlite(s.projections_pool().clone()),
-            Store::Postgres(s) => DbPool::Postgres(s.pool().clone()),
+            Store::Sqlite(s) => Ok(DbPool::Sqlite(s.read_model(name).await?.pool)),
+            Store::Postgres(s) => Ok(DbPool::Postgres(s.pool().clone())),
         }
     }
 
-    /// Runs `read` on a rusqlite connection to the read models' file, on a
-    /// blocking thread; `None` on PostgreSQL. For passes over a whole
+    /// Runs `read` on a rusqlite connection to read model `name`'s file, on
+    /// a blocking thread; `None` on PostgreSQL. For passes over a whole
     /// community's rows, which sqlx's SQLite driver would hand across
     /// threads one copied value at a time (see the `sqlite` module doc).
     pub async fn read_projections_sqlite<T: Send + 'static>(
         &self,
+        name: &str,
         read: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Option<Result<T, StoreError>> {
         match self {
-            Store::Sqlite(s) => Some(s.read_projections(read).await),
+            Store::Sqlite(s) => Some(s.read_projections(name, read).await),
             Store::Postgres(_) => None,
         }
     }

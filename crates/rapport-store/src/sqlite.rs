@@ -48,8 +48,8 @@ const PRAGMAS: [(&str, &str); 4] = [
     ("journal_size_limit", "67108864"),
 ];
 
-/// How long a write to the read models' file waits for another projector's
-/// transaction (see `SqliteStore::connect`).
+/// How long a write to a read model's file waits for another transaction
+/// on it (see [`ReadModelFiles::open`]).
 const PROJECTIONS_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How often the checkpointer copies the WAL back into the database file.
@@ -67,26 +67,104 @@ pub struct SqliteStore {
     admin: SqlitePool,
     /// Readers see committed snapshots concurrently with the writer (WAL).
     readers: SqlitePool,
-    /// The read models' database: a file of its own beside the log's (see
-    /// [`projections_path`]), read and written through this pool.
-    ///
-    /// A file of its own, because SQLite has one write lock per file: a read
-    /// model's long transactions (indexing a rebuilt generation, dropping a
-    /// retired one: a minute or more at 10 million interactions) would
-    /// otherwise hold back every append. `synchronous=NORMAL`: a read model's
-    /// rows and checkpoint commit together, so a power loss can only roll
-    /// both back, and the projector applies those events again.
-    projections: SqlitePool,
+    /// Each read model's database file, opened on first use.
+    read_models: Arc<ReadModelFiles>,
     /// The one writer connection (see the module doc).
     writer: Arc<Mutex<rusqlite::Connection>>,
     /// Identities and stream versions this process's writer committed.
     cache: Arc<Mutex<WriterCache>>,
     /// Reads the log by position (see the module doc).
     log_readers: Arc<Readers>,
-    /// Reads the read models' file for whole-community passes (a preview
-    /// reads every activity row of a community), for the same reason.
-    projection_readers: Arc<Readers>,
     keyring: Keyring,
+}
+
+/// The read models' databases: a file for each beside the log's (see
+/// [`read_model_path`]), each with its own `projection_generations`.
+///
+/// Files of their own, because SQLite has one write lock per file: a read
+/// model's long transactions (indexing a rebuilt generation, re-folding a
+/// community after a policy change, dropping a retired generation: a minute
+/// or more at 10 million interactions) would otherwise hold back every
+/// append, and every other read model's projector. `synchronous=NORMAL`: a
+/// read model's rows and checkpoint commit together, so a power loss can
+/// only roll both back, and the projector applies those events again.
+#[derive(Debug)]
+struct ReadModelFiles {
+    log_path: String,
+    connect: SqliteConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    /// Keeps each file's checkpointer running while the store lives.
+    writer: std::sync::Weak<Mutex<rusqlite::Connection>>,
+    files: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<ReadModelFile>>>>,
+}
+
+/// One read model's file: a pool for its projector and queries, rusqlite
+/// readers for whole-community passes (a preview reads every activity row
+/// of a community), for the reason the log has them (see the module doc).
+#[derive(Debug, Clone)]
+pub(crate) struct ReadModelFile {
+    pub(crate) pool: SqlitePool,
+    readers: Arc<Readers>,
+}
+
+impl ReadModelFiles {
+    /// `name`'s file, opened (created, migrated) the first time it is asked for.
+    async fn get(&self, name: &str) -> Result<ReadModelFile, StoreError> {
+        // A file name, not a path: names come from code, but a slip must
+        // not write outside the data directory.
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(StoreError::Corrupt(format!(
+                "read model name {name:?} is not lowercase letters and underscores"
+            )));
+        }
+        let cell = Arc::clone(
+            self.files
+                .lock()
+                .expect("read model files")
+                .entry(name.to_owned())
+                .or_default(),
+        );
+        cell.get_or_try_init(|| self.open(name)).await.cloned()
+    }
+
+    async fn open(&self, name: &str) -> Result<ReadModelFile, StoreError> {
+        let path = read_model_path(&self.log_path, name);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(self.max_connections.max(2))
+            .test_before_acquire(false)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_with(
+                self.connect
+                    .clone()
+                    .filename(&path)
+                    .synchronous(SqliteSynchronous::Normal)
+                    // Its projector writes the file, and now and then an
+                    // admin's rebuild request: that one should wait its
+                    // turn behind a long batch (a 10 M re-fold), not fail.
+                    .busy_timeout(PROJECTIONS_BUSY_TIMEOUT),
+            )
+            .await?;
+        sqlx::migrate!("./migrations/sqlite-projections")
+            .run(&pool)
+            .await?;
+        spawn_checkpointer(&path, self.writer.clone())?;
+        let readers = Readers::new(&path, self.max_connections.max(1) as usize);
+        Ok(ReadModelFile { pool, readers })
+    }
+
+    async fn close(&self) {
+        let open: Vec<_> = self
+            .files
+            .lock()
+            .expect("read model files")
+            .values()
+            .filter_map(|cell| cell.get().cloned())
+            .collect();
+        for file in open {
+            file.pool.close().await;
+        }
+    }
 }
 
 /// rusqlite connections for reading one file, opened on demand, at most
@@ -167,23 +245,6 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await?;
-        let projections_file = projections_path(path);
-        let projections = SqlitePoolOptions::new()
-            .max_connections(options.max_connections.max(2))
-            .test_before_acquire(false)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(
-                connect
-                    .filename(&projections_file)
-                    .synchronous(SqliteSynchronous::Normal)
-                    // The projectors take turns at this file's write lock,
-                    // and at 10 M interactions one's batch can hold it for
-                    // longer than 5 s: the other should wait its turn, not
-                    // fail, log a warning and sleep before trying again
-                    // (34 times in 30 minutes of a 10 M catch-up).
-                    .busy_timeout(PROJECTIONS_BUSY_TIMEOUT),
-            )
-            .await?;
         // The file exists and is in WAL mode now (sqlx created it).
         let path = path.to_owned();
         let path_for_checkpoints = path.clone();
@@ -192,18 +253,31 @@ impl SqliteStore {
             .expect("open the writer")?;
         let writer = Arc::new(Mutex::new(writer));
         spawn_checkpointer(&path_for_checkpoints, Arc::downgrade(&writer))?;
-        spawn_checkpointer(&projections_file, Arc::downgrade(&writer))?;
         let permits = options.max_connections.max(1) as usize;
         let log_readers = Readers::new(&path_for_checkpoints, permits);
-        let projection_readers = Readers::new(&projections_file, permits);
+        let legacy = legacy_projections_path(&path_for_checkpoints);
+        if std::path::Path::new(&legacy).exists() {
+            tracing::warn!(
+                file = %legacy,
+                "this file is no longer used: each read model has a file of its own now, \
+                 rebuilt from the log; delete it (and its -wal and -shm) to reclaim the space"
+            );
+        }
+        let read_models = Arc::new(ReadModelFiles {
+            log_path: path_for_checkpoints,
+            connect,
+            max_connections: options.max_connections,
+            acquire_timeout: options.acquire_timeout,
+            writer: Arc::downgrade(&writer),
+            files: Mutex::default(),
+        });
         Ok(SqliteStore {
             admin,
             readers,
-            projections,
+            read_models,
             writer,
             cache: Arc::default(),
             log_readers,
-            projection_readers,
             keyring: Keyring::new(master),
         })
     }
@@ -213,9 +287,6 @@ impl SqliteStore {
     pub(crate) async fn migrate(&self) -> Result<(usize, usize), StoreError> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.admin)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite-projections")
-            .run(&self.projections)
             .await?;
         let writer = Arc::clone(&self.writer);
         let keyring = self.keyring.clone();
@@ -318,21 +389,22 @@ impl SqliteStore {
         &self.readers
     }
 
-    pub(crate) fn projections_pool(&self) -> &sqlx::Pool<Sqlite> {
-        &self.projections
+    pub(crate) async fn read_model(&self, name: &str) -> Result<ReadModelFile, StoreError> {
+        self.read_models.get(name).await
     }
 
     pub(crate) async fn read_projections<T: Send + 'static>(
         &self,
+        name: &str,
         read: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.projection_readers.read(read).await
+        self.read_models.get(name).await?.readers.read(read).await
     }
 
     pub(crate) async fn close(&self) {
         self.admin.close().await;
         self.readers.close().await;
-        self.projections.close().await;
+        self.read_models.close().await;
     }
 }
 
@@ -345,13 +417,18 @@ pub(crate) fn master_key_path(log: &str) -> std::path::PathBuf {
         .join("master.key")
 }
 
-/// The read models' database file beside the log's: `rapport.db` →
-/// `rapport-projections.db`.
-pub(crate) fn projections_path(log: &str) -> String {
+/// A read model's database file beside the log's: `rapport.db` →
+/// `rapport-timeline.db` for the timeline.
+pub(crate) fn read_model_path(log: &str, name: &str) -> String {
     match log.strip_suffix(".db") {
-        Some(stem) => format!("{stem}-projections.db"),
-        None => format!("{log}-projections"),
+        Some(stem) => format!("{stem}-{name}.db"),
+        None => format!("{log}-{name}"),
     }
+}
+
+/// Where every read model lived before each had a file of its own.
+fn legacy_projections_path(log: &str) -> String {
+    read_model_path(log, "projections")
 }
 
 fn open_reader(path: &str) -> Result<rusqlite::Connection, StoreError> {
