@@ -15,7 +15,8 @@
 //! community of `community.rs`:
 //! - `populate`: write `--total` interactions by `--members` members;
 //! - `timeline`: first-page `GetTimeline` latency of the heavy member;
-//! - `lag`: write, then read with `min_position`, every `--interval-ms`;
+//! - `lag`: write, then read with `min_position`, every `--interval-ms`
+//!   (`--lag-of timeline`: the timeline projection alone);
 //! - `catch-up`: wait until the projections have applied the whole log;
 //! - `rebuild`: rebuild the timeline from position 0 and time it.
 //!
@@ -112,6 +113,12 @@ struct Args {
     /// The projection to rebuild.
     #[arg(long, default_value = "timeline")]
     projection: String,
+    /// Lag mode: `all` reads a whole first page (its tier changes come from
+    /// the scores, so it waits for both projections); `timeline` reads the
+    /// page of one channel, which has no tier changes: the timeline
+    /// projection's lag alone.
+    #[arg(long, default_value = "all", value_parser = ["all", "timeline"])]
+    lag_of: String,
     /// Communities the ingest modes write to (`bench`, or `bench-0` ...).
     #[arg(long, default_value_t = 1)]
     communities: u64,
@@ -174,6 +181,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 channels[0].clone(),
                 duration,
                 interval,
+                args.lag_of == "timeline",
                 &run_id.to_string(),
                 label,
             )

@@ -123,11 +123,14 @@ pub async fn timeline(channel: Channel, duration: Duration, label: &str) -> Resu
 
 /// Projection lag as a client sees it: write one interaction, then read
 /// with its position as `min_position`; the time from the write's answer to
-/// the read's is the lag plus one read.
+/// the read's is the lag plus one read. `timeline_only`: read the written
+/// channel's entries, which waits for the timeline projection alone (a
+/// whole page also holds tier changes, so it waits for the scores too).
 pub async fn lag(
     channel: Channel,
     duration: Duration,
     interval: Duration,
+    timeline_only: bool,
     run: &str,
     label: &str,
 ) -> Result<(), Error> {
@@ -158,6 +161,7 @@ pub async fn lag(
             seconds: now,
             nanos: 0,
         });
+        let channel_of_probe = interaction.channel.clone();
         n += 1;
         let written = writer
             .record_interaction(pb::RecordInteractionRequest {
@@ -172,6 +176,11 @@ pub async fn lag(
                 member_id: written.member_id,
                 page_size: 1,
                 min_position: written.position,
+                channels: if timeline_only {
+                    vec![channel_of_probe.clone()]
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             })
             .await?;
