@@ -3,9 +3,8 @@
 //! ([`refold_community`]), a preview folds every member under a candidate
 //! policy (read by [`for_each_chunk`]).
 //!
-//! Both read the community once, in canonical order, along the activity
-//! table's primary key: no per-chunk `IN` list for the planner to turn into
-//! a bitmap scan and a sort. The re-fold reads through a cursor of the
+//! Both read the community once, in canonical order, in one statement
+//! ([`ORDERED_READ`]): no per-chunk `IN` list. The re-fold reads through a cursor of the
 //! projector's own transaction (it must see the batch's uncommitted rows and
 //! write in the same transaction as the checkpoint), folds each chunk on a
 //! blocking thread while the connection writes the previous one, and writes
@@ -22,6 +21,21 @@ use crate::db::Tx;
 use crate::scores::{
     ACTIVITY_COLUMNS, ActivityTuple, FoldRows, MemberChunk, MemberChunks, Refold, activity_from,
 };
+
+/// How both passes read a community's activity rows in member order:
+/// the rows (a sequential scan, or a bitmap scan for a community that is
+/// a small part of the table), then a sort; never the primary key's index
+/// scan, which PostgreSQL prefers (a full sort looks expensive to it) and
+/// which visits the heap in key order. Rows arrive in log order, so the
+/// heap of a live read model is in log order, and that index scan reads
+/// it at random: 31 s for a 10 M community against 11 s for scan and sort
+/// (9 s against 7 s where a rebuild left the heap in key order). See
+/// docs/performance.md, "Scores at 10 M on PostgreSQL".
+const ORDERED_READ: &str = "SET LOCAL enable_indexscan = off";
+
+/// Undoes [`ORDERED_READ`] for the rest of the projector's transaction,
+/// whose other statements want their index scans.
+const AFTER_ORDERED_READ: &str = "SET LOCAL enable_indexscan TO DEFAULT";
 
 /// Rows per `FETCH` of the re-fold's cursor: about a chunk's worth at the
 /// generated community's ~50 rows per member, few round trips. Small in
@@ -46,7 +60,9 @@ pub(crate) async fn refold_community(
         .await?;
     }
     // The cursor lives until the transaction ends; closed below so that a
-    // second policy in the same batch can declare it again.
+    // second policy in the same batch can declare it again. Its plan is
+    // made here, at DECLARE.
+    sqlx::raw_sql(ORDERED_READ).execute(&mut *conn).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DECLARE refold NO SCROLL CURSOR FOR SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} \
          WHERE community_id = $1 ORDER BY member_id, at, position"
@@ -55,6 +71,9 @@ pub(crate) async fn refold_community(
     .persistent(false)
     .execute(&mut *conn)
     .await?;
+    sqlx::raw_sql(AFTER_ORDERED_READ)
+        .execute(&mut *conn)
+        .await?;
     let shared = Arc::new((community.to_owned(), policy.clone()));
     let fold = |chunk: MemberChunk| {
         let shared = Arc::clone(&shared);
@@ -122,10 +141,13 @@ pub(crate) async fn for_each_chunk(
         "SELECT {ACTIVITY_COLUMNS} FROM score_activity_g{g} WHERE community_id = $1 \
          ORDER BY member_id, at, position"
     );
+    // A read-only transaction of its own, for `SET LOCAL`.
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(ORDERED_READ).execute(&mut *tx).await?;
     let mut rows = sqlx::query_as::<_, ActivityTuple>(sqlx::AssertSqlSafe(sql))
         .bind(community)
         .persistent(false)
-        .fetch(pool);
+        .fetch(&mut *tx);
     let mut members = MemberChunks::default();
     while let Some(row) = rows.try_next().await? {
         let (member, activity) = activity_from(row)?;
@@ -136,7 +158,8 @@ pub(crate) async fn for_each_chunk(
     if let Some(last) = members.finish() {
         chunks.send(last).await.map_err(cancelled)?;
     }
-    Ok(())
+    drop(rows);
+    tx.commit().await
 }
 
 #[cfg(test)]
@@ -234,7 +257,8 @@ mod tests {
     /// that end inside a member, and the fold running beside the writes,
     /// with exactly the rows the folds give; stale rows of the community
     /// gone, another community's untouched. Twice in one transaction, as
-    /// when one batch sets two communities' policies: the cursor is closed.
+    /// when one batch sets two communities' policies: the cursor is closed,
+    /// and the planner setting its read needs is undone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refold_writes_every_members_folds_and_only_the_communitys() {
         let Some((_db, mut conn)) =
@@ -266,6 +290,12 @@ mod tests {
         refold_community(&mut tx, 1, "acme", &candidate, Refold::Policy)
             .await
             .expect("refold acme");
+        // The rest of the projector's transaction plans as before.
+        let index_scans: String = sqlx::query_scalar("SHOW enable_indexscan")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("show");
+        assert_eq!(index_scans, "on");
         tx.commit().await.expect("commit");
 
         let mut want = expected("acme", &acme, &candidate);
