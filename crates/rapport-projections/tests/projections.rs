@@ -256,19 +256,24 @@ async fn postgres_the_leader_analyzes_the_tables_it_filled() {
     // PostgreSQL counts a backend's row changes in shared statistics only
     // when it flushes them: at most once a second, and an idle backend
     // after 10 s. The projector sees the table stale only then.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    //
+    // Done means: analyzed by a command (`last_analyze`; autovacuum's is
+    // `last_autoanalyze`), so by the projector, and no staler than the
+    // projector's own threshold. Not "fewer than 50 changes since": when
+    // statistics were flushed while the projector was still applying, it
+    // analyzed a partly filled table, and the changes after that may stay
+    // under its threshold for good.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        // `last_analyze` is an ANALYZE command's (autovacuum's is
-        // `last_autoanalyze`): the projector's.
-        let (analyzed, stale): (bool, i64) = sqlx::query_as(
-            "SELECT last_analyze IS NOT NULL, n_mod_since_analyze FROM pg_stat_user_tables \
-             WHERE relname = $1",
+        let (analyzed, fresh): (bool, bool) = sqlx::query_as(
+            "SELECT last_analyze IS NOT NULL, n_mod_since_analyze <= 50 + 0.1 * n_live_tup \
+             FROM pg_stat_user_tables WHERE relname = $1",
         )
         .bind(&entries)
         .fetch_one(&pool)
         .await
         .unwrap();
-        if analyzed && stale < 50 {
+        if analyzed && fresh {
             break;
         }
         assert!(Instant::now() < deadline, "{entries} never analyzed");
