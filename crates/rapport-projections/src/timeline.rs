@@ -39,6 +39,14 @@ fn pairs_index(g: u64) -> String {
     )
 }
 
+/// Ranks a member's connections by how much they exchange.
+fn connections_rank_index(g: u64) -> String {
+    format!(
+        "CREATE INDEX timeline_connections_rank_g{g} ON timeline_connections_g{g} \
+         (community_id, member_id, total DESC, other_member_id)"
+    )
+}
+
 /// The entry columns, in the order the inserts bind them.
 const ENTRY_COLUMNS: &str =
     "community_id, member_id, occurred_at, position, role, event_type, channel, kind, counterpart";
@@ -92,10 +100,7 @@ impl Projection for Timeline {
                     PRIMARY KEY (community_id, member_id, other_member_id)
                 ){clustered}"
             ),
-            format!(
-                "CREATE INDEX timeline_connections_rank_g{g} ON timeline_connections_g{g} \
-                 (community_id, member_id, total DESC, other_member_id)"
-            ),
+            connections_rank_index(g),
             format!(
                 "CREATE TABLE timeline_staging_g{g} (
                     community_id TEXT     NOT NULL,
@@ -114,14 +119,41 @@ impl Projection for Timeline {
 
     fn finish_bulk<'a>(&'a self, tx: Tx<'a>, g: u64) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         let postgres = tx.is_postgres();
-        let mut sql = if postgres {
+        // The same sums, minima and maxima the live path accumulates batch
+        // by batch (`connection_deltas`): an exchange is an entry with a
+        // counterpart, ACTOR (1) rows sent, TARGET (2) received.
+        let connections = "SELECT community_id, member_id, counterpart AS other_member_id, \
+             SUM(CASE WHEN role = 1 THEN 1 ELSE 0 END) AS sent, \
+             SUM(CASE WHEN role = 2 THEN 1 ELSE 0 END) AS received, \
+             COUNT(*) AS total, MIN(occurred_at) AS first_at, MAX(occurred_at) AS last_at";
+        let sql = if postgres {
             // A heap is in no order anyway: the staging table becomes the
             // entries table, and its indexes are built by sorting once,
             // which is far cheaper than inserting into them row by row.
+            // The connections come first, as a table of their own made by
+            // `CREATE TABLE AS`, which PostgreSQL runs in parallel (an
+            // `INSERT … SELECT` never is), from a scan of the entries
+            // while they have no index to tempt the planner into reading
+            // the heap in index order; their keys are built after.
             vec![
                 "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
                 format!("DROP TABLE timeline_entries_g{g}"),
                 format!("ALTER TABLE timeline_staging_g{g} RENAME TO timeline_entries_g{g}"),
+                format!("DROP TABLE timeline_connections_g{g}"),
+                format!(
+                    "CREATE TABLE timeline_connections_g{g} AS {connections} \
+                     FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
+                     GROUP BY community_id, member_id, counterpart"
+                ),
+                // The columns and key `create_tables` gives it.
+                format!(
+                    "ALTER TABLE timeline_connections_g{g} \
+                     ALTER COLUMN sent SET NOT NULL, ALTER COLUMN received SET NOT NULL, \
+                     ALTER COLUMN total SET NOT NULL, ALTER COLUMN first_at SET NOT NULL, \
+                     ALTER COLUMN last_at SET NOT NULL, \
+                     ADD PRIMARY KEY (community_id, member_id, other_member_id)"
+                ),
+                connections_rank_index(g),
                 format!(
                     "ALTER TABLE timeline_entries_g{g} \
                      ADD PRIMARY KEY (community_id, member_id, occurred_at, position, role)"
@@ -139,23 +171,15 @@ impl Projection for Timeline {
                      ORDER BY community_id, member_id, occurred_at, position, role"
                 ),
                 format!("DROP TABLE timeline_staging_g{g}"),
+                format!(
+                    "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
+                     sent, received, total, first_at, last_at) \
+                     {connections} FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
+                     GROUP BY community_id, member_id, counterpart \
+                     ORDER BY community_id, member_id, counterpart"
+                ),
             ]
         };
-        sql.extend([
-            // The same sums, minima and maxima the live path accumulates
-            // batch by batch (`connection_deltas`): an exchange is an entry
-            // with a counterpart, ACTOR (1) rows sent, TARGET (2) received.
-            format!(
-                "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
-                 sent, received, total, first_at, last_at) \
-                 SELECT community_id, member_id, counterpart, \
-                 SUM(CASE WHEN role = 1 THEN 1 ELSE 0 END), SUM(CASE WHEN role = 2 THEN 1 ELSE 0 END), \
-                 COUNT(*), MIN(occurred_at), MAX(occurred_at) \
-                 FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
-                 GROUP BY community_id, member_id, counterpart \
-                 ORDER BY community_id, member_id, counterpart"
-            ),
-        ]);
         execute_all(tx, sql).boxed()
     }
 

@@ -282,6 +282,70 @@ async fn postgres_the_leader_analyzes_the_tables_it_filled() {
     running.stop().await;
 }
 
+/// PostgreSQL only (SQLite's bulk build inserts into the tables
+/// `create_tables` made): a bulk build replaces the entries table (the
+/// staging table renamed) and the connections table (`CREATE TABLE AS`),
+/// and must leave both in the shape `create_tables` gives: the same
+/// columns, types, nullability and indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_bulk_build_leaves_the_tables_as_created() {
+    let Some((_db, store)) = fresh(Backend::Postgres, "projection_bulk_shape").await else {
+        return;
+    };
+    let DbPool::Postgres(pool) = store.projection_pool(NAME).await.unwrap() else {
+        unreachable!("a PostgreSQL store");
+    };
+    let projections = Projections::new(store.clone());
+    let running = start(&projections, options());
+    append(&store, 0..100).await;
+    let built = caught_up(&projections).await;
+    running.stop().await;
+    let created = 999;
+    for sql in Timeline.create_tables(created, true) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let shape = |g: u64| {
+        let pool = pool.clone();
+        async move {
+            let mut shape = Vec::new();
+            for table in ["entries", "connections"] {
+                let name = format!("timeline_{table}_g{g}");
+                let columns: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT column_name::text, data_type::text, is_nullable::text \
+                     FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
+                )
+                .bind(&name)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let mut indexes: Vec<String> =
+                    sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE tablename = $1")
+                        .bind(&name)
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                // Index names carry the generation.
+                for index in &mut indexes {
+                    *index = index.replace(&format!("_g{g}"), "_g");
+                }
+                indexes.sort();
+                shape.push((table, columns, indexes));
+            }
+            shape
+        }
+    };
+    let (built, created) = (shape(built).await, shape(created).await);
+    assert!(
+        created
+            .iter()
+            .all(|(_, c, i)| !c.is_empty() && !i.is_empty())
+    );
+    assert_eq!(built, created);
+}
+
 async fn the_timeline_follows_the_log(backend: Backend) {
     let Some((_db, store)) = fresh(backend, "timeline_follows").await else {
         return;
