@@ -231,16 +231,23 @@ on_both_backends!(
     a_late_switch_by_another_process_is_fenced,
 );
 
+/// A fresh PostgreSQL store and the timeline's pool, for the tests that
+/// look at PostgreSQL's own catalogs.
+async fn fresh_postgres(test: &str) -> Option<(TestDatabase, Store, sqlx::PgPool)> {
+    let (db, store) = fresh(Backend::Postgres, test).await?;
+    let DbPool::Postgres(pool) = store.projection_pool(NAME).await.unwrap() else {
+        unreachable!("a PostgreSQL store");
+    };
+    Some((db, store, pool))
+}
+
 /// PostgreSQL only (SQLite plans without statistics): the leader renews
 /// the planner statistics of the tables it filled, whether or not
 /// autovacuum would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_the_leader_analyzes_the_tables_it_filled() {
-    let Some((_db, store)) = fresh(Backend::Postgres, "projection_analyze").await else {
+    let Some((_db, store, pool)) = fresh_postgres("projection_analyze").await else {
         return;
-    };
-    let DbPool::Postgres(pool) = store.projection_pool(NAME).await.unwrap() else {
-        unreachable!("a PostgreSQL store");
     };
     let projections = Projections::new(store.clone());
     let running = start(
@@ -289,11 +296,8 @@ async fn postgres_the_leader_analyzes_the_tables_it_filled() {
 /// columns, types, nullability and indexes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_bulk_build_leaves_the_tables_as_created() {
-    let Some((_db, store)) = fresh(Backend::Postgres, "projection_bulk_shape").await else {
+    let Some((_db, store, pool)) = fresh_postgres("projection_bulk_shape").await else {
         return;
-    };
-    let DbPool::Postgres(pool) = store.projection_pool(NAME).await.unwrap() else {
-        unreachable!("a PostgreSQL store");
     };
     let projections = Projections::new(store.clone());
     let running = start(&projections, options());
