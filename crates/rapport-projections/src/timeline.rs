@@ -122,10 +122,14 @@ impl Projection for Timeline {
         // The same sums, minima and maxima the live path accumulates batch
         // by batch (`connection_deltas`): an exchange is an entry with a
         // counterpart, ACTOR (1) rows sent, TARGET (2) received.
-        let connections = "SELECT community_id, member_id, counterpart AS other_member_id, \
+        let connections = format!(
+            "SELECT community_id, member_id, counterpart AS other_member_id, \
              SUM(CASE WHEN role = 1 THEN 1 ELSE 0 END) AS sent, \
              SUM(CASE WHEN role = 2 THEN 1 ELSE 0 END) AS received, \
-             COUNT(*) AS total, MIN(occurred_at) AS first_at, MAX(occurred_at) AS last_at";
+             COUNT(*) AS total, MIN(occurred_at) AS first_at, MAX(occurred_at) AS last_at \
+             FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
+             GROUP BY community_id, member_id, counterpart"
+        );
         let sql = if postgres {
             // A heap is in no order anyway: the staging table becomes the
             // entries table, and its indexes are built by sorting once,
@@ -140,11 +144,7 @@ impl Projection for Timeline {
                 format!("DROP TABLE timeline_entries_g{g}"),
                 format!("ALTER TABLE timeline_staging_g{g} RENAME TO timeline_entries_g{g}"),
                 format!("DROP TABLE timeline_connections_g{g}"),
-                format!(
-                    "CREATE TABLE timeline_connections_g{g} AS {connections} \
-                     FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
-                     GROUP BY community_id, member_id, counterpart"
-                ),
+                format!("CREATE TABLE timeline_connections_g{g} AS {connections}"),
                 // The columns and key `create_tables` gives it.
                 format!(
                     "ALTER TABLE timeline_connections_g{g} \
@@ -174,9 +174,7 @@ impl Projection for Timeline {
                 format!(
                     "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
                      sent, received, total, first_at, last_at) \
-                     {connections} FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
-                     GROUP BY community_id, member_id, counterpart \
-                     ORDER BY community_id, member_id, counterpart"
+                     {connections} ORDER BY community_id, member_id, counterpart"
                 ),
             ]
         };
