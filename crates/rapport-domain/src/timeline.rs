@@ -3,7 +3,7 @@
 //! - [`timeline_rows`]: the timeline rows one event adds. An interaction is
 //!   in its actor's timeline and, when it targets another member, in that
 //!   member's timeline too; lifecycle events are in their member's timeline.
-//! - [`connection_deltas`]: how a batch of events changes the exchange counts
+//! - [`connection_deltas`]: how a batch's rows change the exchange counts
 //!   between pairs of members ("connections").
 //! - [`PageToken`]: the opaque cursor of a timeline page.
 //!
@@ -64,6 +64,21 @@ pub struct TimelineRow {
     /// The other member of an exchange: the target for the actor's entry,
     /// the actor for the target's entry.
     pub counterpart: Option<String>,
+}
+
+impl TimelineRow {
+    /// The read model's key, in its order: a member's entries together,
+    /// oldest first. Strings compare by their bytes, as SQLite's and
+    /// PostgreSQL's "C" collation do.
+    pub fn key(&self) -> (&str, &str, Timestamp, u64, Role) {
+        (
+            &self.community_id,
+            &self.member_id,
+            self.occurred_at,
+            self.position,
+            self.role,
+        )
+    }
 }
 
 /// The timeline rows `event` adds.
@@ -170,6 +185,26 @@ pub struct ConnectionDelta {
 }
 
 impl ConnectionDelta {
+    /// The exchange one row records, if it is one: the actor's row sends,
+    /// the target's row receives.
+    pub fn of_row(row: &TimelineRow) -> Option<ConnectionDelta> {
+        let other = row.counterpart.as_ref()?;
+        let sent = match row.role {
+            Role::Actor => true,
+            Role::Target => false,
+            Role::Subject | Role::TierChange => return None,
+        };
+        Some(ConnectionDelta {
+            community_id: row.community_id.clone(),
+            member_id: row.member_id.clone(),
+            other_member_id: other.clone(),
+            sent: u64::from(sent),
+            received: u64::from(!sent),
+            first_at: row.occurred_at,
+            last_at: row.occurred_at,
+        })
+    }
+
     /// Adds `other`'s counts and widens the time range: sums, minimum and
     /// maximum, so the result does not depend on how events were batched.
     pub fn absorb(&mut self, other: &ConnectionDelta) {
@@ -180,36 +215,23 @@ impl ConnectionDelta {
     }
 }
 
-/// How `events` change connections: one delta per (member, other member),
-/// both directions of every exchange, sorted by key.
-pub fn connection_deltas(events: &[Event]) -> Vec<ConnectionDelta> {
+/// How `rows` change connections: one delta per (member, other member),
+/// both directions of every exchange (each direction is a row of its own),
+/// sorted by key.
+pub fn connection_deltas<'r>(
+    rows: impl IntoIterator<Item = &'r TimelineRow>,
+) -> Vec<ConnectionDelta> {
     let mut deltas: BTreeMap<(String, String, String), ConnectionDelta> = BTreeMap::new();
-    let mut add = |community: &str, member: &str, other: &str, sent: bool, at: Timestamp| {
-        let delta = ConnectionDelta {
-            community_id: community.to_owned(),
-            member_id: member.to_owned(),
-            other_member_id: other.to_owned(),
-            sent: u64::from(sent),
-            received: u64::from(!sent),
-            first_at: at,
-            last_at: at,
-        };
-        deltas
-            .entry((community.to_owned(), member.to_owned(), other.to_owned()))
-            .and_modify(|d| d.absorb(&delta))
-            .or_insert(delta);
-    };
-    for event in events {
-        if let EventBody::InteractionRecorded {
-            member_id,
-            interaction,
-            target_member_id: Some(target),
-        } = &event.body
-            && target != member_id
-        {
-            let at = interaction.occurred_at;
-            add(&event.community_id, member_id, target, true, at);
-            add(&event.community_id, target, member_id, false, at);
+    for delta in rows.into_iter().filter_map(ConnectionDelta::of_row) {
+        match deltas.entry((
+            delta.community_id.clone(),
+            delta.member_id.clone(),
+            delta.other_member_id.clone(),
+        )) {
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().absorb(&delta),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(delta);
+            }
         }
     }
     deltas.into_values().collect()
@@ -390,7 +412,7 @@ mod tests {
         let event = interaction("ana", Some("ana"), 5);
         assert_eq!(timeline_rows(&event).len(), 1);
         assert_eq!(timeline_rows(&event)[0].counterpart, None);
-        assert!(connection_deltas(&[event]).is_empty());
+        assert!(connection_deltas(&timeline_rows(&event)).is_empty());
     }
 
     #[test]
@@ -401,7 +423,10 @@ mod tests {
             interaction("ana", Some("bo"), 9),
             interaction("ana", None, 11),
         ];
-        let all = connection_deltas(&events);
+        let deltas = |events: &[Event]| {
+            connection_deltas(&events.iter().flat_map(timeline_rows).collect::<Vec<_>>())
+        };
+        let all = deltas(&events);
         let ana = all.iter().find(|d| d.member_id == "ana").unwrap();
         assert_eq!((ana.sent, ana.received), (2, 1));
         assert_eq!((ana.first_at.as_micros(), ana.last_at.as_micros()), (3, 9));
@@ -409,8 +434,8 @@ mod tests {
         assert_eq!((bo.sent, bo.received), (1, 2));
 
         // Split in two batches and absorbed: the same result.
-        let mut split = connection_deltas(&events[..1]);
-        for d in connection_deltas(&events[1..]) {
+        let mut split = deltas(&events[..1]);
+        for d in deltas(&events[1..]) {
             match split.iter_mut().find(|s| s.member_id == d.member_id) {
                 Some(s) => s.absorb(&d),
                 None => split.push(d),

@@ -32,6 +32,7 @@ pub mod runner;
 pub mod scores;
 mod sqlite_pass;
 pub mod timeline;
+mod timeline_merge;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

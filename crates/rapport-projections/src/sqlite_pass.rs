@@ -24,7 +24,7 @@ use crate::scores::{
 };
 
 /// A rusqlite error as the projector's error type.
-fn driver(e: rusqlite::Error) -> sqlx::Error {
+pub(crate) fn driver(e: rusqlite::Error) -> sqlx::Error {
     sqlx::Error::AnyDriverError(Box::new(e))
 }
 

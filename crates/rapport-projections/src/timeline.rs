@@ -12,7 +12,10 @@
 //! - `timeline_staging_g`: while the generation is built in bulk, entries
 //!   are appended here in log order (no index to keep sorted, no aggregate
 //!   to update); [`Timeline::finish_bulk`] then moves them into the entries
-//!   table in key order and derives the connections from them.
+//!   table in key order and derives the connections from them. On SQLite
+//!   each batch appends its rows sorted, as a run whose end
+//!   `timeline_runs_g` records, and the end merges the runs
+//!   (`timeline_merge`).
 
 use std::collections::HashMap;
 
@@ -26,6 +29,8 @@ use rapport_store::{from_db, to_db};
 use sqlx::{QueryBuilder, Row};
 
 use crate::db::{Tx, execute_all, on_pool, push_in};
+use crate::sqlite_pass::on_sqlx_connection;
+use crate::timeline_merge;
 use crate::{Projection, ProjectionError, Projections};
 
 pub const NAME: &str = "timeline";
@@ -48,7 +53,7 @@ fn connections_rank_index(g: u64) -> String {
 }
 
 /// The entry columns, in the order the inserts bind them.
-const ENTRY_COLUMNS: &str =
+pub(crate) const ENTRY_COLUMNS: &str =
     "community_id, member_id, occurred_at, position, role, event_type, channel, kind, counterpart";
 
 /// Rows per INSERT statement: 500 rows × 9 columns stays far below both
@@ -64,14 +69,16 @@ impl Projection for Timeline {
     }
 
     fn version(&self) -> u64 {
-        1
+        // 2: SQLite's bulk build stages sorted runs (a build begun by
+        // version 1 staged none, and is started over).
+        2
     }
 
     fn create_tables(&self, g: u64, postgres: bool) -> Vec<String> {
         // SQLite: WITHOUT ROWID stores rows in primary-key order, so a
         // member's page is read from one contiguous range of one b-tree.
         let clustered = if postgres { "" } else { " WITHOUT ROWID" };
-        vec![
+        let mut tables = vec![
             format!(
                 "CREATE TABLE timeline_entries_g{g} (
                     community_id TEXT     NOT NULL,
@@ -114,11 +121,29 @@ impl Projection for Timeline {
                     counterpart  TEXT
                 )"
             ),
-        ]
+        ];
+        if !postgres {
+            tables.push(format!(
+                "CREATE TABLE {} (last_rowid INTEGER PRIMARY KEY)",
+                timeline_merge::runs(g)
+            ));
+        }
+        tables
     }
 
     fn finish_bulk<'a>(&'a self, tx: Tx<'a>, g: u64) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        let postgres = tx.is_postgres();
+        let c = match tx {
+            // SQLite's entries table is clustered by key (WITHOUT ROWID):
+            // the staged runs merged in key order land each row after the
+            // previous one, so the b-tree is written page after page.
+            Tx::Sqlite(c) => {
+                return on_sqlx_connection(c, move |conn| {
+                    timeline_merge::finish(conn, g, timeline_merge::FAN_IN)
+                })
+                .boxed();
+            }
+            Tx::Postgres(c) => c,
+        };
         // The same sums, minima and maxima the live path accumulates batch
         // by batch (`connection_deltas`): an exchange is an entry with a
         // counterpart, ACTOR (1) rows sent, TARGET (2) received.
@@ -130,55 +155,36 @@ impl Projection for Timeline {
              FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
              GROUP BY community_id, member_id, counterpart"
         );
-        let sql = if postgres {
-            // A heap is in no order anyway: the staging table becomes the
-            // entries table, and its indexes are built by sorting once,
-            // which is far cheaper than inserting into them row by row.
-            // The connections come first, as a table of their own made by
-            // `CREATE TABLE AS`, which PostgreSQL runs in parallel (an
-            // `INSERT … SELECT` never is), from a scan of the entries
-            // while they have no index to tempt the planner into reading
-            // the heap in index order; their keys are built after.
-            vec![
-                "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
-                format!("DROP TABLE timeline_entries_g{g}"),
-                format!("ALTER TABLE timeline_staging_g{g} RENAME TO timeline_entries_g{g}"),
-                format!("DROP TABLE timeline_connections_g{g}"),
-                format!("CREATE TABLE timeline_connections_g{g} AS {connections}"),
-                // The columns and key `create_tables` gives it.
-                format!(
-                    "ALTER TABLE timeline_connections_g{g} \
-                     ALTER COLUMN sent SET NOT NULL, ALTER COLUMN received SET NOT NULL, \
-                     ALTER COLUMN total SET NOT NULL, ALTER COLUMN first_at SET NOT NULL, \
-                     ALTER COLUMN last_at SET NOT NULL, \
-                     ADD PRIMARY KEY (community_id, member_id, other_member_id)"
-                ),
-                connections_rank_index(g),
-                format!(
-                    "ALTER TABLE timeline_entries_g{g} \
-                     ADD PRIMARY KEY (community_id, member_id, occurred_at, position, role)"
-                ),
-                pairs_index(g),
-            ]
-        } else {
-            // SQLite's entries table is clustered by key (WITHOUT ROWID):
-            // inserted in key order, each row lands after the previous one,
-            // so the b-tree is written page after page.
-            vec![
-                format!(
-                    "INSERT INTO timeline_entries_g{g} ({ENTRY_COLUMNS}) \
-                     SELECT {ENTRY_COLUMNS} FROM timeline_staging_g{g} \
-                     ORDER BY community_id, member_id, occurred_at, position, role"
-                ),
-                format!("DROP TABLE timeline_staging_g{g}"),
-                format!(
-                    "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
-                     sent, received, total, first_at, last_at) \
-                     {connections} ORDER BY community_id, member_id, counterpart"
-                ),
-            ]
-        };
-        execute_all(tx, sql).boxed()
+        // A heap is in no order anyway: the staging table becomes the
+        // entries table, and its indexes are built by sorting once,
+        // which is far cheaper than inserting into them row by row.
+        // The connections come first, as a table of their own made by
+        // `CREATE TABLE AS`, which PostgreSQL runs in parallel (an
+        // `INSERT … SELECT` never is), from a scan of the entries
+        // while they have no index to tempt the planner into reading
+        // the heap in index order; their keys are built after.
+        let sql = vec![
+            "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
+            format!("DROP TABLE timeline_entries_g{g}"),
+            format!("ALTER TABLE timeline_staging_g{g} RENAME TO timeline_entries_g{g}"),
+            format!("DROP TABLE timeline_connections_g{g}"),
+            format!("CREATE TABLE timeline_connections_g{g} AS {connections}"),
+            // The columns and key `create_tables` gives it.
+            format!(
+                "ALTER TABLE timeline_connections_g{g} \
+                 ALTER COLUMN sent SET NOT NULL, ALTER COLUMN received SET NOT NULL, \
+                 ALTER COLUMN total SET NOT NULL, ALTER COLUMN first_at SET NOT NULL, \
+                 ALTER COLUMN last_at SET NOT NULL, \
+                 ADD PRIMARY KEY (community_id, member_id, other_member_id)"
+            ),
+            connections_rank_index(g),
+            format!(
+                "ALTER TABLE timeline_entries_g{g} \
+                 ADD PRIMARY KEY (community_id, member_id, occurred_at, position, role)"
+            ),
+            pairs_index(g),
+        ];
+        execute_all(Tx::Postgres(c), sql).boxed()
     }
 
     fn tables(&self, g: u64) -> Vec<String> {
@@ -186,6 +192,7 @@ impl Projection for Timeline {
             format!("timeline_entries_g{g}"),
             format!("timeline_connections_g{g}"),
             format!("timeline_staging_g{g}"),
+            timeline_merge::runs(g),
         ]
     }
 
@@ -197,18 +204,30 @@ impl Projection for Timeline {
         bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
-            let rows: Vec<TimelineRow> = events.iter().flat_map(timeline_rows).collect();
+            let mut rows: Vec<TimelineRow> = events.iter().flat_map(timeline_rows).collect();
             let table = if bulk { "staging" } else { "entries" };
             // Bulk: the connections are derived at the end (`finish_bulk`).
             let deltas = if bulk {
                 Vec::new()
             } else {
-                connection_deltas(events)
+                connection_deltas(&rows)
             };
             match tx {
                 Tx::Postgres(c) => {
                     insert_entries_pg(c, &format!("timeline_{table}_g{g}"), &rows).await?;
                     upsert_connections_pg(c, g, &deltas).await
+                }
+                Tx::Sqlite(c) if bulk => {
+                    if rows.is_empty() {
+                        return Ok(());
+                    }
+                    // One sorted run (see `timeline_merge`).
+                    rows.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
+                    insert_entries_sqlite(c, &timeline_merge::staging(g), &rows).await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(timeline_merge::end_run_sql(g)))
+                        .execute(&mut *c)
+                        .await
+                        .map(drop)
                 }
                 Tx::Sqlite(c) => {
                     insert_entries_sqlite(c, &format!("timeline_{table}_g{g}"), &rows).await?;

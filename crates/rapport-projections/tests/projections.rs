@@ -172,7 +172,8 @@ async fn expected(store: &Store) -> Expected {
     for row in events.iter().flat_map(timeline_rows) {
         *entries.entry(row.member_id).or_default() += 1;
     }
-    let connections = connection_deltas(&events)
+    let rows: Vec<_> = events.iter().flat_map(timeline_rows).collect();
+    let connections = connection_deltas(&rows)
         .into_iter()
         .map(|d| ((d.member_id, d.other_member_id), (d.sent, d.received)))
         .collect();
@@ -535,7 +536,8 @@ async fn new_projection_code_rebuilds_beside_the_live_model_and_switches(backend
     let old_rows = v1.timeline_dump(old).await.expect("dump");
     running.stop().await;
 
-    let v2 = Projections::with(store.clone(), vec![Arc::new(TimelineVersion(2))]);
+    let next = Timeline.version() + 1;
+    let v2 = Projections::with(store.clone(), vec![Arc::new(TimelineVersion(next))]);
     let mut slow = options();
     slow.batch_size = 16;
     slow.bulk_batch_size = 16;
@@ -548,7 +550,7 @@ async fn new_projection_code_rebuilds_beside_the_live_model_and_switches(backend
             .active
             .clone()
             .expect("always an active generation");
-        if active.version == 2 {
+        if active.version == next {
             break active.generation;
         }
         assert_eq!(active.generation, old);
