@@ -223,11 +223,8 @@ impl Projection for Timeline {
                     }
                     // One sorted run (see `timeline_merge`).
                     rows.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
-                    insert_entries_sqlite(c, &timeline_merge::staging(g), &rows).await?;
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(timeline_merge::end_run_sql(g)))
-                        .execute(&mut *c)
+                    on_sqlx_connection(c, move |conn| timeline_merge::stage_run(conn, g, rows))
                         .await
-                        .map(drop)
                 }
                 Tx::Sqlite(c) => {
                     insert_entries_sqlite(c, &format!("timeline_{table}_g{g}"), &rows).await?;
