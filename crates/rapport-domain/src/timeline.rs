@@ -223,16 +223,15 @@ pub fn connection_deltas<'r>(
 ) -> Vec<ConnectionDelta> {
     let mut deltas: BTreeMap<(String, String, String), ConnectionDelta> = BTreeMap::new();
     for delta in rows.into_iter().filter_map(ConnectionDelta::of_row) {
-        match deltas.entry((
+        let key = (
             delta.community_id.clone(),
             delta.member_id.clone(),
             delta.other_member_id.clone(),
-        )) {
-            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().absorb(&delta),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(delta);
-            }
-        }
+        );
+        deltas
+            .entry(key)
+            .and_modify(|d| d.absorb(&delta))
+            .or_insert(delta);
     }
     deltas.into_values().collect()
 }

@@ -204,7 +204,7 @@ impl Projection for Timeline {
         bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         async move {
-            let mut rows: Vec<TimelineRow> = events.iter().flat_map(timeline_rows).collect();
+            let rows: Vec<TimelineRow> = events.iter().flat_map(timeline_rows).collect();
             let table = if bulk { "staging" } else { "entries" };
             // Bulk: the connections are derived at the end (`finish_bulk`).
             let deltas = if bulk {
@@ -218,11 +218,6 @@ impl Projection for Timeline {
                     upsert_connections_pg(c, g, &deltas).await
                 }
                 Tx::Sqlite(c) if bulk => {
-                    if rows.is_empty() {
-                        return Ok(());
-                    }
-                    // One sorted run (see `timeline_merge`).
-                    rows.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
                     on_sqlx_connection(c, move |conn| timeline_merge::stage_run(conn, g, rows))
                         .await
                 }

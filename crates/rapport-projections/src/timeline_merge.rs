@@ -42,17 +42,21 @@ pub(crate) fn runs(g: u64) -> String {
     format!("timeline_runs_g{g}")
 }
 
-/// Appends a bulk batch's rows, sorted by key, to the staging table as one
-/// run, inside the batch's transaction. Through rusqlite: sqlx's SQLite
-/// driver spent a third of the bulk phase binding values and handing them
-/// to its worker thread.
+/// Appends a bulk batch's rows to the staging table as one run, sorted by
+/// key, inside the batch's transaction (no rows: no run). Through
+/// rusqlite: sqlx's SQLite driver spent a third of the bulk phase binding
+/// values and handing them to its worker thread.
 pub(crate) fn stage_run(
     conn: &Connection,
     g: u64,
-    sorted: Vec<TimelineRow>,
+    mut rows: Vec<TimelineRow>,
 ) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
     let mut insert = Appender::entries(conn, &staging(g))?;
-    for row in sorted {
+    for row in rows {
         insert.push(row)?;
     }
     insert.flush()?;
@@ -499,12 +503,10 @@ mod tests {
             .collect()
     }
 
-    /// Appends `rows` as bulk batches do: each chunk sorted, as a run.
+    /// Appends `rows` as bulk batches do, each chunk a run.
     fn stage(conn: &Connection, rows: &[TimelineRow], run: usize) {
         for chunk in rows.chunks(run) {
-            let mut chunk = chunk.to_vec();
-            chunk.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
-            stage_run(conn, G, chunk).unwrap();
+            stage_run(conn, G, chunk.to_vec()).unwrap();
         }
     }
 
