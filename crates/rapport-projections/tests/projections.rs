@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rapport_domain::timeline::{Role, connection_deltas, timeline_rows};
 use rapport_domain::{Event, Identity, Interaction, InteractionKind, Target, Timestamp};
+use rapport_projections::scores::NAME as SCORES;
 use rapport_projections::timeline::{NAME, Timeline, TimelineQuery};
 use rapport_projections::{Projection, Projections, RunnerOptions, Tx};
 use rapport_store::{DbPool, EventQuery, Store, StoreOptions};
@@ -230,6 +231,7 @@ on_both_backends!(
     new_projection_code_rebuilds_beside_the_live_model_and_switches,
     two_replicas_apply_each_event_once,
     a_late_switch_by_another_process_is_fenced,
+    a_lingering_scores_projector_gathers_commits_and_the_timeline_does_not_wait,
 );
 
 /// A fresh PostgreSQL store and the timeline's pool, for the tests that
@@ -349,6 +351,58 @@ async fn postgres_a_bulk_build_leaves_the_tables_as_created() {
             .all(|(_, c, i)| !c.is_empty() && !i.is_empty())
     );
     assert_eq!(built, created);
+}
+
+/// `RunnerOptions::linger`: once the scores have caught up, a commit waits
+/// for the linger to end; the timeline applies it at once; nothing is lost.
+async fn a_lingering_scores_projector_gathers_commits_and_the_timeline_does_not_wait(
+    backend: Backend,
+) {
+    let Some((_db, store)) = fresh(backend, "linger").await else {
+        return;
+    };
+    let projections = Projections::new(store.clone());
+    let linger = Duration::from_secs(3);
+    let running = start(
+        &projections,
+        RunnerOptions {
+            linger,
+            ..options()
+        },
+    );
+    let wait =
+        |name, position, within| projections.wait_for(name, position, Instant::now() + within);
+    append(&store, 0..20).await;
+    let head = store.head().await.expect("head");
+    // The first build ends with a switch, after which the projector is idle.
+    wait(SCORES, head, Duration::from_secs(30))
+        .await
+        .expect("built");
+
+    // Idle: applied at once; then caught up, so the linger starts.
+    append(&store, 20..21).await;
+    let first = store.head().await.expect("head");
+    wait(SCORES, first, Duration::from_secs(2))
+        .await
+        .expect("an idle projector does not wait");
+    let caught_up = Instant::now();
+    append(&store, 21..22).await;
+    let second = store.head().await.expect("head");
+    wait(NAME, second, Duration::from_secs(2))
+        .await
+        .expect("the timeline does not linger");
+    let timeline = caught_up.elapsed();
+    wait(SCORES, second, linger + Duration::from_secs(5))
+        .await
+        .expect("applied once the linger is over");
+    let scores = caught_up.elapsed();
+    // The linger began when `first` was applied, a little before
+    // `caught_up`: allow a second of slack.
+    assert!(
+        scores >= linger - Duration::from_secs(1) && timeline < linger - Duration::from_secs(1),
+        "the scores waited for the linger ({scores:?}), the timeline did not ({timeline:?})"
+    );
+    running.stop().await;
 }
 
 async fn the_timeline_follows_the_log(backend: Backend) {

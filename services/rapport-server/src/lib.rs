@@ -383,7 +383,10 @@ async fn open_store(
     let projections = Projections::new(store.clone());
     let projector_tasks = projections.spawn(
         writer.committed(),
-        RunnerOptions::default(),
+        RunnerOptions {
+            linger: config.scores_linger(),
+            ..RunnerOptions::default()
+        },
         projectors_stopping,
     );
     let store_for_health = store.clone();
