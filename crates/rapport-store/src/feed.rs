@@ -2,39 +2,48 @@
 //!
 //! Two signals, because they have different costs and guarantees:
 //!
-//! - **Events** committed by this process's own writer, broadcast in chunks
-//!   right after each commit, so a live subscriber gets them without a
-//!   database read. The broadcast is bounded: a receiver that falls behind
-//!   is told it lagged (and reads the log instead); the writer never waits.
+//! - **Events** committed by this process's own writer, kept in memory in
+//!   chunks right after each commit (the *tail*: the most recent
+//!   [`DEFAULT_TAIL_EVENTS`], shared by every subscriber of this process),
+//!   so a subscriber that is live, or only a little behind, gets them
+//!   without a database read and with each event encoded once for all. The
+//!   tail is bounded in events, not per subscriber: a subscriber that falls
+//!   further behind than it reaches reads the log instead, and the writer
+//!   never waits for anyone.
 //! - **The head**: the highest position known committed by *anyone*. This
 //!   process's writer advances it; on PostgreSQL so does `LISTEN/NOTIFY` for
 //!   commits made by other replicas; and a poll of the database advances it
 //!   in case a notification is lost (see [`Store::watch_commits`]). Whoever
-//!   sees the head pass what it has read reads the log from the database.
+//!   sees the head pass what it has read, and finds the next position
+//!   missing from the tail, reads the log from the database.
 //!
-//! Neither signal is the source of truth: the log is. A subscriber uses the
-//! broadcast only when it continues exactly where its reads left off.
+//! Neither signal is the source of truth: the log is. A subscriber takes a
+//! chunk from the tail only when it holds exactly the next position after
+//! what it has looked at.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rapport_domain::Event;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::Store;
 
-/// Events per broadcast chunk. With [`CHUNKS`], this bounds what the
-/// broadcast holds (`EVENTS_PER_CHUNK * CHUNKS` events, some MiB) whatever
-/// the batch sizes, while still holding seconds of live traffic.
+/// Events per chunk: the unit a subscriber takes from the tail and the
+/// unit encoded at once, whatever the batch sizes.
 const EVENTS_PER_CHUNK: usize = 128;
-/// Chunks the broadcast keeps for receivers that have not read them yet.
-const CHUNKS: usize = 256;
+/// Events the tail keeps by default: about a second of batch ingest at its
+/// fastest, minutes of ordinary traffic, some tens of MiB (an event and
+/// its wire form take up to a KiB or so).
+pub const DEFAULT_TAIL_EVENTS: usize = 32_768;
 
 /// Consecutive committed events, in position order, and their wire form
-/// once a subscriber has asked for it. Cheap to clone.
+/// once a subscriber has asked for it. Never empty. Cheap to clone.
 #[derive(Clone)]
 pub struct Chunk(Arc<ChunkInner>);
 
@@ -57,6 +66,7 @@ pub type Encode = fn(&Event) -> Vec<u8>;
 
 impl Chunk {
     fn new(events: Vec<Event>) -> Chunk {
+        debug_assert!(!events.is_empty());
         Chunk(Arc::new(ChunkInner {
             events,
             wire: OnceLock::new(),
@@ -65,6 +75,14 @@ impl Chunk {
 
     pub fn events(&self) -> &[Event] {
         &self.0.events
+    }
+
+    fn first(&self) -> u64 {
+        self.0.events[0].position
+    }
+
+    fn last(&self) -> u64 {
+        self.0.events[self.0.events.len() - 1].position
     }
 
     /// The `index`th event as `encode` makes it. The whole chunk is encoded
@@ -89,20 +107,29 @@ impl Chunk {
 
 impl std::fmt::Debug for Chunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let positions = self.0.events.first().zip(self.0.events.last());
         f.debug_struct("Chunk")
-            .field(
-                "positions",
-                &positions.map(|(a, b)| a.position..=b.position),
-            )
+            .field("positions", &(self.first()..=self.last()))
             .finish()
     }
+}
+
+/// The most recent chunks this process committed, oldest first. Positions
+/// increase from chunk to chunk (one writer publishes in commit order) but
+/// may jump between two: other replicas' commits, or a time without
+/// listeners.
+#[derive(Default)]
+struct Tail {
+    chunks: VecDeque<Chunk>,
+    events: usize,
 }
 
 /// The commit signals of one process. Cheap to clone.
 #[derive(Clone)]
 pub struct Feed {
-    events: broadcast::Sender<Chunk>,
+    tail: Arc<Mutex<Tail>>,
+    capacity: usize,
+    /// Live [`Listener`]s: without any, the tail is not kept.
+    listeners: Arc<AtomicUsize>,
     head: Arc<watch::Sender<u64>>,
 }
 
@@ -110,7 +137,7 @@ impl std::fmt::Debug for Feed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Feed")
             .field("head", &*self.head.borrow())
-            .field("receivers", &self.events.receiver_count())
+            .field("listeners", &self.listeners.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -123,18 +150,26 @@ impl Default for Feed {
 
 impl Feed {
     pub fn new() -> Feed {
-        let (events, _) = broadcast::channel(CHUNKS);
+        Feed::with_tail(DEFAULT_TAIL_EVENTS)
+    }
+
+    /// A feed whose tail keeps about `events` events (at least one chunk).
+    pub fn with_tail(events: usize) -> Feed {
         let (head, _) = watch::channel(0);
         Feed {
-            events,
+            tail: Arc::default(),
+            capacity: events.max(1),
+            listeners: Arc::default(),
             head: Arc::new(head),
         }
     }
 
-    /// Events this process commits from now on. Subscribe *before* reading
-    /// the log, so nothing committed in between is missed.
-    pub fn subscribe(&self) -> broadcast::Receiver<Chunk> {
-        self.events.subscribe()
+    /// Access to the events this process commits from now on, for as long
+    /// as the listener lives. Take it *before* reading the log, so that what
+    /// commits meanwhile is kept for it (it would be read otherwise).
+    pub fn listen(&self) -> Listener {
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+        Listener { feed: self.clone() }
     }
 
     /// The highest position known committed. Changes whenever it moves.
@@ -148,15 +183,27 @@ impl Feed {
         let Some(last) = events.last().map(|e| e.position) else {
             return;
         };
-        // Without receivers there is nobody to copy the events for.
-        if self.events.receiver_count() > 0 {
-            let mut events = events.into_iter().peekable();
-            while events.peek().is_some() {
-                let chunk = Chunk::new(events.by_ref().take(EVENTS_PER_CHUNK).collect());
-                // An error only means every receiver has gone meanwhile.
-                let _ = self.events.send(chunk);
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            if self.listeners.load(Ordering::SeqCst) == 0 {
+                // Nobody to keep events for: keep none (a later listener
+                // reads the log up to where the tail starts again).
+                tail.chunks.clear();
+                tail.events = 0;
+            } else {
+                let mut events = events.into_iter().peekable();
+                while events.peek().is_some() {
+                    let chunk = Chunk::new(events.by_ref().take(EVENTS_PER_CHUNK).collect());
+                    tail.events += chunk.events().len();
+                    tail.chunks.push_back(chunk);
+                }
+                while tail.events > self.capacity && tail.chunks.len() > 1 {
+                    let oldest = tail.chunks.pop_front().expect("more than one chunk");
+                    tail.events -= oldest.events().len();
+                }
             }
         }
+        // After the tail: whoever sees the head move finds the chunks there.
         self.observe(last);
     }
 
@@ -168,6 +215,28 @@ impl Feed {
             *head = (*head).max(position);
             moved
         });
+    }
+}
+
+/// A subscriber's access to the tail (see [`Feed::listen`]).
+pub struct Listener {
+    feed: Feed,
+}
+
+impl Listener {
+    /// The chunk holding position `after + 1`, if this process committed it
+    /// and the tail still keeps it.
+    pub fn chunk_after(&self, after: u64) -> Option<Chunk> {
+        let next = after + 1;
+        let tail = self.feed.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let i = tail.chunks.partition_point(|c| c.last() < next);
+        tail.chunks.get(i).filter(|c| c.first() <= next).cloned()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.feed.listeners.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -224,19 +293,72 @@ mod tests {
         }
     }
 
+    /// Every position the tail serves, walking it from `after` as a
+    /// follower does.
+    fn walk(listener: &Listener, mut after: u64) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while let Some(chunk) = listener.chunk_after(after) {
+            assert!(chunk.events().len() <= EVENTS_PER_CHUNK);
+            seen.extend(
+                chunk
+                    .events()
+                    .iter()
+                    .map(|e| e.position)
+                    .filter(|p| *p > after),
+            );
+            after = chunk.last();
+        }
+        seen
+    }
+
     #[tokio::test]
-    async fn a_batch_arrives_in_bounded_chunks_in_order_and_moves_the_head() {
+    async fn a_batch_is_kept_in_bounded_chunks_in_order_and_moves_the_head() {
         let feed = Feed::new();
-        let mut events = feed.subscribe();
+        let listener = feed.listen();
         let head = feed.head();
         feed.publish((1..=300).map(event).collect());
-        let mut seen = Vec::new();
-        while let Ok(chunk) = events.try_recv() {
-            assert!(chunk.events().len() <= EVENTS_PER_CHUNK);
-            seen.extend(chunk.events().iter().map(|e| e.position));
-        }
-        assert_eq!(seen, (1..=300).collect::<Vec<_>>());
+        assert_eq!(walk(&listener, 0), (1..=300).collect::<Vec<_>>());
+        assert_eq!(walk(&listener, 150), (151..=300).collect::<Vec<_>>());
         assert_eq!(*head.borrow(), 300);
+    }
+
+    #[tokio::test]
+    async fn the_tail_keeps_the_newest_events_up_to_its_capacity() {
+        let feed = Feed::with_tail(200);
+        let listener = feed.listen();
+        for p in 1..=1_000 {
+            feed.publish(vec![event(p)]);
+        }
+        assert_eq!(walk(&listener, 0), Vec::<u64>::new(), "1 is long gone");
+        assert!(listener.chunk_after(800).is_some());
+        assert_eq!(walk(&listener, 800), (801..=1_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_position_committed_elsewhere_is_not_in_the_tail() {
+        let feed = Feed::new();
+        let listener = feed.listen();
+        feed.publish((1..=3).map(event).collect());
+        // 4..=6 committed by another replica: only the head hears of them.
+        feed.observe(6);
+        feed.publish((7..=8).map(event).collect());
+        assert_eq!(walk(&listener, 0), [1, 2, 3]);
+        assert!(listener.chunk_after(3).is_none(), "4 must be read");
+        assert_eq!(walk(&listener, 6), [7, 8]);
+    }
+
+    #[tokio::test]
+    async fn without_listeners_nothing_is_kept() {
+        let feed = Feed::new();
+        feed.publish((1..=3).map(event).collect());
+        let listener = feed.listen();
+        feed.publish((4..=5).map(event).collect());
+        assert!(listener.chunk_after(0).is_none());
+        assert_eq!(walk(&listener, 3), [4, 5]);
+        drop(listener);
+        feed.publish((6..=7).map(event).collect());
+        assert_eq!(feed.tail.lock().unwrap().events, 0);
+        assert_eq!(*feed.head().borrow(), 7);
     }
 
     #[test]
@@ -265,18 +387,5 @@ mod tests {
         feed.observe(10);
         feed.observe(4);
         assert_eq!(*feed.head().borrow(), 10);
-    }
-
-    #[tokio::test]
-    async fn a_receiver_that_falls_behind_is_told_so() {
-        let feed = Feed::new();
-        let mut events = feed.subscribe();
-        for p in 1..=(CHUNKS as u64 + 1) {
-            feed.publish(vec![event(p)]);
-        }
-        assert!(matches!(
-            events.try_recv(),
-            Err(broadcast::error::TryRecvError::Lagged(1))
-        ));
     }
 }

@@ -2,9 +2,11 @@
 //! live as events commit, with a checkpoint at least every so often.
 //!
 //! A [`Follower`] is pulled ([`Follower::next`]), so a slow consumer slows
-//! only itself: while it is not pulling, the feed's bounded broadcast moves on
-//! without it, and when it pulls again it notices it lagged and reads the log
-//! from the database instead. It never holds more than two pages (the one
+//! only itself: while it is not pulling, the feed's tail moves on without
+//! it. When it pulls again, it takes what it missed from the tail if the
+//! tail still holds it (memory shared by every subscriber, each event
+//! encoded once), else reads the log from the database until it is back
+//! within the tail's reach. It never holds more than two pages (the one
 //! being handed out, the next read ahead while catching up) or one chunk of
 //! events, and never drops one.
 //!
@@ -12,23 +14,22 @@
 //! positions are gap-free and in commit order (see the crate doc), so the
 //! follower only needs the position it has looked at everything up to
 //! (`scanned`). A read of the log advances it to the end of the page, or to
-//! the head the read saw. A broadcast chunk (this process's own commit) is
-//! used only if it continues right after `scanned`; events at or below it are
-//! skipped, and a chunk that starts past `scanned + 1` means somebody else
-//! committed in between, so the follower reads the log again. A head that
-//! moves past `scanned` without a chunk (another replica's commit, heard by
-//! `LISTEN/NOTIFY` or the poll) does the same.
+//! the head the read saw. A chunk of the tail (this process's own commit) is
+//! used only if it holds `scanned + 1`; events at or below `scanned` are
+//! skipped. A head past `scanned` with no chunk holding `scanned + 1`
+//! (another replica's commit, heard by `LISTEN/NOTIFY` or the poll, or a
+//! commit the tail no longer keeps) means reading the log.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rapport_domain::Event;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::feed::Encode;
+use crate::feed::{Encode, Listener};
 use crate::{Chunk, EventPage, EventQuery, Feed, Store, StoreError};
 
 /// What a follower hands out next.
@@ -41,8 +42,8 @@ pub enum Followed {
 }
 
 /// An event a follower hands out: read from the log, or taken from this
-/// process's broadcast, in which case its wire form is shared with every
-/// other subscriber (see [`FollowedEvent::encoded`]).
+/// process's tail, in which case its wire form is shared with every other
+/// subscriber (see [`FollowedEvent::encoded`]).
 #[derive(Debug, Clone)]
 pub struct FollowedEvent(Source);
 
@@ -67,8 +68,14 @@ impl FollowedEvent {
         }
     }
 
+    /// Whether it came from the tail (memory shared by every subscriber)
+    /// rather than from a read of the log.
+    pub fn from_tail(&self) -> bool {
+        matches!(self.0, Source::Live(..))
+    }
+
     /// The event as `encode` makes it: encoded here for an event read from
-    /// the log, once per process for a live one.
+    /// the log, once per process for one from the tail.
     pub fn encoded(&self, encode: Encode) -> Bytes {
         match &self.0 {
             Source::Read(event) => Bytes::from(encode(event)),
@@ -89,12 +96,12 @@ pub struct Follower {
     /// The filters, the page size of reads (`limit`), and in `after` the
     /// position everything up to which has been looked at (`scanned`).
     query: EventQuery,
-    live: broadcast::Receiver<Chunk>,
+    live: Listener,
     head: watch::Receiver<u64>,
     /// Matching events looked at but not handed out yet: a page or a chunk.
     buffer: VecDeque<FollowedEvent>,
     /// Whether the next events come from reading the log (catching up, or
-    /// after a gap or a lag) rather than from the broadcast.
+    /// after a gap or a lag) rather than from the tail.
     reading: bool,
     caught_up_once: bool,
     checkpoint_every: Duration,
@@ -123,8 +130,8 @@ impl Follower {
                 limit: query.limit.max(1),
                 ..query
             },
-            // Before the first read, so no commit can fall between the two.
-            live: feed.subscribe(),
+            // Before the first read, so what commits meanwhile is kept.
+            live: feed.listen(),
             head: feed.head(),
             buffer: VecDeque::new(),
             reading: true,
@@ -168,6 +175,9 @@ impl Follower {
         if Instant::now() >= self.next_checkpoint {
             return None;
         }
+        if !self.reading {
+            self.take_from_tail();
+        }
         self.buffer.pop_front().map(Followed::Event)
     }
 
@@ -194,82 +204,69 @@ impl Follower {
                 .into_iter()
                 .map(|e| FollowedEvent(Source::Read(e))),
         );
-        if full {
+        if full && self.live.chunk_after(self.query.after).is_some() {
+            // Back within the tail's reach: the rest is in memory.
+            self.reading = false;
+        } else if full {
             let (store, query) = (self.store.clone(), self.query.clone());
             self.prefetch = Some(tokio::spawn(async move { store.read_events(&query).await }));
         } else {
             self.reading = false;
+        }
+        Ok(())
+    }
+
+    /// Takes what this process committed meanwhile from the tail, else waits
+    /// for its next commit, another process's (the head moves either way),
+    /// or the next checkpoint.
+    async fn wait(&mut self) -> Result<(), StoreError> {
+        loop {
+            if self.take_from_tail() {
+                return Ok(());
+            }
+            // The writer keeps a commit's chunks before it moves the head:
+            // a head past what was looked at, with no chunk holding the next
+            // position even now, is another process's commit or one the
+            // tail no longer keeps.
+            if *self.head.borrow_and_update() > self.query.after {
+                if self.take_from_tail() {
+                    return Ok(());
+                }
+                self.reading = true;
+                return Ok(());
+            }
             if !self.caught_up_once {
                 self.caught_up_once = true;
                 // Tell the consumer where history ended, without waiting.
                 self.next_checkpoint = Instant::now();
+                return Ok(());
+            }
+            tokio::select! {
+                changed = self.head.changed() => changed.map_err(|_| StoreError::Closed)?,
+                () = tokio::time::sleep_until(self.next_checkpoint) => return Ok(()),
             }
         }
-        Ok(())
     }
 
-    /// Takes what this process committed meanwhile, else waits for its next
-    /// commit, another process's (the head moves), or the next checkpoint.
-    async fn wait(&mut self) -> Result<(), StoreError> {
-        // Chunks first: under load they are already there, and need no read.
-        loop {
-            match self.live.try_recv() {
-                Ok(chunk) => {
-                    self.take(&chunk);
-                    if self.reading || !self.buffer.is_empty() {
-                        return Ok(());
-                    }
-                }
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.reading = true;
-                    return Ok(());
-                }
-                Err(broadcast::error::TryRecvError::Closed) => return Err(StoreError::Closed),
+    /// Takes chunks from the tail while they continue what has been looked
+    /// at and nothing matching is in hand. Whether anything is in hand now.
+    fn take_from_tail(&mut self) -> bool {
+        while self.buffer.is_empty() {
+            match self.live.chunk_after(self.query.after) {
+                Some(chunk) => self.take(&chunk),
+                None => break,
             }
         }
-        // A head past what was looked at without a chunk for it: another
-        // process committed (or a chunk is being published right now; the
-        // read then simply gets there first).
-        if *self.head.borrow_and_update() > self.query.after {
-            self.reading = true;
-            return Ok(());
-        }
-        tokio::select! {
-            // The broadcast first: the writer publishes a commit's chunks
-            // before it moves the head, so a head that moved with a chunk
-            // waiting is this process's own commit, not a gap.
-            biased;
-            chunk = self.live.recv() => match chunk {
-                Ok(chunk) => self.take(&chunk),
-                Err(broadcast::error::RecvError::Lagged(_)) => self.reading = true,
-                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
-            },
-            changed = self.head.changed() => {
-                changed.map_err(|_| StoreError::Closed)?;
-                if *self.head.borrow_and_update() > self.query.after {
-                    self.reading = true;
-                }
-            }
-            () = tokio::time::sleep_until(self.next_checkpoint) => {}
-        }
-        Ok(())
+        !self.buffer.is_empty()
     }
 
-    /// Takes a chunk this process committed, if it continues what has been
-    /// looked at; else reads the log.
+    /// Takes the matching events of a chunk holding `scanned + 1`.
     fn take(&mut self, chunk: &Chunk) {
         let events = chunk.events();
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
-        if last.position <= self.query.after {
-            return; // already read from the log
-        }
-        if first.position > self.query.after + 1 {
-            self.reading = true; // someone else committed in between
-            return;
-        }
+        debug_assert!(first.position <= self.query.after + 1 && last.position > self.query.after);
         let after = self.query.after;
         let wanted = events
             .iter()

@@ -16,6 +16,7 @@ on_both_backends!(
     history_then_live_with_no_gap_or_duplicate,
     live_events_match_what_a_filtered_read_returns,
     a_follower_that_lags_reads_the_log_and_misses_nothing,
+    a_follower_a_little_behind_is_served_from_memory,
     a_commit_by_another_process_between_two_of_ours_is_not_skipped,
     commits_by_another_process_arrive_by_notification_and_by_poll,
     checkpoints_come_even_when_every_event_is_filtered_out,
@@ -157,20 +158,64 @@ async fn a_follower_that_lags_reads_the_log_and_misses_nothing(backend: Backend)
     let Some((_db, store)) = fresh(backend, "follow_lag").await else {
         return;
     };
-    let feed = Feed::new();
+    // A tail of 64 events, so that the follower falls out of its reach.
+    let feed = Feed::with_tail(64);
     let (writer, task) = Writer::spawn(store.clone(), WriterConfig::default(), feed.clone());
     let mut follower = Follower::new(store.clone(), &feed, query(0), EVERY);
     // Live first (caught up with the empty log)...
     assert_eq!(follower.next().await.unwrap(), Followed::Checkpoint(0));
-    // ...then not pulled while 300 commits go by: more than the broadcast
-    // keeps (256 chunks), so the follower must notice and read the log.
+    // ...then not pulled while 300 commits go by: far more than the tail
+    // keeps, so the follower must notice and read the log.
     for n in 0..300 {
         let item = interaction("acme", &format!("i{n}"), &format!("user{}", n % 7));
         writer.append(vec![item]).await.unwrap().unwrap();
     }
     let head = store.head().await.unwrap();
     assert_eq!(head, 7 * 2 + 300);
-    let events = follow_until(&mut follower, head).await;
+    let mut from_tail = Vec::new();
+    let mut events = Vec::new();
+    while events.len() < head as usize {
+        if let Followed::Event(event) = follower.next().await.unwrap() {
+            from_tail.push(event.from_tail());
+            events.push(event.into_event());
+        }
+    }
+    assert_eq!(positions(&events), (1..=head).collect::<Vec<_>>());
+    assert!(!from_tail[0], "the start is long gone from the tail: read");
+    assert!(
+        from_tail[head as usize - 1],
+        "back within reach: from the tail"
+    );
+
+    drop(writer);
+    task.await.unwrap();
+}
+
+async fn a_follower_a_little_behind_is_served_from_memory(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "follow_behind").await else {
+        return;
+    };
+    let feed = Feed::new();
+    let (writer, task) = Writer::spawn(store.clone(), WriterConfig::default(), feed.clone());
+    let mut follower = Follower::new(store.clone(), &feed, query(0), EVERY);
+    assert_eq!(follower.next().await.unwrap(), Followed::Checkpoint(0));
+    // Not pulled while 300 commits go by: well within the tail's reach.
+    for n in 0..300 {
+        let item = interaction("acme", &format!("i{n}"), &format!("user{}", n % 7));
+        writer.append(vec![item]).await.unwrap().unwrap();
+    }
+    let head = store.head().await.unwrap();
+    let mut events = Vec::new();
+    while events.len() < head as usize {
+        if let Followed::Event(event) = follower.next().await.unwrap() {
+            assert!(
+                event.from_tail(),
+                "{:?} read from the log",
+                event.event().position
+            );
+            events.push(event.into_event());
+        }
+    }
     assert_eq!(positions(&events), (1..=head).collect::<Vec<_>>());
 
     drop(writer);
