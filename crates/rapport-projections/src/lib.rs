@@ -88,13 +88,6 @@ pub trait Projection: Send + Sync + 'static {
         bulk: bool,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 
-    /// Whether the projector may let commits gather for
-    /// [`RunnerOptions::linger`] once caught up: fewer, larger batches, at
-    /// the cost of that much freshness. Default: no, every commit at once.
-    fn lingers(&self) -> bool {
-        false
-    }
-
     /// Upkeep of the active generation that depends on the time (`now`),
     /// not on the log: run by the leader while the projector is idle, every
     /// [`RunnerOptions::maintain_interval`], one chunk per transaction

@@ -39,20 +39,19 @@ pub struct RunnerOptions {
     /// How often to look for events committed by other processes (this
     /// process's own commits wake the projector at once).
     pub poll_interval: Duration,
-    /// Once caught up with the head, how long the projector of a read model
-    /// that allows it ([`crate::Projection::lingers`]: the scores) lets new
-    /// commits gather before it applies the next batch. A read model's
-    /// transaction costs about the same whatever its size (the generation
-    /// lookup, the log read, the lookups of the states it folds, the
-    /// checkpoint, the commit): following a stream of small commits (unary
-    /// calls) one by one, the scores projector took a large share of the
-    /// CPU of the ingest it followed, and on two cores ingest paid for it
+    /// Once caught up with the head, how long the projector lets new commits
+    /// gather before it applies the next batch. A read model's transaction
+    /// costs about the same whatever its size (the generation lookup, the
+    /// log read, the checkpoint, the commit; for the scores the lookups of
+    /// the states they fold): following a stream of small commits (unary
+    /// calls) one by one, the projectors took a large share of the CPU of
+    /// the ingest they followed, and on two cores ingest paid for it
     /// (docs/performance.md, "Projectors that let commits gather"). An
     /// idle projector still applies a commit at once, and one that is
     /// behind does not wait: only the batches after a caught-up one are
-    /// delayed, so a read with `min_position` waits at most this much
-    /// longer. Off by default: 50 ms bought unary ingest 6–15% and put
-    /// read-your-writes lag near issue #3's 250 ms bound on PostgreSQL.
+    /// delayed, so a read with `min_position` waits about this much longer
+    /// at most. Zero here (tests see every commit applied at once); the
+    /// server's default is 5 ms.
     pub linger: Duration,
     /// How often a standby tries to become the leader, and the leader checks
     /// its lock connection.
@@ -241,8 +240,7 @@ impl Runner {
                 // One chunk per poll: upkeep is paced so that it never
                 // takes the machine from reads and live batches.
             }
-            if step == Step::CaughtUp && self.projection.lingers() && !self.options.linger.is_zero()
-            {
+            if step == Step::CaughtUp && !self.options.linger.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(self.options.linger) => {}
                     _ = shutdown.wait_for(|s| *s) => {}

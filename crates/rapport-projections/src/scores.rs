@@ -137,14 +137,6 @@ impl Projection for Scores {
         NAME
     }
 
-    /// Yes: each batch loads and rewrites the state of every member it
-    /// touches, a cost per batch that small commits pay over and over, and
-    /// scores are aggregates. (The timeline does not: it is what a write's
-    /// author reads back.)
-    fn lingers(&self) -> bool {
-        true
-    }
-
     fn version(&self) -> u64 {
         // 4: activity rows keyed by the member they count for (merges);
         // 5: states know their kinds (`ScoreState::kinds`);

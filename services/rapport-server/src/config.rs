@@ -107,14 +107,13 @@ pub struct Config {
     #[arg(long, env = "RAPPORT_COMMIT_POLL_MS", default_value_t = 500)]
     pub commit_poll_ms: u64,
 
-    /// Once the scores projector has caught up with the log, how long it
-    /// lets new commits gather before it applies the next batch, in
-    /// milliseconds. Higher: less CPU per event under many small writes;
-    /// score reads with `min_position` may wait up to this much longer.
-    /// 0 (default): every commit as it comes. Unfiltered timeline reads
-    /// wait for the scores too (tier changes), so this delays them as well.
-    #[arg(long, env = "RAPPORT_SCORES_LINGER_MS", default_value_t = 0)]
-    pub scores_linger_ms: u64,
+    /// Once a projector has caught up with the log, how long it lets new
+    /// commits gather before it applies the next batch, in milliseconds.
+    /// Higher: less CPU per event under many small writes; reads with
+    /// `min_position` may wait up to about this much longer. 0: every
+    /// commit as it comes.
+    #[arg(long, env = "RAPPORT_PROJECTOR_LINGER_MS", default_value_t = 5)]
+    pub projector_linger_ms: u64,
 
     /// After SIGTERM, how long in-flight requests may take before the
     /// remaining connections are closed, in seconds. Keep it below the
@@ -146,8 +145,8 @@ impl Config {
         Duration::from_millis(self.group_commit_linger_ms)
     }
 
-    pub fn scores_linger(&self) -> Duration {
-        Duration::from_millis(self.scores_linger_ms)
+    pub fn projector_linger(&self) -> Duration {
+        Duration::from_millis(self.projector_linger_ms)
     }
 
     pub fn commit_poll_interval(&self) -> Duration {

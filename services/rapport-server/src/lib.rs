@@ -384,7 +384,7 @@ async fn open_store(
     let projector_tasks = projections.spawn(
         writer.committed(),
         RunnerOptions {
-            linger: config.scores_linger(),
+            linger: config.projector_linger(),
             ..RunnerOptions::default()
         },
         projectors_stopping,
