@@ -221,17 +221,16 @@ impl Follower {
     /// or the next checkpoint.
     async fn wait(&mut self) -> Result<(), StoreError> {
         loop {
+            // The head first: the writer keeps a commit's chunks before it
+            // moves the head, so every chunk of this process up to `head` is
+            // in the tail now, and a head still past what was looked at
+            // after taking them is another process's commit or one the tail
+            // no longer keeps.
+            let head = *self.head.borrow_and_update();
             if self.take_from_tail() {
                 return Ok(());
             }
-            // The writer keeps a commit's chunks before it moves the head:
-            // a head past what was looked at, with no chunk holding the next
-            // position even now, is another process's commit or one the
-            // tail no longer keeps.
-            if *self.head.borrow_and_update() > self.query.after {
-                if self.take_from_tail() {
-                    return Ok(());
-                }
+            if head > self.query.after {
                 self.reading = true;
                 return Ok(());
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rapport_domain::{Event, Interaction};
 use rapport_store::{
-    EventQuery, Feed, Followed, Follower, Store, StoreOptions, Writer, WriterConfig,
+    EventQuery, Feed, Followed, FollowedEvent, Follower, Store, StoreOptions, Writer, WriterConfig,
 };
 
 mod common;
@@ -166,24 +166,18 @@ async fn a_follower_that_lags_reads_the_log_and_misses_nothing(backend: Backend)
     assert_eq!(follower.next().await.unwrap(), Followed::Checkpoint(0));
     // ...then not pulled while 300 commits go by: far more than the tail
     // keeps, so the follower must notice and read the log.
-    for n in 0..300 {
-        let item = interaction("acme", &format!("i{n}"), &format!("user{}", n % 7));
-        writer.append(vec![item]).await.unwrap().unwrap();
-    }
+    commit_300(&writer).await;
     let head = store.head().await.unwrap();
     assert_eq!(head, 7 * 2 + 300);
-    let mut from_tail = Vec::new();
-    let mut events = Vec::new();
-    while events.len() < head as usize {
-        if let Followed::Event(event) = follower.next().await.unwrap() {
-            from_tail.push(event.from_tail());
-            events.push(event.into_event());
-        }
-    }
+    let followed = followed(&mut follower, head as usize).await;
+    let events: Vec<Event> = followed.iter().map(|e| e.event().clone()).collect();
     assert_eq!(positions(&events), (1..=head).collect::<Vec<_>>());
-    assert!(!from_tail[0], "the start is long gone from the tail: read");
     assert!(
-        from_tail[head as usize - 1],
+        !followed[0].from_tail(),
+        "the start is long gone from the tail: read"
+    );
+    assert!(
+        followed[head as usize - 1].from_tail(),
         "back within reach: from the tail"
     );
 
@@ -200,21 +194,16 @@ async fn a_follower_a_little_behind_is_served_from_memory(backend: Backend) {
     let mut follower = Follower::new(store.clone(), &feed, query(0), EVERY);
     assert_eq!(follower.next().await.unwrap(), Followed::Checkpoint(0));
     // Not pulled while 300 commits go by: well within the tail's reach.
-    for n in 0..300 {
-        let item = interaction("acme", &format!("i{n}"), &format!("user{}", n % 7));
-        writer.append(vec![item]).await.unwrap().unwrap();
-    }
+    commit_300(&writer).await;
     let head = store.head().await.unwrap();
     let mut events = Vec::new();
-    while events.len() < head as usize {
-        if let Followed::Event(event) = follower.next().await.unwrap() {
-            assert!(
-                event.from_tail(),
-                "{:?} read from the log",
-                event.event().position
-            );
-            events.push(event.into_event());
-        }
+    for event in followed(&mut follower, head as usize).await {
+        assert!(
+            event.from_tail(),
+            "{:?} read from the log",
+            event.event().position
+        );
+        events.push(event.into_event());
     }
     assert_eq!(positions(&events), (1..=head).collect::<Vec<_>>());
 
@@ -226,9 +215,9 @@ async fn a_commit_by_another_process_between_two_of_ours_is_not_skipped(backend:
     let Some((db, store)) = fresh(backend, "follow_gap").await else {
         return;
     };
-    // Nothing watches for other processes' commits here: only the chunk of
-    // our own next commit, starting past what the follower has seen, can
-    // tell it that something came in between.
+    // Nothing watches for other processes' commits here: only our own next
+    // commit, which moves the head while the tail holds no chunk right after
+    // what the follower has seen, can tell it that something came in between.
     let feed = Feed::new();
     let (writer, task) = Writer::spawn(store.clone(), WriterConfig::default(), feed.clone());
     let elsewhere = Store::connect(&StoreOptions::new(&db.url).with_master_key(
@@ -337,11 +326,20 @@ async fn commits_by_another_process_arrive_by_notification_and_by_poll(backend: 
 
 /// The next `n` events, skipping checkpoints, failing after 10 s.
 async fn follow_events(follower: &mut Follower, n: usize) -> Vec<Event> {
+    followed(follower, n)
+        .await
+        .into_iter()
+        .map(FollowedEvent::into_event)
+        .collect()
+}
+
+/// The next `n` events handed out, as handed out (from the tail or read).
+async fn followed(follower: &mut Follower, n: usize) -> Vec<FollowedEvent> {
     let mut events = Vec::new();
     let collect = async {
         while events.len() < n {
             if let Followed::Event(event) = follower.next().await.expect("follow") {
-                events.push(event.into_event());
+                events.push(event);
             }
         }
     };
@@ -349,6 +347,15 @@ async fn follow_events(follower: &mut Follower, n: usize) -> Vec<Event> {
         .await
         .unwrap_or_else(|_| panic!("{n} events did not arrive within 10 s"));
     events
+}
+
+/// 300 commits of one interaction each, by seven members: 7 × 2 + 300
+/// events.
+async fn commit_300(writer: &Writer) {
+    for n in 0..300 {
+        let item = interaction("acme", &format!("i{n}"), &format!("user{}", n % 7));
+        writer.append(vec![item]).await.unwrap().unwrap();
+    }
 }
 
 async fn checkpoints_come_even_when_every_event_is_filtered_out(backend: Backend) {
