@@ -270,7 +270,17 @@ pub struct StoreOptions {
     /// `master.key` beside the database file, created on first use; on
     /// PostgreSQL an error (replicas must share one key: configure it).
     pub master_key: Option<MasterKey>,
+    /// SQLite only: the most heap all of SQLite may use in this process
+    /// (page caches above all), a soft limit: past it, each connection
+    /// reuses its own cached pages instead of taking more. 0: no limit.
+    pub sqlite_heap_limit: u64,
 }
+
+/// See [`StoreOptions::sqlite_heap_limit`]. Every SQLite connection may cache
+/// 64 MiB, and the server opens about a hundred of them (pools and readers
+/// of the log and of each read model): without a limit, reads spread over a
+/// large database grow the caches past a 1 GiB container limit.
+pub const DEFAULT_SQLITE_HEAP_LIMIT: u64 = 256 * 1024 * 1024;
 
 impl StoreOptions {
     pub fn new(url: impl Into<String>) -> Self {
@@ -279,6 +289,7 @@ impl StoreOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
             master_key: None,
+            sqlite_heap_limit: DEFAULT_SQLITE_HEAP_LIMIT,
         }
     }
 

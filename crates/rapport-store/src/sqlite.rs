@@ -248,9 +248,16 @@ impl SqliteStore {
         // The file exists and is in WAL mode now (sqlx created it).
         let path = path.to_owned();
         let path_for_checkpoints = path.clone();
-        let writer = tokio::task::spawn_blocking(move || open_writer(&path))
-            .await
-            .expect("open the writer")?;
+        let heap_limit = i64::try_from(options.sqlite_heap_limit).unwrap_or(i64::MAX);
+        let writer = tokio::task::spawn_blocking(move || {
+            let conn = open_writer(&path)?;
+            // Process-wide: it bounds every connection's cache, sqlx's too
+            // (both link the one bundled SQLite).
+            conn.pragma_update(None, "soft_heap_limit", heap_limit)?;
+            Ok::<_, StoreError>(conn)
+        })
+        .await
+        .expect("open the writer")?;
         let writer = Arc::new(Mutex::new(writer));
         spawn_checkpointer(&path_for_checkpoints, Arc::downgrade(&writer))?;
         let permits = options.max_connections.max(1) as usize;

@@ -64,6 +64,12 @@ pub struct Config {
     #[arg(long, env = "RAPPORT_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
+    /// SQLite: the most memory SQLite's page caches may take in all, in MiB
+    /// (a soft limit; past it, connections reuse their cached pages). Keep it
+    /// well below the container's memory limit. 0: no limit.
+    #[arg(long, env = "RAPPORT_SQLITE_CACHE_MIB", default_value_t = rapport_store::DEFAULT_SQLITE_HEAP_LIMIT >> 20)]
+    pub sqlite_cache_mib: u64,
+
     /// Most interactions committed in one group-commit transaction.
     #[arg(long, env = "RAPPORT_GROUP_COMMIT_MAX_BATCH", default_value_t = 5_000)]
     pub group_commit_max_batch: usize,
