@@ -31,11 +31,19 @@ source bench/lib.sh
 machine
 echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up"
 
+# Each case starts once the projectors have caught up with the one before:
+# otherwise the unary case shares the machine with the projectors' backlog
+# of the batch case (hundreds of thousands of events). How long they take
+# after each case shows whether they keep up with that rate.
+settle() { lg --mode catch-up --label "$1: projections"; }
+
 # --- SQLite
 SQLITE_DIR="$(mktemp -d)"
 start_server "sqlite:$SQLITE_DIR/rapport.db"
 load sqlite-batch500 batch --batch-size 500 --concurrency 4
+settle sqlite-batch500
 load sqlite-unary64 unary --concurrency 64
+settle sqlite-unary64
 stop_server
 rm -rf "$SQLITE_DIR"
 
@@ -44,7 +52,9 @@ psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench WITH (FORCE)" >/dev/
 psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench" >/dev/null
 start_server "$PG_BASE/rapport_bench"
 load postgres-batch500 batch --batch-size 500 --concurrency 4
+settle postgres-batch500
 load postgres-unary64 unary --concurrency 64
+settle postgres-unary64
 stop_server
 
 # --- pgbench baseline: one single-row INSERT per transaction, 8 clients,
