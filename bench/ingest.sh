@@ -31,12 +31,8 @@ source bench/lib.sh
 machine
 echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up"
 
-# Each case starts once the projectors have caught up with the one before:
-# otherwise the unary case shares the machine with the projectors' backlog
-# of the batch case (hundreds of thousands of events). How long they take
-# after each case shows whether they keep up with that rate.
-settle() { lg --mode catch-up --label "$1: projections"; }
-
+# Each case starts once the projectors have caught up with the one before
+# (`settle`, bench/lib.sh).
 # --- SQLite
 SQLITE_DIR="$(mktemp -d)"
 start_server "sqlite:$SQLITE_DIR/rapport.db"

@@ -34,6 +34,15 @@ stop_server() {
 # The load generator against the server; its output is kept in out.txt.
 lg() { "$LOADGEN" --addr "$ADDR" "$@" | tee -a "$RESULTS/out.txt"; }
 
+# Waits until the projectors have caught up and prints how long that took.
+# A case run right after batch ingest would otherwise share the machine with
+# the projectors' backlog of the case before (hundreds of thousands of
+# events, ~15 s of work); how long they take after a case also shows
+# whether they keep up with its rate.
+settle() { # label
+  lg --mode catch-up --label "$1: projections"
+}
+
 load() { # label mode extra-args...: a timed ingest run
   local label=$1 mode=$2; shift 2
   lg --mode "$mode" --duration "$DURATION" --warmup "$WARMUP" --label "$label" "$@"

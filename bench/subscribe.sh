@@ -59,21 +59,24 @@ for backend in $BACKENDS; do
   lg --mode follow --label "$b-catch-up"
   load "$b-live-5k" unary --concurrency 64 --rate 5000 --subscribers 1 --ack-latency
   # Every run with subscribers sits between two solo runs and is compared
-  # with their mean: the log grows and the projectors fall behind during
-  # the run, so later runs are slower, and the bracket cancels that drift.
-  load "$b-solo-1" "${BATCH[@]}"
-  load "$b-100-subscribers" "${BATCH[@]}" --subscribers 100
-  load "$b-solo-2" "${BATCH[@]}"
-  load "$b-slow-subscriber" "${BATCH[@]}" --subscribers 1 --subscriber-pause-ms 10
-  load "$b-solo-3" "${BATCH[@]}"
+  # with their mean: the log grows, so later runs are slower, and the
+  # bracket cancels that drift. Each run starts once the projectors have
+  # caught up with the one before (batch ingest outruns them), so that no
+  # run pays for its predecessor's backlog.
+  case_() { settle "$1" >/dev/null; load "$@"; }
+  case_ "$b-solo-1" "${BATCH[@]}"
+  case_ "$b-100-subscribers" "${BATCH[@]}" --subscribers 100
+  case_ "$b-solo-2" "${BATCH[@]}"
+  case_ "$b-slow-subscriber" "${BATCH[@]}" --subscribers 1 --subscriber-pause-ms 10
+  case_ "$b-solo-3" "${BATCH[@]}"
   # The same at unary ingest (one interaction per call, 64 in flight).
-  load "$b-unary-solo-1" unary --concurrency 64
-  load "$b-unary-100-subscribers" unary --concurrency 64 --subscribers 100
-  load "$b-unary-solo-2" unary --concurrency 64
+  case_ "$b-unary-solo-1" unary --concurrency 64
+  case_ "$b-unary-100-subscribers" unary --concurrency 64 --subscribers 100
+  case_ "$b-unary-solo-2" unary --concurrency 64
   # Multi-tenant: 100 communities, each subscriber following its own.
-  load "$b-communities-solo-1" "${BATCH[@]}" --communities 100
-  load "$b-100-community-subscribers" "${BATCH[@]}" --communities 100 --subscribers 100 --per-community
-  load "$b-communities-solo-2" "${BATCH[@]}" --communities 100
+  case_ "$b-communities-solo-1" "${BATCH[@]}" --communities 100
+  case_ "$b-100-community-subscribers" "${BATCH[@]}" --communities 100 --subscribers 100 --per-community
+  case_ "$b-communities-solo-2" "${BATCH[@]}" --communities 100
   stop_server
   [ "$backend" = sqlite ] && rm -rf "$DIR"
 done
