@@ -43,6 +43,8 @@ machine
 echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up, log populated for ${POPULATE}s"
 
 BATCH=(batch --batch-size 500 --concurrency 4)
+# A timed run once the projectors have caught up with the run before.
+case_() { settle "$1" >/dev/null; load "$@"; }
 for backend in $BACKENDS; do
   case $backend in
     sqlite)
@@ -62,8 +64,7 @@ for backend in $BACKENDS; do
   # with their mean: the log grows, so later runs are slower, and the
   # bracket cancels that drift. Each run starts once the projectors have
   # caught up with the one before (batch ingest outruns them), so that no
-  # run pays for its predecessor's backlog.
-  case_() { settle "$1" >/dev/null; load "$@"; }
+  # run pays for its predecessor's backlog (`case_`, above).
   case_ "$b-solo-1" "${BATCH[@]}"
   case_ "$b-100-subscribers" "${BATCH[@]}" --subscribers 100
   case_ "$b-solo-2" "${BATCH[@]}"

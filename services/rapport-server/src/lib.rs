@@ -355,7 +355,7 @@ async fn open_store(
     let mut options =
         StoreOptions::new(config.effective_database_url()).with_master_key(master_key);
     options.max_connections = config.db_max_connections;
-    options.sqlite_heap_limit = config.sqlite_cache_mib << 20;
+    options.sqlite_heap_limit = config.sqlite_cache_mib.saturating_mul(1 << 20);
     let mut delay = Duration::from_millis(200);
     let store = loop {
         match connect(&options).await {
