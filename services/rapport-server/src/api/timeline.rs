@@ -254,18 +254,22 @@ async fn page(
 ) -> Result<(Vec<pb::TimelineEntry>, String), ApiError> {
     let size = query.limit as usize;
     query.limit += 1;
-    let mut items: Vec<Item> = ready
-        .projections
-        .timeline_page(g, &query)
-        .await?
-        .into_iter()
-        .map(Item::Entry)
-        .collect();
-    if let Some(scores_g) = tiers {
-        items.extend(tier_items(ready, scores_g, &query).await?);
-        items.sort_by_key(|item| std::cmp::Reverse(item.cursor()));
-        items.truncate(size + 1);
-    }
+    let entries = async { Ok::<_, ApiError>(ready.projections.timeline_page(g, &query).await?) };
+    // The entries and the tier changes come from two read models: read
+    // both at once. Each read is a hop to a database thread, and under
+    // load the wait for a core at each hop, not the query, is most of a
+    // slow page's time.
+    let mut items: Vec<Item> = match tiers {
+        Some(scores_g) => {
+            let (entries, changes) =
+                tokio::try_join!(entries, tier_items(ready, scores_g, &query))?;
+            let mut items: Vec<Item> = entries.into_iter().map(Item::Entry).collect();
+            items.extend(changes);
+            items.sort_by_key(|item| std::cmp::Reverse(item.cursor()));
+            items
+        }
+        None => entries.await?.into_iter().map(Item::Entry).collect(),
+    };
     let next = if items.len() > size {
         items.truncate(size);
         let last = items.last().expect("a full page");
@@ -309,34 +313,31 @@ impl Item {
 /// latest interaction) and the demotions time has made since, up to now.
 async fn tier_items(ready: &Ready, g: u64, query: &TimelineQuery) -> Result<Vec<Item>, ApiError> {
     let (community, member) = (&query.community_id, &query.members[0]);
-    let policy = ready
-        .projections
-        .scoring_policy(g, community)
-        .await?
-        .map(|(policy, _)| policy)
-        .unwrap_or_default();
-    let trailing = match ready
-        .projections
-        .score_state(g, community, member, ALL_CHANNELS)
-        .await?
-    {
-        Some(state) => state.changes_until(&policy, rapport_store::wall_clock()),
-        None => Vec::new(),
-    };
     let range = TierRange {
         before: query.after.map(|c| (c.occurred_at, c.position)),
         since: query.since,
         until: query.until,
+    };
+    // Three independent reads, at once (see `page`).
+    let (policy, state, stored) = tokio::try_join!(
+        ready.projections.scoring_policy(g, community),
+        ready
+            .projections
+            .score_state(g, community, member, ALL_CHANNELS),
+        ready
+            .projections
+            .tier_changes(g, community, member, &range, query.limit),
+    )?;
+    let policy = policy.map(|(policy, _)| policy).unwrap_or_default();
+    let trailing = match state {
+        Some(state) => state.changes_until(&policy, rapport_store::wall_clock()),
+        None => Vec::new(),
     };
     let in_range = |c: &TierChange| {
         range.before.is_none_or(|b| (c.at, c.position) < b)
             && range.since.is_none_or(|s| c.at >= s)
             && range.until.is_none_or(|u| c.at < u)
     };
-    let stored = ready
-        .projections
-        .tier_changes(g, community, member, &range, query.limit)
-        .await?;
     Ok(trailing
         .into_iter()
         .filter(in_range)
