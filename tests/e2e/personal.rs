@@ -261,6 +261,22 @@ async fn an_erased_member_stays_erased_and_nothing_can_read_its_personal_data(ba
         interaction.actor.as_ref().map(|a| a.handle.as_str()),
         Some("")
     );
+    // Bob's answer to her, in her timeline: aimed at her member id,
+    // without her handle (read with the entries' events, on SQLite in the
+    // same read transaction).
+    let reply = timeline
+        .entries
+        .iter()
+        .find(|e| e.position == bob_reply)
+        .expect("bob's answer in her timeline");
+    assert_eq!(reply.target_member_id, zoe);
+    assert_eq!(
+        reply.target.clone().and_then(|t| t.target),
+        Some(pb::target::Target::Member(pb::Identity {
+            channel: "forum".into(),
+            handle: String::new(),
+        }))
+    );
 
     // Bob's answer stays his, aimed at her member id, without her handle.
     let events = app

@@ -29,7 +29,7 @@ mod sql;
 mod sqlite;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -600,72 +600,17 @@ impl Store {
     /// Events after `query.after`, oldest first, up to the head at read time.
     #[tracing::instrument(name = "db.read_events", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
-        let mut page = match self {
-            Store::Sqlite(s) => s.read_events(query).await?,
-            Store::Postgres(s) => s.read_events(query).await?,
-        };
-        if !query.without_personal {
-            self.forget_erased_targets(&mut page.events).await?;
-        }
-        Ok(page)
-    }
-
-    /// Blanks the handle of every member target that was erased since: it
-    /// sits in the author's personal part, sealed with the author's key, so
-    /// erasing the target cannot shred it; reads leave it out instead.
-    async fn forget_erased_targets(&self, events: &mut [Event]) -> Result<(), StoreError> {
-        use rapport_domain::{EventBody, Target};
-        let targets: std::collections::BTreeSet<String> = events
-            .iter()
-            .filter_map(|e| match &e.body {
-                EventBody::InteractionRecorded {
-                    interaction,
-                    target_member_id: Some(target),
-                    ..
-                } if matches!(interaction.target, Some(Target::Member(_))) => Some(target.clone()),
-                _ => None,
-            })
-            .collect();
-        if targets.is_empty() {
-            return Ok(());
-        }
-        let placeholders: Vec<String> = (1..=targets.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT member_id FROM members WHERE erased AND member_id IN ({})",
-            placeholders.join(", ")
-        );
-        let erased: std::collections::HashSet<String> = match self {
-            Store::Sqlite(s) => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-                for t in &targets {
-                    q = q.bind(t);
-                }
-                q.fetch_all(s.pool()).await?.into_iter().collect()
-            }
+        match self {
+            // SQLite checks the targets in the read's own transaction.
+            Store::Sqlite(s) => s.read_events(query).await,
             Store::Postgres(s) => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-                for t in &targets {
-                    q = q.bind(t);
+                let mut page = s.read_events(query).await?;
+                if !query.without_personal {
+                    s.forget_erased_targets(&mut page.events).await?;
                 }
-                q.fetch_all(s.pool()).await?.into_iter().collect()
-            }
-        };
-        if erased.is_empty() {
-            return Ok(());
-        }
-        for event in events {
-            if let EventBody::InteractionRecorded {
-                interaction,
-                target_member_id: Some(target),
-                ..
-            } = &mut event.body
-                && erased.contains(target.as_str())
-                && let Some(Target::Member(identity)) = &mut interaction.target
-            {
-                identity.handle.clear();
+                Ok(page)
             }
         }
-        Ok(())
     }
 
     /// What a member's stream says about the member now: its identities (in
@@ -852,8 +797,13 @@ impl Store {
         let mut events = self
             .stream_events(member_id, &every, false, i64::MAX)
             .await?;
-        self.forget_erased_targets(&mut events).await?;
-        Ok(events)
+        match self {
+            Store::Sqlite(s) => s.forget_erased_targets(events).await,
+            Store::Postgres(s) => {
+                s.forget_erased_targets(&mut events).await?;
+                Ok(events)
+            }
+        }
     }
 
     /// The events at these positions, in position order; positions that do
@@ -864,12 +814,15 @@ impl Store {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut events = match self {
-            Store::Sqlite(s) => s.events_at(positions).await?,
-            Store::Postgres(s) => s.events_at(positions).await?,
-        };
-        self.forget_erased_targets(&mut events).await?;
-        Ok(events)
+        match self {
+            // SQLite checks the targets in the read's own transaction.
+            Store::Sqlite(s) => s.events_at(positions).await,
+            Store::Postgres(s) => {
+                let mut events = s.events_at(positions).await?;
+                s.forget_erased_targets(&mut events).await?;
+                Ok(events)
+            }
+        }
     }
 
     /// Whether `member_id` is a member of `community_id`. Members are written
@@ -1092,4 +1045,43 @@ pub fn to_db(n: u64) -> i64 {
 
 pub fn from_db(n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative position or version {n}")))
+}
+
+/// The members that `events` name as their targets: whose erasure since
+/// [`forget_targets`] must account for.
+pub(crate) fn member_targets(events: &[Event]) -> BTreeSet<String> {
+    use rapport_domain::{EventBody, Target};
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::InteractionRecorded {
+                interaction,
+                target_member_id: Some(target),
+                ..
+            } if matches!(interaction.target, Some(Target::Member(_))) => Some(target.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Blanks the handle of every target in `erased`: it sits in the author's
+/// personal part, sealed with the author's key, so erasing the target
+/// cannot shred it; reads leave it out instead.
+pub(crate) fn forget_targets(events: &mut [Event], erased: &HashSet<String>) {
+    use rapport_domain::{EventBody, Target};
+    if erased.is_empty() {
+        return;
+    }
+    for event in events {
+        if let EventBody::InteractionRecorded {
+            interaction,
+            target_member_id: Some(target),
+            ..
+        } = &mut event.body
+            && erased.contains(target.as_str())
+            && let Some(Target::Member(identity)) = &mut interaction.target
+        {
+            identity.handle.clear();
+        }
+    }
 }

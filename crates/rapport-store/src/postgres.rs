@@ -413,6 +413,28 @@ impl PgStore {
             .collect()
     }
 
+    /// Blanks the handle of every member target of `events` erased since
+    /// (see [`crate::forget_targets`]).
+    pub(crate) async fn forget_erased_targets(
+        &self,
+        events: &mut [rapport_domain::Event],
+    ) -> Result<(), StoreError> {
+        let targets: Vec<String> = crate::member_targets(events).into_iter().collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let erased: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT member_id FROM members WHERE erased AND member_id = ANY($1)",
+        )
+        .bind(&targets)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        crate::forget_targets(events, &erased);
+        Ok(())
+    }
+
     /// Advances `feed`'s head on every commit notified on [`LOG_CHANNEL`],
     /// by any replica. Returns when the pool closes or listening fails for
     /// good; the caller's poll covers notifications lost meanwhile.

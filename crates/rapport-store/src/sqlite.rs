@@ -375,17 +375,54 @@ impl SqliteStore {
             .collect()
     }
 
+    /// The events at `positions`, in one hop to a log reader: the events and
+    /// the erased-target check (see [`crate::forget_targets`]) in one read
+    /// transaction, rows decoded on the reader's thread.
     pub(crate) async fn events_at(
         &self,
         positions: &[u64],
     ) -> Result<Vec<rapport_domain::Event>, StoreError> {
-        let rows = sql::select_events_at::<Sqlite>(positions)
-            .build()
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter()
-            .map(|row| sql::event_from_row(row, &self.keyring))
-            .collect()
+        let positions = positions.to_vec();
+        let keyring = self.keyring.clone();
+        self.log_readers
+            .read(move |conn| {
+                let tx = conn.transaction()?;
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE position IN ({}) ORDER BY position",
+                    sql::EVENT_COLUMNS,
+                    sql::EVENTS_WITH_KEYS,
+                    placeholders(positions.len())
+                );
+                let mut events = Vec::with_capacity(positions.len());
+                {
+                    let mut statement = tx.prepare_cached(&sql)?;
+                    let params = positions.iter().map(|p| to_db(*p));
+                    let mut rows = statement.query(rusqlite::params_from_iter(params))?;
+                    while let Some(row) = rows.next()? {
+                        events.push(event_from_row(row, &keyring)?);
+                    }
+                }
+                forget_erased_targets(&tx, &mut events)?;
+                tx.commit()?;
+                Ok(events)
+            })
+            .await
+    }
+
+    /// `events` with the handle of every member target erased since blanked
+    /// (see [`crate::forget_targets`]), for events read otherwise.
+    pub(crate) async fn forget_erased_targets(
+        &self,
+        mut events: Vec<rapport_domain::Event>,
+    ) -> Result<Vec<rapport_domain::Event>, StoreError> {
+        self.log_readers
+            .read(move |conn| {
+                let tx = conn.transaction()?;
+                forget_erased_targets(&tx, &mut events)?;
+                tx.commit()?;
+                Ok(events)
+            })
+            .await
     }
 
     pub(crate) fn keyring(&self) -> &Keyring {
@@ -470,27 +507,69 @@ fn read_events_blocking(
         });
         let mut rows = statement.query(rusqlite::params_from_iter(params))?;
         while let Some(row) = rows.next()? {
-            let blob = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(e.to_string());
-            let payload = row.get_ref(7)?.as_blob().map_err(blob)?;
-            let personal = row.get_ref(8)?.as_blob_or_null().map_err(blob)?;
-            let wrapped = row.get_ref(9)?.as_blob_or_null().map_err(blob)?;
-            events.push(sql::event_from_columns(
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-                row.get(6)?,
-                payload,
-                personal.map(<[u8]>::to_vec),
-                wrapped,
-                keyring,
-            )?);
+            events.push(event_from_row(row, keyring)?);
         }
+    }
+    if !query.without_personal {
+        forget_erased_targets(&tx, &mut events)?;
     }
     tx.commit()?;
     Ok(EventPage { events, head })
+}
+
+/// Decodes a row selected with [`sql::EVENT_COLUMNS`].
+fn event_from_row(
+    row: &rusqlite::Row<'_>,
+    keyring: &Keyring,
+) -> Result<rapport_domain::Event, StoreError> {
+    let blob = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(e.to_string());
+    let payload = row.get_ref(7)?.as_blob().map_err(blob)?;
+    let personal = row.get_ref(8)?.as_blob_or_null().map_err(blob)?;
+    let wrapped = row.get_ref(9)?.as_blob_or_null().map_err(blob)?;
+    sql::event_from_columns(
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        payload,
+        personal.map(<[u8]>::to_vec),
+        wrapped,
+        keyring,
+    )
+}
+
+/// `?1, ?2, …, ?n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Blanks the handle of every member target of `events` erased since (see
+/// [`crate::forget_targets`]), read in the caller's transaction: the same
+/// snapshot as the events.
+fn forget_erased_targets(
+    tx: &rusqlite::Transaction<'_>,
+    events: &mut [rapport_domain::Event],
+) -> Result<(), StoreError> {
+    let targets = crate::member_targets(events);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT member_id FROM members WHERE erased AND member_id IN ({})",
+        placeholders(targets.len())
+    );
+    let mut statement = tx.prepare_cached(&sql)?;
+    let erased = statement
+        .query_map(rusqlite::params_from_iter(&targets), |row| row.get(0))?
+        .collect::<Result<std::collections::HashSet<String>, _>>()?;
+    crate::forget_targets(events, &erased);
+    Ok(())
 }
 
 fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {
