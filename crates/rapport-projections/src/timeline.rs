@@ -25,7 +25,7 @@ use rapport_domain::timeline::{
     ConnectionDelta, Cursor, Role, TimelineRow, connection_deltas, timeline_rows,
 };
 use rapport_domain::{Event, InteractionKind, Timestamp};
-use rapport_store::{from_db, to_db};
+use rapport_store::{DbPool, StoreError, from_db, to_db};
 use sqlx::{QueryBuilder, Row};
 
 use crate::db::{Tx, execute_all, on_pool, push_in};
@@ -468,6 +468,84 @@ pub struct Connection {
     pub last_at: Timestamp,
 }
 
+/// A value of a page read, as both backends bind it.
+enum Bind {
+    Text(String),
+    Int(i64),
+    Small(i16),
+}
+
+/// The SQL of a page of a member's timeline (or of a relationship), newest
+/// first, with `$n` placeholders (both backends read them) and the values
+/// to bind to them in order.
+fn page_sql(g: u64, query: &TimelineQuery) -> (String, Vec<Bind>) {
+    let mut binds = Vec::new();
+    let mut bind = |b: Bind| {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
+    let mut sql = format!(
+        "SELECT occurred_at, position, role FROM timeline_entries_g{g} WHERE community_id = {}",
+        bind(Bind::Text(query.community_id.clone()))
+    );
+    let list = |bind: &mut dyn FnMut(Bind) -> String, values: Vec<Bind>| {
+        values.into_iter().map(bind).collect::<Vec<_>>().join(", ")
+    };
+    let texts = |values: &[String]| values.iter().cloned().map(Bind::Text).collect::<Vec<_>>();
+    sql += &format!(
+        " AND member_id IN ({})",
+        list(&mut bind, texts(&query.members))
+    );
+    if !query.counterparts.is_empty() {
+        sql += &format!(
+            " AND counterpart IN ({})",
+            list(&mut bind, texts(&query.counterparts))
+        );
+    }
+    if query.members.len() > 1 {
+        // An exchange between two merged members is one entry, the
+        // actor's, as an interaction with oneself is.
+        sql += &format!(
+            " AND NOT (role = {} AND counterpart IN ({}))",
+            bind(Bind::Small(Role::Target as i16)),
+            list(&mut bind, texts(&query.members))
+        );
+    }
+    if !query.channels.is_empty() {
+        sql += &format!(
+            " AND channel IN ({})",
+            list(&mut bind, texts(&query.channels))
+        );
+    }
+    if !query.kinds.is_empty() {
+        let kinds = query
+            .kinds
+            .iter()
+            .map(|k| Bind::Small(k.as_i32() as i16))
+            .collect();
+        sql += &format!(" AND kind IN ({})", list(&mut bind, kinds));
+    }
+    if let Some(since) = query.since {
+        sql += &format!(" AND occurred_at >= {}", bind(Bind::Int(since.as_micros())));
+    }
+    if let Some(until) = query.until {
+        sql += &format!(" AND occurred_at < {}", bind(Bind::Int(until.as_micros())));
+    }
+    if let Some(after) = query.after {
+        sql += &format!(
+            " AND (occurred_at, position, role) < ({}, {}, {})",
+            bind(Bind::Int(after.occurred_at.as_micros())),
+            bind(Bind::Int(to_db(after.position))),
+            bind(Bind::Small(after.role as i16))
+        );
+    }
+    sql += &format!(
+        " ORDER BY occurred_at DESC, position DESC, role DESC LIMIT {}",
+        bind(Bind::Int(i64::from(query.limit)))
+    );
+    (sql, binds)
+}
+
 /// Reads of the active timeline generation.
 impl Projections {
     /// A page of a member's timeline (or of a relationship), newest first,
@@ -477,62 +555,44 @@ impl Projections {
         g: u64,
         query: &TimelineQuery,
     ) -> Result<Vec<TimelineEntry>, ProjectionError> {
-        let pool = self.pool(NAME).await?;
-        let rows: Vec<(i64, i64, i16)> = on_pool!(&pool, p => {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT occurred_at, position, role FROM timeline_entries_g{g} \
-                 WHERE community_id = "
-            ));
-            qb.push_bind(query.community_id.clone());
-            push_in(&mut qb, " AND member_id IN (", &query.members);
-            if !query.counterparts.is_empty() {
-                push_in(&mut qb, " AND counterpart IN (", &query.counterparts);
-            }
-            if query.members.len() > 1 {
-                // An exchange between two merged members is one entry, the
-                // actor's, as an interaction with oneself is.
-                qb.push(" AND NOT (role = ");
-                qb.push_bind(Role::Target as i16);
-                push_in(&mut qb, " AND counterpart IN (", &query.members);
-                qb.push(")");
-            }
-            if !query.channels.is_empty() {
-                qb.push(" AND channel IN (");
-                let mut list = qb.separated(", ");
-                for c in &query.channels {
-                    list.push_bind(c.clone());
+        let (sql, binds) = page_sql(g, query);
+        let rows: Vec<(i64, i64, i16)> = match self.pool(NAME).await? {
+            // A page is up to 501 rows: on SQLite they come from a rusqlite
+            // reader in one hop, not one sqlx message per row.
+            DbPool::Sqlite(_) => self
+                .store()
+                .read_projections_sqlite(NAME, move |conn| {
+                    let mut statement = conn.prepare_cached(&sql)?;
+                    let params = binds.into_iter().map(|b| match b {
+                        Bind::Text(t) => rusqlite::types::Value::Text(t),
+                        Bind::Int(n) => rusqlite::types::Value::Integer(n),
+                        Bind::Small(n) => rusqlite::types::Value::Integer(n.into()),
+                    });
+                    let rows = statement
+                        .query_map(rusqlite::params_from_iter(params), |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(rows)
+                })
+                .await
+                .unwrap_or_else(|| {
+                    Err(StoreError::Corrupt(
+                        "a SQLite pool on a PostgreSQL store".into(),
+                    ))
+                })?,
+            DbPool::Postgres(pool) => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for b in binds {
+                    q = match b {
+                        Bind::Text(t) => q.bind(t),
+                        Bind::Int(n) => q.bind(n),
+                        Bind::Small(n) => q.bind(n),
+                    };
                 }
-                qb.push(")");
+                q.fetch_all(&pool).await?
             }
-            if !query.kinds.is_empty() {
-                qb.push(" AND kind IN (");
-                let mut list = qb.separated(", ");
-                for k in &query.kinds {
-                    list.push_bind(k.as_i32() as i16);
-                }
-                qb.push(")");
-            }
-            if let Some(since) = query.since {
-                qb.push(" AND occurred_at >= ");
-                qb.push_bind(since.as_micros());
-            }
-            if let Some(until) = query.until {
-                qb.push(" AND occurred_at < ");
-                qb.push_bind(until.as_micros());
-            }
-            if let Some(after) = query.after {
-                qb.push(" AND (occurred_at, position, role) < (");
-                qb.push_bind(after.occurred_at.as_micros());
-                qb.push(", ");
-                qb.push_bind(to_db(after.position));
-                qb.push(", ");
-                qb.push_bind(after.role as i16);
-                qb.push(")");
-            }
-            qb.push(" ORDER BY occurred_at DESC, position DESC, role DESC LIMIT ");
-            qb.push_bind(i64::from(query.limit));
-            qb.build_query_as().fetch_all(p).await?
-        });
+        };
         let positions: Vec<u64> = rows
             .iter()
             .map(|r| from_db(r.1))
