@@ -25,7 +25,7 @@ use rapport_domain::timeline::{
     ConnectionDelta, Cursor, Role, TimelineRow, connection_deltas, timeline_rows,
 };
 use rapport_domain::{Event, InteractionKind, Timestamp};
-use rapport_store::{DbPool, StoreError, from_db, to_db};
+use rapport_store::{DbPool, SqlParam, StoreError, bind_params, from_db, placeholders, to_db};
 use sqlx::{QueryBuilder, Row};
 
 use crate::db::{Tx, execute_all, on_pool, push_in};
@@ -468,82 +468,65 @@ pub struct Connection {
     pub last_at: Timestamp,
 }
 
-/// A value of a page read, as both backends bind it.
-enum Bind {
-    Text(String),
-    Int(i64),
-    Small(i16),
-}
-
 /// The SQL of a page of a member's timeline (or of a relationship), newest
-/// first, with `$n` placeholders (both backends read them) and the values
-/// to bind to them in order.
-fn page_sql(g: u64, query: &TimelineQuery) -> (String, Vec<Bind>) {
-    let mut binds = Vec::new();
-    let mut bind = |b: Bind| {
-        binds.push(b);
-        format!("${}", binds.len())
-    };
-    let mut sql = format!(
-        "SELECT occurred_at, position, role FROM timeline_entries_g{g} WHERE community_id = {}",
-        bind(Bind::Text(query.community_id.clone()))
+/// first, as text with `$n` placeholders, which both backends read, and the
+/// values to bind to them.
+fn page_sql(g: u64, query: &TimelineQuery) -> (String, Vec<SqlParam>) {
+    let mut params = Vec::new();
+    let texts = |values: &[String]| values.iter().cloned().map(SqlParam::Text).collect();
+    let community = placeholders(
+        vec![SqlParam::Text(query.community_id.clone())],
+        &mut params,
     );
-    let list = |bind: &mut dyn FnMut(Bind) -> String, values: Vec<Bind>| {
-        values.into_iter().map(bind).collect::<Vec<_>>().join(", ")
-    };
-    let texts = |values: &[String]| values.iter().cloned().map(Bind::Text).collect::<Vec<_>>();
-    sql += &format!(
-        " AND member_id IN ({})",
-        list(&mut bind, texts(&query.members))
+    let members = placeholders(texts(&query.members), &mut params);
+    let mut sql = format!(
+        "SELECT occurred_at, position, role FROM timeline_entries_g{g} \
+         WHERE community_id = {community} AND member_id IN ({members})"
     );
     if !query.counterparts.is_empty() {
-        sql += &format!(
-            " AND counterpart IN ({})",
-            list(&mut bind, texts(&query.counterparts))
-        );
+        let list = placeholders(texts(&query.counterparts), &mut params);
+        sql += &format!(" AND counterpart IN ({list})");
     }
     if query.members.len() > 1 {
         // An exchange between two merged members is one entry, the
         // actor's, as an interaction with oneself is.
-        sql += &format!(
-            " AND NOT (role = {} AND counterpart IN ({}))",
-            bind(Bind::Small(Role::Target as i16)),
-            list(&mut bind, texts(&query.members))
-        );
+        let target = placeholders(vec![SqlParam::Small(Role::Target as i16)], &mut params);
+        let list = placeholders(texts(&query.members), &mut params);
+        sql += &format!(" AND NOT (role = {target} AND counterpart IN ({list}))");
     }
     if !query.channels.is_empty() {
-        sql += &format!(
-            " AND channel IN ({})",
-            list(&mut bind, texts(&query.channels))
-        );
+        let list = placeholders(texts(&query.channels), &mut params);
+        sql += &format!(" AND channel IN ({list})");
     }
     if !query.kinds.is_empty() {
         let kinds = query
             .kinds
             .iter()
-            .map(|k| Bind::Small(k.as_i32() as i16))
+            .map(|k| SqlParam::Small(k.as_i32() as i16))
             .collect();
-        sql += &format!(" AND kind IN ({})", list(&mut bind, kinds));
+        let list = placeholders(kinds, &mut params);
+        sql += &format!(" AND kind IN ({list})");
     }
     if let Some(since) = query.since {
-        sql += &format!(" AND occurred_at >= {}", bind(Bind::Int(since.as_micros())));
+        let since = placeholders(vec![SqlParam::Int(since.as_micros())], &mut params);
+        sql += &format!(" AND occurred_at >= {since}");
     }
     if let Some(until) = query.until {
-        sql += &format!(" AND occurred_at < {}", bind(Bind::Int(until.as_micros())));
+        let until = placeholders(vec![SqlParam::Int(until.as_micros())], &mut params);
+        sql += &format!(" AND occurred_at < {until}");
     }
     if let Some(after) = query.after {
-        sql += &format!(
-            " AND (occurred_at, position, role) < ({}, {}, {})",
-            bind(Bind::Int(after.occurred_at.as_micros())),
-            bind(Bind::Int(to_db(after.position))),
-            bind(Bind::Small(after.role as i16))
-        );
+        let cursor = vec![
+            SqlParam::Int(after.occurred_at.as_micros()),
+            SqlParam::Int(to_db(after.position)),
+            SqlParam::Small(after.role as i16),
+        ];
+        let cursor = placeholders(cursor, &mut params);
+        sql += &format!(" AND (occurred_at, position, role) < ({cursor})");
     }
-    sql += &format!(
-        " ORDER BY occurred_at DESC, position DESC, role DESC LIMIT {}",
-        bind(Bind::Int(i64::from(query.limit)))
-    );
-    (sql, binds)
+    let limit = placeholders(vec![SqlParam::Int(i64::from(query.limit))], &mut params);
+    sql += &format!(" ORDER BY occurred_at DESC, position DESC, role DESC LIMIT {limit}");
+    (sql, params)
 }
 
 /// Reads of the active timeline generation.
@@ -555,7 +538,7 @@ impl Projections {
         g: u64,
         query: &TimelineQuery,
     ) -> Result<Vec<TimelineEntry>, ProjectionError> {
-        let (sql, binds) = page_sql(g, query);
+        let (sql, params) = page_sql(g, query);
         let rows: Vec<(i64, i64, i16)> = match self.pool(NAME).await? {
             // A page is up to 501 rows: on SQLite they come from a rusqlite
             // reader in one hop, not one sqlx message per row.
@@ -563,11 +546,7 @@ impl Projections {
                 .store()
                 .read_projections_sqlite(NAME, move |conn| {
                     let mut statement = conn.prepare_cached(&sql)?;
-                    let params = binds.into_iter().map(|b| match b {
-                        Bind::Text(t) => rusqlite::types::Value::Text(t),
-                        Bind::Int(n) => rusqlite::types::Value::Integer(n),
-                        Bind::Small(n) => rusqlite::types::Value::Integer(n.into()),
-                    });
+                    let params = params.into_iter().map(rusqlite::types::Value::from);
                     let rows = statement
                         .query_map(rusqlite::params_from_iter(params), |row| {
                             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -581,17 +560,12 @@ impl Projections {
                         "a SQLite pool on a PostgreSQL store".into(),
                     ))
                 })?,
-            DbPool::Postgres(pool) => {
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-                for b in binds {
-                    q = match b {
-                        Bind::Text(t) => q.bind(t),
-                        Bind::Int(n) => q.bind(n),
-                        Bind::Small(n) => q.bind(n),
-                    };
-                }
-                q.fetch_all(&pool).await?
-            }
+            DbPool::Postgres(pool) => bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
+                .fetch_all(&pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+                .collect::<Result<_, sqlx::Error>>()?,
         };
         let positions: Vec<u64> = rows
             .iter()

@@ -404,8 +404,8 @@ impl PgStore {
         &self,
         positions: &[u64],
     ) -> Result<Vec<rapport_domain::Event>, StoreError> {
-        let rows = sql::select_events_at::<Postgres>(positions)
-            .build()
+        let (select, params) = sql::select_events_at(positions);
+        let rows = sql::bind_params(sqlx::query(sqlx::AssertSqlSafe(select)), params)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -419,18 +419,18 @@ impl PgStore {
         &self,
         events: &mut [rapport_domain::Event],
     ) -> Result<(), StoreError> {
-        let targets: Vec<String> = crate::member_targets(events).into_iter().collect();
+        let targets = crate::member_targets(events);
         if targets.is_empty() {
             return Ok(());
         }
-        let erased: std::collections::HashSet<String> = sqlx::query_scalar(
-            "SELECT member_id FROM members WHERE erased AND member_id = ANY($1)",
-        )
-        .bind(&targets)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .collect();
+        let (select, params) = sql::select_erased(&targets);
+        let erased: std::collections::HashSet<String> =
+            sql::bind_params(sqlx::query(sqlx::AssertSqlSafe(select)), params)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
         crate::forget_targets(events, &erased);
         Ok(())
     }

@@ -1,6 +1,9 @@
 //! SQL shared by both backends: the event columns, the filtered read, and
 //! decoding an event row. Both dialects accept this SQL; `QueryBuilder` picks
-//! the placeholder style.
+//! the placeholder style, or SQL built as text takes `$n` placeholders and
+//! its values as [`SqlParam`]s (for sqlx and rusqlite alike).
+
+use std::collections::BTreeSet;
 
 use rapport_domain::{Event, Timestamp};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
@@ -23,18 +26,54 @@ pub(crate) const MEMBER_FACTS: &str = "SELECT erased, merged_into, \
      EXISTS (SELECT 1 FROM members o WHERE o.merged_into = members.member_id) \
      FROM members WHERE member_id = $1 AND community_id = $2";
 
-/// A value bound to a placeholder of [`select_events`].
+/// A value bound to a `$n` placeholder of SQL built as text (see
+/// [`placeholders`]): the same text and values run through sqlx on either
+/// backend ([`bind_params`]) and through rusqlite on SQLite, which takes
+/// `$1` as a named parameter, bound by position.
 #[derive(Debug, Clone)]
-pub(crate) enum Param {
+pub enum SqlParam {
     Int(i64),
+    /// A `SMALLINT` column's value: PostgreSQL compares it as one.
+    Small(i16),
     Text(String),
+}
+
+impl From<SqlParam> for rusqlite::types::Value {
+    fn from(param: SqlParam) -> Self {
+        match param {
+            SqlParam::Int(n) => rusqlite::types::Value::Integer(n),
+            SqlParam::Small(n) => rusqlite::types::Value::Integer(n.into()),
+            SqlParam::Text(t) => rusqlite::types::Value::Text(t),
+        }
+    }
+}
+
+/// Binds `params` to `query`, in order.
+pub fn bind_params<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments>,
+    params: Vec<SqlParam>,
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments>
+where
+    DB: Database,
+    for<'e> i64: Encode<'e, DB> + Type<DB>,
+    for<'e> i16: Encode<'e, DB> + Type<DB>,
+    for<'e> String: Encode<'e, DB> + Type<DB>,
+{
+    for param in params {
+        query = match param {
+            SqlParam::Int(n) => query.bind(n),
+            SqlParam::Small(n) => query.bind(n),
+            SqlParam::Text(t) => query.bind(t),
+        };
+    }
+    query
 }
 
 /// `SELECT` of the events matching `query`, after `query.after` and up to
 /// `head`, with `$1, $2, ...` placeholders and their values in order. Both
 /// PostgreSQL and SQLite (which takes `$1` as a named parameter, bound by
 /// position) accept it, so sqlx and rusqlite run the same text.
-pub(crate) fn select_events(query: &EventQuery, head: u64) -> (String, Vec<Param>) {
+pub(crate) fn select_events(query: &EventQuery, head: u64) -> (String, Vec<SqlParam>) {
     // Read models take no personal data: no key to join either.
     let (columns, from) = if query.without_personal {
         (
@@ -46,17 +85,20 @@ pub(crate) fn select_events(query: &EventQuery, head: u64) -> (String, Vec<Param
     } else {
         (EVENT_COLUMNS.to_owned(), EVENTS_WITH_KEYS)
     };
-    let mut params = vec![Param::Int(to_db(query.after)), Param::Int(to_db(head))];
+    let mut params = vec![
+        SqlParam::Int(to_db(query.after)),
+        SqlParam::Int(to_db(head)),
+    ];
     let mut sql = format!("SELECT {columns} FROM {from} WHERE position > $1 AND position <= $2");
     if let Some(community) = &query.community_id {
-        let p = placeholders(vec![Param::Text(community.clone())], &mut params);
+        let p = placeholders(vec![SqlParam::Text(community.clone())], &mut params);
         sql.push_str(&format!(" AND community_id = {p}"));
     }
     if !query.event_types.is_empty() {
         let values = query
             .event_types
             .iter()
-            .map(|t| Param::Int(*t as i64))
+            .map(|t| SqlParam::Int(*t as i64))
             .collect();
         let list = placeholders(values, &mut params);
         sql.push_str(&format!(" AND event_type IN ({list})"));
@@ -65,18 +107,18 @@ pub(crate) fn select_events(query: &EventQuery, head: u64) -> (String, Vec<Param
         let values = query
             .channels
             .iter()
-            .map(|c| Param::Text(c.clone()))
+            .map(|c| SqlParam::Text(c.clone()))
             .collect();
         let list = placeholders(values, &mut params);
         sql.push_str(&format!(" AND channel IN ({list})"));
     }
-    params.push(Param::Int(i64::from(query.limit)));
+    params.push(SqlParam::Int(i64::from(query.limit)));
     sql.push_str(&format!(" ORDER BY position LIMIT ${}", params.len()));
     (sql, params)
 }
 
 /// Appends `values` to `params` and returns their placeholders, `$3, $4`.
-fn placeholders(values: Vec<Param>, params: &mut Vec<Param>) -> String {
+pub fn placeholders(values: Vec<SqlParam>, params: &mut Vec<SqlParam>) -> String {
     let list: Vec<String> = values
         .into_iter()
         .map(|v| {
@@ -170,14 +212,9 @@ where
         .await?;
     let head = from_db(head)?;
     let (sql, params) = select_events(query, head);
-    let mut select = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for param in params {
-        select = match param {
-            Param::Int(n) => select.bind(n),
-            Param::Text(t) => select.bind(t),
-        };
-    }
-    let rows = select.fetch_all(&mut *conn).await?;
+    let rows = bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
+        .fetch_all(&mut *conn)
+        .await?;
     let events = rows
         .iter()
         .map(|row| event_from_row(row, keyring))
@@ -216,18 +253,21 @@ where
 }
 
 /// `SELECT` of the events at `positions`, in position order.
-pub(crate) fn select_events_at<DB>(positions: &[u64]) -> QueryBuilder<DB>
-where
-    DB: Database,
-    for<'e> i64: Encode<'e, DB> + Type<DB>,
-{
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT {EVENT_COLUMNS} FROM {EVENTS_WITH_KEYS} WHERE position IN ("
-    ));
-    let mut list = qb.separated(", ");
-    for p in positions {
-        list.push_bind(to_db(*p));
-    }
-    qb.push(") ORDER BY position");
-    qb
+pub(crate) fn select_events_at(positions: &[u64]) -> (String, Vec<SqlParam>) {
+    let mut params = Vec::new();
+    let values = positions.iter().map(|p| SqlParam::Int(to_db(*p))).collect();
+    let list = placeholders(values, &mut params);
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM {EVENTS_WITH_KEYS} WHERE position IN ({list}) ORDER BY position"
+    );
+    (sql, params)
+}
+
+/// `SELECT` of the members among `targets` that are erased.
+pub(crate) fn select_erased(targets: &BTreeSet<String>) -> (String, Vec<SqlParam>) {
+    let mut params = Vec::new();
+    let values = targets.iter().cloned().map(SqlParam::Text).collect();
+    let list = placeholders(values, &mut params);
+    let sql = format!("SELECT member_id FROM members WHERE erased AND member_id IN ({list})");
+    (sql, params)
 }

@@ -387,16 +387,11 @@ impl SqliteStore {
         self.log_readers
             .read(move |conn| {
                 let tx = conn.transaction()?;
-                let sql = format!(
-                    "SELECT {} FROM {} WHERE position IN ({}) ORDER BY position",
-                    sql::EVENT_COLUMNS,
-                    sql::EVENTS_WITH_KEYS,
-                    placeholders(positions.len())
-                );
+                let (select, params) = sql::select_events_at(&positions);
                 let mut events = Vec::with_capacity(positions.len());
                 {
-                    let mut statement = tx.prepare_cached(&sql)?;
-                    let params = positions.iter().map(|p| to_db(*p));
+                    let mut statement = tx.prepare_cached(&select)?;
+                    let params = params.into_iter().map(rusqlite::types::Value::from);
                     let mut rows = statement.query(rusqlite::params_from_iter(params))?;
                     while let Some(row) = rows.next()? {
                         events.push(event_from_row(row, &keyring)?);
@@ -501,10 +496,7 @@ fn read_events_blocking(
     let mut events = Vec::with_capacity(query.limit.min(10_000) as usize);
     {
         let mut statement = tx.prepare_cached(&select)?;
-        let params = params.into_iter().map(|p| match p {
-            sql::Param::Int(n) => rusqlite::types::Value::Integer(n),
-            sql::Param::Text(t) => rusqlite::types::Value::Text(t),
-        });
+        let params = params.into_iter().map(rusqlite::types::Value::from);
         let mut rows = statement.query(rusqlite::params_from_iter(params))?;
         while let Some(row) = rows.next()? {
             events.push(event_from_row(row, keyring)?);
@@ -541,14 +533,6 @@ fn event_from_row(
     )
 }
 
-/// `?1, ?2, …, ?n`.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Blanks the handle of every member target of `events` erased since (see
 /// [`crate::forget_targets`]), read in the caller's transaction: the same
 /// snapshot as the events.
@@ -560,13 +544,11 @@ fn forget_erased_targets(
     if targets.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "SELECT member_id FROM members WHERE erased AND member_id IN ({})",
-        placeholders(targets.len())
-    );
-    let mut statement = tx.prepare_cached(&sql)?;
+    let (select, params) = sql::select_erased(&targets);
+    let mut statement = tx.prepare_cached(&select)?;
+    let params = params.into_iter().map(rusqlite::types::Value::from);
     let erased = statement
-        .query_map(rusqlite::params_from_iter(&targets), |row| row.get(0))?
+        .query_map(rusqlite::params_from_iter(params), |row| row.get(0))?
         .collect::<Result<std::collections::HashSet<String>, _>>()?;
     crate::forget_targets(events, &erased);
     Ok(())
