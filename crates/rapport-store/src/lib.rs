@@ -176,6 +176,24 @@ impl MemberGroup {
     }
 }
 
+/// How a request names a member: by id, or by one of its identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberRef {
+    Id(String),
+    Identity(rapport_domain::Identity),
+}
+
+/// A [`MemberGroup`] from the rows of [`sql::select_member_group`]: one per
+/// member merged into the one read as (or one with none).
+fn member_group_of(rows: Vec<(String, String, Option<String>)>) -> Option<MemberGroup> {
+    let (named, canonical, _) = rows.first()?.clone();
+    Some(MemberGroup {
+        merged_from: (canonical != named).then_some(named),
+        member_id: canonical,
+        merged: rows.into_iter().filter_map(|(_, _, m)| m).collect(),
+    })
+}
+
 /// A pair of members in a fixed order: the smaller id first.
 pub(crate) fn ordered<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
     if a <= b { (a, b) } else { (b, a) }
@@ -855,46 +873,35 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// The member `member_id` reads as, and every member that reads as it:
-    /// itself, or the member it was merged into, and the members merged
-    /// into that one. `None` unless it is a member of `community_id`.
+    /// The member a read names (by id, or by one of its identities) reads
+    /// as, and every member that reads as it: itself, or the member it was
+    /// merged into, and the members merged into that one. `None` unless it
+    /// is a member of `community_id`. One statement (one hop on SQLite, to a
+    /// log reader), the identity lookup included.
     #[tracing::instrument(name = "db.member_group", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn member_group(
         &self,
         community_id: &str,
-        member_id: &str,
+        member: &MemberRef,
     ) -> Result<Option<MemberGroup>, StoreError> {
-        // One statement: the member, its target, and the target's sources.
-        const SQL: &str = "WITH m AS (SELECT COALESCE(merged_into, member_id) AS canonical \
-             FROM members WHERE member_id = $1 AND community_id = $2) \
-             SELECT m.canonical, o.member_id FROM m \
-             LEFT JOIN members o ON o.merged_into = m.canonical ORDER BY o.member_id";
-        let rows: Vec<(String, Option<String>)> = match self {
+        use sqlx::Row as _;
+        let (select, params) = sql::select_member_group(community_id, member, self.keyring());
+        // (the named member, the member it reads as, a member merged into that one)
+        let rows: Vec<(String, String, Option<String>)> = match self {
             Store::Sqlite(s) => {
-                sqlx::query_as(SQL)
-                    .bind(member_id)
-                    .bind(community_id)
-                    .fetch_all(s.pool())
-                    .await?
+                s.log_rows(select, params, |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .await?
             }
-            Store::Postgres(s) => {
-                sqlx::query_as(SQL)
-                    .bind(member_id)
-                    .bind(community_id)
-                    .fetch_all(s.pool())
-                    .await?
-            }
+            Store::Postgres(s) => bind_params(sqlx::query(sqlx::AssertSqlSafe(select)), params)
+                .fetch_all(s.pool())
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+                .collect::<Result<_, sqlx::Error>>()?,
         };
-        let Some((canonical, _)) = rows.first() else {
-            return Ok(None);
-        };
-        let canonical = canonical.clone();
-        let merged: Vec<String> = rows.into_iter().filter_map(|(_, m)| m).collect();
-        Ok(Some(MemberGroup {
-            merged_from: (canonical != member_id).then(|| member_id.to_owned()),
-            member_id: canonical,
-            merged,
-        }))
+        Ok(member_group_of(rows))
     }
 
     /// Of `member_ids`, those merged into another member now, with that

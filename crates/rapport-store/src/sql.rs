@@ -9,7 +9,7 @@ use rapport_domain::{Event, Timestamp};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
 use crate::crypto::Keyring;
-use crate::{EventQuery, StoreError, codec, from_db, to_db};
+use crate::{EventQuery, MemberRef, StoreError, codec, from_db, to_db};
 
 /// The columns `event_from_row` expects, in order, from [`EVENTS_WITH_KEYS`]:
 /// the last is the member's wrapped data key, to open the personal part.
@@ -269,5 +269,45 @@ pub(crate) fn select_erased(targets: &BTreeSet<String>) -> (String, Vec<SqlParam
     let values = targets.iter().cloned().map(SqlParam::Text).collect();
     let list = placeholders(values, &mut params);
     let sql = format!("SELECT member_id FROM members WHERE erased AND member_id IN ({list})");
+    (sql, params)
+}
+
+/// The member `member` names in `community_id` (by id, or by an identity
+/// through its lookup key), the member it reads as, and the members merged
+/// into that one: a row per merged member, ordered by id (one row with
+/// NULL when none). No row unless the member is in the community.
+pub(crate) fn select_member_group(
+    community_id: &str,
+    member: &MemberRef,
+    keyring: &Keyring,
+) -> (String, Vec<SqlParam>) {
+    let (named, params) = match member {
+        MemberRef::Id(id) => (
+            "SELECT member_id AS named, COALESCE(merged_into, member_id) AS canonical \
+             FROM members WHERE member_id = $1 AND community_id = $2",
+            vec![
+                SqlParam::Text(id.clone()),
+                SqlParam::Text(community_id.to_owned()),
+            ],
+        ),
+        MemberRef::Identity(identity) => {
+            let key = identity.key(community_id);
+            let lookup = keyring.lookup(&key);
+            (
+                "SELECT n.member_id AS named, COALESCE(n.merged_into, n.member_id) AS canonical \
+                 FROM identities i JOIN members n ON n.member_id = i.member_id \
+                 WHERE i.community_id = $1 AND i.channel = $2 AND i.handle_key = $3",
+                vec![
+                    SqlParam::Text(key.community_id),
+                    SqlParam::Text(key.channel),
+                    SqlParam::Text(lookup),
+                ],
+            )
+        }
+    };
+    let sql = format!(
+        "WITH m AS ({named}) SELECT m.named, m.canonical, o.member_id FROM m \
+         LEFT JOIN members o ON o.merged_into = m.canonical ORDER BY o.member_id"
+    );
     (sql, params)
 }

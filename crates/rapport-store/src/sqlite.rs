@@ -375,6 +375,26 @@ impl SqliteStore {
             .collect()
     }
 
+    /// Rows of a statement built as text (see [`crate::SqlParam`]), from a
+    /// log reader in one hop rather than one sqlx message per row.
+    pub(crate) async fn log_rows<T: Send + 'static>(
+        &self,
+        select: String,
+        params: Vec<crate::SqlParam>,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.log_readers
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(&select)?;
+                let params = params.into_iter().map(rusqlite::types::Value::from);
+                let rows = statement
+                    .query_map(rusqlite::params_from_iter(params), row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
     /// The events at `positions`, in one hop to a log reader: the events and
     /// the erased-target check (see [`crate::forget_targets`]) in one read
     /// transaction, rows decoded on the reader's thread.

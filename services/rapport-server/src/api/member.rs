@@ -17,11 +17,12 @@ use tonic::{Request, Response, Status};
 
 use super::advocacy::{current_policy, set_member_role};
 use super::export;
-use super::request::{MemberRef, Violations, refused, resolve, resolve_group};
+use super::request::{Violations, refused, resolve, resolve_group};
 use super::{AppState, Ready, wait_deadline};
 use crate::auth::Guard;
 use crate::convert::{identity_out, timestamp};
 use crate::error::{ApiError, ERROR_DOMAIN};
+use rapport_store::MemberRef;
 
 /// Suggestions per page when the request says 0.
 const DEFAULT_SUGGESTIONS: u32 = 50;

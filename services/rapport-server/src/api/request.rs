@@ -6,7 +6,7 @@ use rapport_domain::validate::{is_channel_slug, is_community_id};
 use rapport_domain::{FieldViolation, Identity, Timestamp};
 use rapport_proto::v1 as pb;
 
-use rapport_store::{CommandOutcome, MemberGroup};
+use rapport_store::{CommandOutcome, MemberGroup, MemberRef};
 
 use super::Ready;
 use super::timeline::MAX_PAGE_SIZE;
@@ -14,12 +14,6 @@ use crate::error::ApiError;
 
 /// The channel of email addresses as identities.
 pub(super) const EMAIL_CHANNEL: &str = "email";
-
-/// A member as a request names it.
-pub(super) enum MemberRef {
-    Id(String),
-    Identity(Identity),
-}
 
 /// The member's id, or NOT_FOUND unless it is a member of `community_id`:
 /// a member of another community is not found either, so nothing leaks
@@ -30,49 +24,48 @@ pub(super) async fn resolve(
     member: Option<MemberRef>,
     field: &str,
 ) -> Result<String, ApiError> {
-    let not_found = |what: String| ApiError::NotFound {
-        what: format!("{what} in community {community_id:?}"),
-        reason: "MEMBER_NOT_FOUND",
-    };
-    match member.expect("validated") {
-        MemberRef::Id(id) => {
-            if ready.store.member_exists(community_id, &id).await? {
-                Ok(id)
-            } else {
-                Err(not_found(format!("{field} {id:?}")))
-            }
-        }
-        MemberRef::Identity(identity) => ready
+    let member = member.expect("validated");
+    let found = match &member {
+        MemberRef::Id(id) => ready
             .store
-            .find_member(community_id, &identity)
+            .member_exists(community_id, id)
             .await?
-            .ok_or_else(|| {
-                not_found(format!(
-                    "member with identity {:?} on {:?}",
-                    identity.handle, identity.channel
-                ))
-            }),
-    }
+            .then(|| id.clone()),
+        MemberRef::Identity(identity) => ready.store.find_member(community_id, identity).await?,
+    };
+    found.ok_or_else(|| not_found(&member, community_id, field))
 }
 
 /// The member a read names and the members that read as it (see
 /// `Store::member_group`): a member merged into another answers as that
-/// one, and the response says so.
+/// one, and the response says so. One read, whether the request names the
+/// member by id or by identity.
 pub(super) async fn resolve_group(
     ready: &Ready,
     community_id: &str,
     member: Option<MemberRef>,
     field: &str,
 ) -> Result<MemberGroup, ApiError> {
-    let id = resolve(ready, community_id, member, field).await?;
+    let member = member.expect("validated");
     ready
         .store
-        .member_group(community_id, &id)
+        .member_group(community_id, &member)
         .await?
-        .ok_or_else(|| ApiError::NotFound {
-            what: format!("{field} {id:?} in community {community_id:?}"),
-            reason: "MEMBER_NOT_FOUND",
-        })
+        .ok_or_else(|| not_found(&member, community_id, field))
+}
+
+fn not_found(member: &MemberRef, community_id: &str, field: &str) -> ApiError {
+    let what = match member {
+        MemberRef::Id(id) => format!("{field} {id:?}"),
+        MemberRef::Identity(identity) => format!(
+            "member with identity {:?} on {:?}",
+            identity.handle, identity.channel
+        ),
+    };
+    ApiError::NotFound {
+        what: format!("{what} in community {community_id:?}"),
+        reason: "MEMBER_NOT_FOUND",
+    }
 }
 
 /// Why a command named a member and wrote nothing, as the caller hears it:
