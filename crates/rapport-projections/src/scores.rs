@@ -62,8 +62,12 @@ use rapport_domain::score::{
     momentum_snapshots_to_keep,
 };
 use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
-use rapport_store::{DbPool, decode_policy, encode_policy, from_db, to_db};
+use rapport_store::{
+    DbPool, SqlParam, StoreError, bind_params, decode_policy, encode_policy, from_db, placeholders,
+    to_db,
+};
 use sqlx::QueryBuilder;
+use sqlx::Row as _;
 
 use crate::db::{Tx, execute_all, on_pool, on_tx, push_in};
 use crate::{Projection, ProjectionError, Projections};
@@ -1688,6 +1692,84 @@ pub struct TierRange {
     pub until: Option<Timestamp>,
 }
 
+/// What [`Projections::timeline_tiers`] reads, from one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct TierReads {
+    /// The community's policy; `None` while the default applies.
+    pub policy: Option<Policy>,
+    /// The member's all-channels state; `None` before any interaction.
+    pub state: Option<ScoreState>,
+    /// Stored changes in the range, newest first.
+    pub stored: Vec<TierChange>,
+}
+
+/// A stored tier change's columns: at, position, from, to.
+type TierTuple = (i64, i64, i16, i16);
+
+/// The `SELECT` of [`Projections::tier_changes`], as text and values.
+fn tier_changes_sql(
+    g: u64,
+    community_id: &str,
+    member_id: &str,
+    range: &TierRange,
+    limit: u32,
+) -> (String, Vec<SqlParam>) {
+    let mut params = Vec::new();
+    let mut sql = format!(
+        "SELECT at, position, from_tier, to_tier FROM score_tiers_g{g} \
+         WHERE community_id = {} AND member_id = {}",
+        placeholders(vec![SqlParam::Text(community_id.to_owned())], &mut params),
+        placeholders(vec![SqlParam::Text(member_id.to_owned())], &mut params),
+    );
+    if let Some((at, position)) = range.before {
+        let values = vec![
+            SqlParam::Int(at.as_micros()),
+            SqlParam::Int(to_db(position)),
+        ];
+        sql.push_str(&format!(
+            " AND (at, position) < ({})",
+            placeholders(values, &mut params)
+        ));
+    }
+    if let Some(since) = range.since {
+        let p = placeholders(vec![SqlParam::Int(since.as_micros())], &mut params);
+        sql.push_str(&format!(" AND at >= {p}"));
+    }
+    if let Some(until) = range.until {
+        let p = placeholders(vec![SqlParam::Int(until.as_micros())], &mut params);
+        sql.push_str(&format!(" AND at < {p}"));
+    }
+    let p = placeholders(vec![SqlParam::Int(i64::from(limit))], &mut params);
+    sql.push_str(&format!(" ORDER BY at DESC, position DESC LIMIT {p}"));
+    (sql, params)
+}
+
+/// The first row of a statement built as text, on a rusqlite connection.
+fn first_row<T>(
+    conn: &rusqlite::Connection,
+    (sql, params): (String, Vec<SqlParam>),
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    let params = params.into_iter().map(rusqlite::types::Value::from);
+    conn.prepare_cached(&sql)?
+        .query(rusqlite::params_from_iter(params))?
+        .next()?
+        .map(map)
+        .transpose()
+}
+
+fn tier_change_from((at, position, from, to): TierTuple) -> Result<TierChange, ProjectionError> {
+    let tier = |t: i16| {
+        Tier::from_i32(i32::from(t)).ok_or_else(|| ProjectionError::Corrupt(format!("tier {t}")))
+    };
+    Ok(TierChange {
+        at: Timestamp::from_micros(at),
+        position: from_db(position)?,
+        from: tier(from)?,
+        to: tier(to)?,
+    })
+}
+
 /// Activities read per round of [`Projections::top_contributions`].
 const TOP_SCAN_PAGE: i64 = 256;
 
@@ -2015,47 +2097,117 @@ impl Projections {
         limit: u32,
     ) -> Result<Vec<TierChange>, ProjectionError> {
         let pool = self.pool(NAME).await?;
-        let rows: Vec<(i64, i64, i16, i16)> = on_pool!(&pool, p => {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT at, position, from_tier, to_tier FROM score_tiers_g{g} \
-                 WHERE community_id = "
-            ));
-            qb.push_bind(community_id.to_owned());
-            qb.push(" AND member_id = ");
-            qb.push_bind(member_id.to_owned());
-            if let Some((at, position)) = range.before {
-                qb.push(" AND (at, position) < (");
-                qb.push_bind(at.as_micros());
-                qb.push(", ");
-                qb.push_bind(to_db(position));
-                qb.push(")");
-            }
-            if let Some(since) = range.since {
-                qb.push(" AND at >= ");
-                qb.push_bind(since.as_micros());
-            }
-            if let Some(until) = range.until {
-                qb.push(" AND at < ");
-                qb.push_bind(until.as_micros());
-            }
-            qb.push(" ORDER BY at DESC, position DESC LIMIT ");
-            qb.push_bind(i64::from(limit));
-            qb.build_query_as().persistent(false).fetch_all(p).await?
+        let (sql, params) = tier_changes_sql(g, community_id, member_id, range, limit);
+        let rows: Vec<TierTuple> = on_pool!(&pool, p => {
+            bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)))
+                .collect::<Result<_, sqlx::Error>>()?
         });
-        rows.into_iter()
-            .map(|(at, position, from, to)| {
-                let tier = |t: i16| {
-                    Tier::from_i32(i32::from(t))
-                        .ok_or_else(|| ProjectionError::Corrupt(format!("tier {t}")))
-                };
-                Ok(TierChange {
-                    at: Timestamp::from_micros(at),
-                    position: from_db(position)?,
-                    from: tier(from)?,
-                    to: tier(to)?,
+        rows.into_iter().map(tier_change_from).collect()
+    }
+
+    /// What a timeline page shows of a member's tiers, from one snapshot
+    /// of the scores: the community's policy, the member's all-channels
+    /// state (for the demotions time has made since its latest
+    /// interaction) and its stored changes (see [`Self::tier_changes`]).
+    /// Read apart, a batch committed between the reads could leave a
+    /// change out of the page. On SQLite one hop to a reader of the scores
+    /// file; on PostgreSQL one read-only repeatable-read transaction.
+    pub async fn timeline_tiers(
+        &self,
+        g: u64,
+        community_id: &str,
+        member_id: &str,
+        range: &TierRange,
+        limit: u32,
+    ) -> Result<TierReads, ProjectionError> {
+        let community = || SqlParam::Text(community_id.to_owned());
+        let policy = (
+            format!("SELECT policy, position FROM score_policies_g{g} WHERE community_id = $1"),
+            vec![community()],
+        );
+        let state = (
+            format!(
+                "SELECT state FROM score_states_g{g} \
+                 WHERE community_id = $1 AND channel = $2 AND member_id = $3"
+            ),
+            vec![
+                community(),
+                SqlParam::Text(ALL_CHANNELS.to_owned()),
+                SqlParam::Text(member_id.to_owned()),
+            ],
+        );
+        let tiers = tier_changes_sql(g, community_id, member_id, range, limit);
+        type Raw = (Option<(Vec<u8>, i64)>, Option<Vec<u8>>, Vec<TierTuple>);
+        let (policy, state, stored): Raw = match self.pool(NAME).await? {
+            DbPool::Sqlite(_) => self
+                .store()
+                .read_projections_sqlite(NAME, move |conn| {
+                    let tx = conn.transaction()?;
+                    let policy = first_row(&tx, policy, |row| Ok((row.get(0)?, row.get(1)?)))?;
+                    let state = first_row(&tx, state, |row| row.get(0))?;
+                    let (sql, params) = tiers;
+                    let params = params.into_iter().map(rusqlite::types::Value::from);
+                    let stored = tx
+                        .prepare_cached(&sql)?
+                        .query_map(rusqlite::params_from_iter(params), |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    tx.commit()?;
+                    Ok((policy, state, stored))
                 })
-            })
-            .collect()
+                .await
+                .unwrap_or_else(|| {
+                    Err(StoreError::Corrupt(
+                        "a SQLite pool on a PostgreSQL store".into(),
+                    ))
+                })?,
+            DbPool::Postgres(pool) => {
+                let mut tx = pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?;
+                let (sql, params) = policy;
+                let policy = bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+                    .transpose()?;
+                let (sql, params) = state;
+                let state = bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                let (sql, params) = tiers;
+                let stored = bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get(0)?,
+                            row.try_get(1)?,
+                            row.try_get(2)?,
+                            row.try_get(3)?,
+                        ))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()?;
+                tx.commit().await?;
+                (policy, state, stored)
+            }
+        };
+        Ok(TierReads {
+            policy: policy.map(|(bytes, _)| decode_policy(&bytes)).transpose()?,
+            state: state.map(|b| decode_state(&b)).transpose()?,
+            stored: stored
+                .into_iter()
+                .map(tier_change_from)
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// A member's momentum at `as_of` (not before their latest interaction)

@@ -3,7 +3,7 @@ use rapport_domain::score::TierChange;
 use rapport_domain::timeline::Role;
 use rapport_domain::timeline::{Cursor, PageToken, request_digest};
 use rapport_domain::validate::is_channel_slug;
-use rapport_projections::scores::{self, ALL_CHANNELS, TierRange};
+use rapport_projections::scores::{self, TierRange};
 use rapport_projections::timeline::{NAME, TimelineEntry, TimelineQuery};
 use rapport_proto::v1 as pb;
 use rapport_proto::v1::timeline_service_server::TimelineService;
@@ -318,18 +318,12 @@ async fn tier_items(ready: &Ready, g: u64, query: &TimelineQuery) -> Result<Vec<
         since: query.since,
         until: query.until,
     };
-    // Three independent reads, at once (see `page`).
-    let (policy, state, stored) = tokio::try_join!(
-        ready.projections.scoring_policy(g, community),
-        ready
-            .projections
-            .score_state(g, community, member, ALL_CHANNELS),
-        ready
-            .projections
-            .tier_changes(g, community, member, &range, query.limit),
-    )?;
-    let policy = policy.map(|(policy, _)| policy).unwrap_or_default();
-    let trailing = match state {
+    let reads = ready
+        .projections
+        .timeline_tiers(g, community, member, &range, query.limit)
+        .await?;
+    let policy = reads.policy.unwrap_or_default();
+    let trailing = match reads.state {
         Some(state) => state.changes_until(&policy, rapport_store::wall_clock()),
         None => Vec::new(),
     };
@@ -341,7 +335,7 @@ async fn tier_items(ready: &Ready, g: u64, query: &TimelineQuery) -> Result<Vec<
     Ok(trailing
         .into_iter()
         .filter(in_range)
-        .chain(stored)
+        .chain(reads.stored)
         .map(Item::Tier)
         .collect())
 }
