@@ -85,6 +85,7 @@ impl Default for RunnerOptions {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Runner {
     pub(crate) store: Store,
     pub(crate) projection: Arc<dyn Projection>,
@@ -110,6 +111,21 @@ enum Lease {
     Local,
     /// PostgreSQL: this connection holds the projection's session lock.
     Postgres(sqlx::PgConnection),
+}
+
+/// A building generation's bulk phase running beside the projector loop
+/// (PostgreSQL; see [`Runner::build_beside`]). Dropping it (the loop
+/// ends: shutdown, lost leadership) aborts the task, which rolls back the
+/// transaction it was in.
+struct Builder {
+    generation: u64,
+    task: tokio::task::JoinHandle<Result<(), ProjectionError>>,
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Runner {
@@ -195,6 +211,7 @@ impl Runner {
         let mut next_upkeep = Instant::now();
         let mut upkeep: Option<(rapport_domain::Timestamp, Option<String>)> = None;
         let mut next_analyze = Instant::now() + self.options.analyze_interval;
+        let mut builder: Option<Builder> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -213,7 +230,7 @@ impl Runner {
                 self.analyze_stale().await?;
                 next_analyze = Instant::now() + self.options.analyze_interval;
             }
-            let step = self.step(report).await?;
+            let step = self.step(report, &mut builder).await?;
             let progressed = step != Step::Idle;
             if !progressed && (upkeep.is_some() || Instant::now() >= next_upkeep) {
                 let (now, after) = upkeep
@@ -263,7 +280,11 @@ impl Runner {
     /// One round: settle the generations, apply one batch to each generation
     /// this code builds, switch to a rebuilt generation that caught up, drop
     /// retired ones. Returns whether anything moved.
-    async fn step(&self, report: bool) -> Result<Step, ProjectionError> {
+    async fn step(
+        &self,
+        report: bool,
+        builder: &mut Option<Builder>,
+    ) -> Result<Step, ProjectionError> {
         let pool = self.store.projection_pool(self.projection.name()).await?;
         let name = self.projection.name();
         let version = self.projection.version();
@@ -310,7 +331,13 @@ impl Runner {
 
         let mut progressed = false;
         let mut caught_up = false;
-        let rebuilding = building.is_some();
+        // A bulk phase running beside the loop leaves it to the active
+        // generation, which may then linger as usual.
+        let beside = matches!(pool, DbPool::Postgres(_))
+            && building
+                .as_ref()
+                .is_some_and(|b| b.bulk && b.version == version);
+        let rebuilding = building.is_some() && !beside;
         // Newer code (a rolling upgrade's other half) owns generations of a
         // higher version: leave them alone.
         if let Some(a) = active.filter(|a| a.version == version) {
@@ -331,7 +358,9 @@ impl Runner {
                 );
             }
         }
-        if let Some(b) = building.filter(|b| b.version == version) {
+        if let Some(b) = building.clone().filter(|_| beside) {
+            progressed |= self.build_beside(b, builder).await?;
+        } else if let Some(b) = building.filter(|b| b.version == version) {
             let (position, head) = self.advance(&b, self.options.batches_per_step).await?;
             progressed |= position > b.position;
             if position < head {
@@ -392,6 +421,93 @@ impl Runner {
         } else {
             Step::Behind
         })
+    }
+
+    /// PostgreSQL: a building generation's bulk phase runs in a task of its
+    /// own beside this loop, which meanwhile keeps the active generation
+    /// following the log. Inline, its batches (up to `batches_per_step` of
+    /// `bulk_batch_size` events per step) and above all `finish_bulk` (a
+    /// minute or more at 10 M) held the active generation back, and reads
+    /// with `min_position` failed for as long. Both run on connections of
+    /// their own and lock only their own generation's row. (SQLite has one
+    /// write lock per file: the two would only queue for it.) Starts the
+    /// task, or reaps it once it ended; returns whether either happened.
+    async fn build_beside(
+        &self,
+        b: Generation,
+        builder: &mut Option<Builder>,
+    ) -> Result<bool, ProjectionError> {
+        match builder.take() {
+            Some(running) if running.generation == b.generation => {
+                if !running.task.is_finished() {
+                    *builder = Some(running);
+                    return Ok(false);
+                }
+                let mut running = running;
+                // Finished: awaiting the handle returns at once.
+                match (&mut running.task).await {
+                    Ok(result) => result?,
+                    Err(e) => {
+                        return Err(ProjectionError::Corrupt(format!(
+                            "the bulk build task failed: {e}"
+                        )));
+                    }
+                }
+                Ok(true)
+            }
+            // None, or one for a generation no longer building (dropped:
+            // aborted).
+            _ => {
+                let runner = self.clone();
+                let span = tracing::info_span!(
+                    "bulk_build",
+                    projection = self.projection.name(),
+                    generation = b.generation
+                );
+                *builder = Some(Builder {
+                    generation: b.generation,
+                    task: tokio::spawn(runner.build_bulk(b).instrument(span)),
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    /// A building generation's bulk phase: its batches up to the head, then
+    /// `finish_bulk`. The projector loop applies what follows.
+    async fn build_bulk(self, mut b: Generation) -> Result<(), ProjectionError> {
+        let name = self.projection.name();
+        let pool = self.store.projection_pool(name).await?;
+        let mut next_report = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (position, head) = self.advance(&b, self.options.batches_per_step).await?;
+            b.position = position;
+            if position < head {
+                if Instant::now() >= next_report {
+                    next_report = Instant::now() + Duration::from_secs(10);
+                    info!(
+                        projection = name,
+                        generation = b.generation,
+                        position,
+                        head,
+                        bulk = true,
+                        "rebuilding"
+                    );
+                }
+                continue;
+            }
+            let started = std::time::Instant::now();
+            generations::finish_bulk(&pool, self.projection.as_ref(), b.generation, position)
+                .await?;
+            info!(
+                projection = name,
+                generation = b.generation,
+                position,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "bulk phase finished: tables indexed"
+            );
+            return Ok(());
+        }
     }
 
     /// Applies up to `batches` batches after `generation`'s checkpoint,

@@ -584,6 +584,98 @@ impl Projection for TimelineVersion {
     }
 }
 
+/// The timeline, whose `finish_bulk` waits inside its transaction for the
+/// test to let it go once `hold` is set.
+#[derive(Default)]
+struct HeldFinish {
+    hold: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Projection for HeldFinish {
+    fn name(&self) -> &'static str {
+        Timeline.name()
+    }
+    fn version(&self) -> u64 {
+        Timeline.version()
+    }
+    fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String> {
+        Timeline.create_tables(generation, postgres)
+    }
+    fn finish_bulk<'a>(
+        &'a self,
+        tx: Tx<'a>,
+        generation: u64,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            if self.hold.load(Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            Timeline.finish_bulk(tx, generation).await
+        })
+    }
+    fn tables(&self, generation: u64) -> Vec<String> {
+        Timeline.tables(generation)
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: Tx<'a>,
+        generation: u64,
+        events: &'a [Event],
+        bulk: bool,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Timeline.apply(tx, generation, events, bulk)
+    }
+}
+
+/// PostgreSQL: the end of a rebuild's bulk phase (`finish_bulk`: a minute
+/// or more at 10 M interactions) runs beside the live model, which keeps
+/// following the log meanwhile: a read with `min_position` does not wait
+/// for the rebuild. (On SQLite both write one file, one writer at a time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_the_live_model_follows_the_log_while_a_rebuild_is_indexed() {
+    let Some((_db, store)) = fresh(Backend::Postgres, "projection_live_during_finish").await else {
+        return;
+    };
+    let timeline = Arc::new(HeldFinish::default());
+    let projections = Projections::with(store.clone(), vec![timeline.clone()]);
+    let running = start(&projections, options());
+    append(&store, 0..300).await;
+    let old = caught_up(&projections).await;
+
+    timeline.hold.store(true, Ordering::SeqCst);
+    projections.rebuild(NAME).await.expect("rebuild");
+    tokio::time::timeout(Duration::from_secs(30), timeline.entered.notified())
+        .await
+        .expect("the rebuild reaches the end of its bulk phase");
+
+    // The new generation's finish is held, in its transaction: the live
+    // generation applies what is written meanwhile.
+    append(&store, 300..400).await;
+    let head = store.head().await.expect("head");
+    let active = projections
+        .wait_for(NAME, head, Instant::now() + Duration::from_secs(10))
+        .await
+        .expect("the live model follows the log while the rebuild is indexed");
+    assert_eq!(active.generation, old);
+
+    timeline.release.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let status = projections.status().await.expect("status");
+        let active = status[0].active.clone().expect("an active generation");
+        if active.generation != old && active.position >= head {
+            break active.generation;
+        }
+        assert!(Instant::now() < deadline, "never switched: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(actual(&projections, new).await, expected(&store).await);
+    running.stop().await;
+}
+
 async fn new_projection_code_rebuilds_beside_the_live_model_and_switches(backend: Backend) {
     let Some((_db, store)) = fresh(backend, "projection_version").await else {
         return;

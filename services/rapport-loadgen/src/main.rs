@@ -119,6 +119,12 @@ struct Args {
     /// projection's lag alone.
     #[arg(long, default_value = "all", value_parser = ["all", "timeline"])]
     lag_of: String,
+    /// Lag mode: the deadline of each read with `min_position` (the server
+    /// waits for the projection up to it). Past the server's default of
+    /// 5 s, a projection that stops for longer shows in the figures
+    /// instead of failing the probe.
+    #[arg(long, default_value_t = 5)]
+    lag_deadline_secs: u64,
     /// Communities the ingest modes write to (`bench`, or `bench-0` ...).
     #[arg(long, default_value_t = 1)]
     communities: u64,
@@ -182,6 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 duration,
                 interval,
                 args.lag_of == "timeline",
+                Duration::from_secs(args.lag_deadline_secs),
                 &run_id.to_string(),
                 label,
             )

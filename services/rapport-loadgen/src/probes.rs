@@ -131,6 +131,7 @@ pub async fn lag(
     duration: Duration,
     interval: Duration,
     timeline_only: bool,
+    deadline: Duration,
     run: &str,
     label: &str,
 ) -> Result<(), Error> {
@@ -170,20 +171,20 @@ pub async fn lag(
             .await?
             .into_inner();
         let t = Instant::now();
-        reader
-            .get_timeline(pb::GetTimelineRequest {
-                community_id: COMMUNITY.into(),
-                member_id: written.member_id,
-                page_size: 1,
-                min_position: written.position,
-                channels: if timeline_only {
-                    vec![channel_of_probe.clone()]
-                } else {
-                    Vec::new()
-                },
-                ..Default::default()
-            })
-            .await?;
+        let mut read = tonic::Request::new(pb::GetTimelineRequest {
+            community_id: COMMUNITY.into(),
+            member_id: written.member_id,
+            page_size: 1,
+            min_position: written.position,
+            channels: if timeline_only {
+                vec![channel_of_probe.clone()]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        });
+        read.set_timeout(deadline);
+        reader.get_timeline(read).await?;
         histogram.record(t.elapsed().as_micros() as u64)?;
     }
     report(label, &histogram, n);
