@@ -22,7 +22,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
-PG_BASE="${PG_URL%/*}"
 TOTAL="${TOTAL:-10000000}"
 MEMBERS="${MEMBERS:-200000}"
 DURATION="${DURATION:-30}"
@@ -33,14 +32,8 @@ SERVER_PID=""
 DATA_DIR=""
 DB=rapport_bench_advocacy
 
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
-  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
 source bench/lib.sh
+trap bench_cleanup EXIT
 
 run_backend() { # name url
   local name=$1 url=$2
@@ -61,20 +54,6 @@ run_backend() { # name url
 machine
 echo "== $(date -u +%FT%TZ), $TOTAL interactions, $MEMBERS members, ${DURATION}s probes"
 
-for backend in $BACKENDS; do
-  case $backend in
-    sqlite)
-      DATA_DIR="$(mktemp -d)"
-      run_backend sqlite "sqlite:$DATA_DIR/rapport.db"
-      rm -rf "$DATA_DIR"; DATA_DIR="" ;;
-    postgres)
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
-      psql "$PG_URL" -qAtc "CREATE DATABASE $DB" >/dev/null
-      run_backend postgres "$PG_BASE/$DB"
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null ;;
-  esac
-done
+each_backend
 
-echo
-echo "== summary"
-grep -v '^RESULT' "$RESULTS/out.txt"
+summary

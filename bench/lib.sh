@@ -51,3 +51,40 @@ load() { # label mode extra-args...: a timed ingest run
 machine() {
   echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
 }
+
+# What a script that runs `each_backend` leaves behind, however it ends:
+# its server, its SQLite directory, its PostgreSQL database. Such a script
+# sets DB and runs `trap bench_cleanup EXIT`.
+bench_cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "${DATA_DIR:-}" ] && rm -rf "$DATA_DIR"
+  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+}
+
+# Runs `run_backend NAME URL` for each of BACKENDS: SQLite in a new
+# directory (in DATA_DIR meanwhile, for `bench_cleanup`), PostgreSQL in a
+# new database DB on PG_URL's server, dropped after.
+each_backend() {
+  local db=$DB backend
+  for backend in $BACKENDS; do
+    case $backend in
+      sqlite)
+        DATA_DIR="$(mktemp -d)"
+        run_backend sqlite "sqlite:$DATA_DIR/rapport.db"
+        rm -rf "$DATA_DIR"; DATA_DIR="" ;;
+      postgres)
+        psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+        psql "$PG_URL" -qAtc "CREATE DATABASE $db" >/dev/null
+        run_backend postgres "${PG_URL%/*}/$db"
+        psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null ;;
+      *) echo "unknown backend $backend (sqlite, postgres)" >&2; exit 2 ;;
+    esac
+  done
+}
+
+# The run's figures, without the machine-readable RESULT lines.
+summary() {
+  echo
+  echo "== summary"
+  grep -v '^RESULT' "$RESULTS/out.txt"
+}

@@ -19,7 +19,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
-PG_BASE="${PG_URL%/*}"
 TOTAL="${TOTAL:-1000000}"
 MEMBERS="${MEMBERS:-20000}"
 PER_MEMBER="${PER_MEMBER:-10000}"
@@ -31,14 +30,8 @@ SERVER_PID=""
 DATA_DIR=""
 DB=rapport_bench_merge
 
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
-  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
 source bench/lib.sh
+trap bench_cleanup EXIT
 
 run_backend() { # name url
   local name=$1 url=$2
@@ -53,20 +46,6 @@ run_backend() { # name url
 machine
 echo "== $(date -u +%FT%TZ), $TOTAL interactions, $MEMBERS members, 2 x $PER_MEMBER merged, $ROUNDS rounds"
 
-for backend in $BACKENDS; do
-  case $backend in
-    sqlite)
-      DATA_DIR="$(mktemp -d)"
-      run_backend sqlite "sqlite:$DATA_DIR/rapport.db"
-      rm -rf "$DATA_DIR"; DATA_DIR="" ;;
-    postgres)
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
-      psql "$PG_URL" -qAtc "CREATE DATABASE $DB" >/dev/null
-      run_backend postgres "$PG_BASE/$DB"
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null ;;
-  esac
-done
+each_backend
 
-echo
-echo "== summary"
-grep -v '^RESULT' "$RESULTS/out.txt"
+summary

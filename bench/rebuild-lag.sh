@@ -16,7 +16,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
-PG_BASE="${PG_URL%/*}"
 TOTAL="${TOTAL:-1000000}"
 MEMBERS="${MEMBERS:-20000}"
 RATE="${RATE:-5000}"
@@ -26,15 +25,10 @@ PORT="${PORT:-50076}"
 RESULTS="$(mktemp -d)"
 SERVER_PID=""
 DATA_DIR=""
-
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
-  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_rebuild_lag WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+DB=rapport_bench_rebuild_lag
 
 source bench/lib.sh
+trap bench_cleanup EXIT
 
 run_backend() { # name url
   local name=$1 url=$2
@@ -60,20 +54,6 @@ run_backend() { # name url
 machine
 echo "== $(date -u +%FT%TZ), $TOTAL interactions, ingest at $RATE/s, lag probe through a timeline rebuild"
 
-for backend in $BACKENDS; do
-  case $backend in
-    sqlite)
-      DATA_DIR="$(mktemp -d)"
-      run_backend sqlite "sqlite:$DATA_DIR/rapport.db"
-      rm -rf "$DATA_DIR"; DATA_DIR="" ;;
-    postgres)
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_rebuild_lag WITH (FORCE)" >/dev/null
-      psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench_rebuild_lag" >/dev/null
-      run_backend postgres "$PG_BASE/rapport_bench_rebuild_lag"
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_rebuild_lag WITH (FORCE)" >/dev/null ;;
-  esac
-done
+each_backend
 
-echo
-echo "== summary"
-grep -v '^RESULT' "$RESULTS/out.txt"
+summary

@@ -21,7 +21,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
-PG_BASE="${PG_URL%/*}"
 TOTAL="${TOTAL:-10000000}"
 MEMBERS="${MEMBERS:-200000}"
 RATE="${RATE:-5000}"
@@ -31,15 +30,10 @@ PORT="${PORT:-50072}"
 RESULTS="$(mktemp -d)"
 SERVER_PID=""
 DATA_DIR=""
-
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
-  psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_timeline WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+DB=rapport_bench_timeline
 
 source bench/lib.sh
+trap bench_cleanup EXIT
 
 disk_sqlite() { # log db file (each read model has a file beside it)
   python3 - "$1" "${1%.db}-timeline.db" "${1%.db}-scores.db" "$TOTAL" <<'PY' | tee -a "$RESULTS/out.txt"
@@ -93,20 +87,6 @@ run_backend() { # name url
 machine
 echo "== $(date -u +%FT%TZ), $TOTAL interactions, $MEMBERS members, ${DURATION}s probes at $RATE interactions/s"
 
-for backend in $BACKENDS; do
-  case $backend in
-    sqlite)
-      DATA_DIR="$(mktemp -d)"
-      run_backend sqlite "sqlite:$DATA_DIR/rapport.db"
-      rm -rf "$DATA_DIR"; DATA_DIR="" ;;
-    postgres)
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_timeline WITH (FORCE)" >/dev/null
-      psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench_timeline" >/dev/null
-      run_backend postgres "$PG_BASE/rapport_bench_timeline"
-      psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench_timeline WITH (FORCE)" >/dev/null ;;
-  esac
-done
+each_backend
 
-echo
-echo "== summary"
-grep -v '^RESULT' "$RESULTS/out.txt"
+summary

@@ -377,16 +377,7 @@ impl Runner {
             } else if b.bulk {
                 // Caught up in bulk: index what was appended. Events
                 // committed meanwhile are applied normally afterwards.
-                let started = std::time::Instant::now();
-                generations::finish_bulk(&pool, self.projection.as_ref(), b.generation, position)
-                    .await?;
-                info!(
-                    projection = name,
-                    generation = b.generation,
-                    position,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "bulk phase finished: tables indexed"
-                );
+                self.finish_bulk(&pool, &b, position).await?;
                 progressed = true;
             } else {
                 generations::activate(&pool, name, b.generation, position).await?;
@@ -496,18 +487,28 @@ impl Runner {
                 }
                 continue;
             }
-            let started = std::time::Instant::now();
-            generations::finish_bulk(&pool, self.projection.as_ref(), b.generation, position)
-                .await?;
-            info!(
-                projection = name,
-                generation = b.generation,
-                position,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "bulk phase finished: tables indexed"
-            );
-            return Ok(());
+            return self.finish_bulk(&pool, &b, position).await;
         }
+    }
+
+    /// Ends `b`'s bulk phase, caught up at `position` (see
+    /// [`generations::finish_bulk`]), and says how long it took.
+    async fn finish_bulk(
+        &self,
+        pool: &DbPool,
+        b: &Generation,
+        position: u64,
+    ) -> Result<(), ProjectionError> {
+        let started = std::time::Instant::now();
+        generations::finish_bulk(pool, self.projection.as_ref(), b.generation, position).await?;
+        info!(
+            projection = self.projection.name(),
+            generation = b.generation,
+            position,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "bulk phase finished: tables indexed"
+        );
+        Ok(())
     }
 
     /// Applies up to `batches` batches after `generation`'s checkpoint,

@@ -1706,7 +1706,9 @@ pub struct TierReads {
 /// A stored tier change's columns: at, position, from, to.
 type TierTuple = (i64, i64, i16, i16);
 
-/// The `SELECT` of [`Projections::tier_changes`], as text and values.
+/// A member's stored tier changes, newest first: those with a key
+/// `(at, position)` below `before`, at or after `since`, before `until`;
+/// as text and values.
 fn tier_changes_sql(
     g: u64,
     community_id: &str,
@@ -2086,33 +2088,10 @@ impl Projections {
         read
     }
 
-    /// A member's stored tier changes, newest first: those with a key
-    /// `(at, position)` below `before`, at or after `since`, before `until`.
-    pub async fn tier_changes(
-        &self,
-        g: u64,
-        community_id: &str,
-        member_id: &str,
-        range: &TierRange,
-        limit: u32,
-    ) -> Result<Vec<TierChange>, ProjectionError> {
-        let pool = self.pool(NAME).await?;
-        let (sql, params) = tier_changes_sql(g, community_id, member_id, range, limit);
-        let rows: Vec<TierTuple> = on_pool!(&pool, p => {
-            bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)))
-                .collect::<Result<_, sqlx::Error>>()?
-        });
-        rows.into_iter().map(tier_change_from).collect()
-    }
-
     /// What a timeline page shows of a member's tiers, from one snapshot
     /// of the scores: the community's policy, the member's all-channels
     /// state (for the demotions time has made since its latest
-    /// interaction) and its stored changes (see [`Self::tier_changes`]).
+    /// interaction) and its stored changes in `range`, newest first.
     /// Read apart, a batch committed between the reads could leave a
     /// change out of the page. On SQLite one hop to a reader of the scores
     /// file; on PostgreSQL one read-only repeatable-read transaction.

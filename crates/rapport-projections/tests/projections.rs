@@ -550,55 +550,23 @@ async fn wait_until_active(projections: &Projections, generation: u64) {
     }
 }
 
-/// The timeline with another code version.
-struct TimelineVersion(u64);
-
-impl Projection for TimelineVersion {
-    fn name(&self) -> &'static str {
-        Timeline.name()
-    }
-    fn version(&self) -> u64 {
-        self.0
-    }
-    fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String> {
-        Timeline.create_tables(generation, postgres)
-    }
-    fn finish_bulk<'a>(
-        &'a self,
-        tx: Tx<'a>,
-        generation: u64,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        Timeline.finish_bulk(tx, generation)
-    }
-    fn tables(&self, generation: u64) -> Vec<String> {
-        Timeline.tables(generation)
-    }
-    fn apply<'a>(
-        &'a self,
-        tx: Tx<'a>,
-        generation: u64,
-        events: &'a [Event],
-        bulk: bool,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        Timeline.apply(tx, generation, events, bulk)
-    }
-}
-
-/// The timeline, whose `finish_bulk` waits inside its transaction for the
-/// test to let it go once `hold` is set.
+/// The timeline as another code version would be (`version`), whose
+/// `finish_bulk` waits inside its transaction for the test to let it go
+/// once `hold` is set.
 #[derive(Default)]
-struct HeldFinish {
+struct TestTimeline {
+    version: Option<u64>,
     hold: std::sync::atomic::AtomicBool,
     entered: tokio::sync::Notify,
     release: tokio::sync::Notify,
 }
 
-impl Projection for HeldFinish {
+impl Projection for TestTimeline {
     fn name(&self) -> &'static str {
         Timeline.name()
     }
     fn version(&self) -> u64 {
-        Timeline.version()
+        self.version.unwrap_or_else(|| Timeline.version())
     }
     fn create_tables(&self, generation: u64, postgres: bool) -> Vec<String> {
         Timeline.create_tables(generation, postgres)
@@ -639,7 +607,7 @@ async fn postgres_the_live_model_follows_the_log_while_a_rebuild_is_indexed() {
     let Some((_db, store)) = fresh(Backend::Postgres, "projection_live_during_finish").await else {
         return;
     };
-    let timeline = Arc::new(HeldFinish::default());
+    let timeline = Arc::new(TestTimeline::default());
     let projections = Projections::with(store.clone(), vec![timeline.clone()]);
     let running = start(&projections, options());
     append(&store, 0..300).await;
@@ -688,7 +656,13 @@ async fn new_projection_code_rebuilds_beside_the_live_model_and_switches(backend
     running.stop().await;
 
     let next = Timeline.version() + 1;
-    let v2 = Projections::with(store.clone(), vec![Arc::new(TimelineVersion(next))]);
+    let v2 = Projections::with(
+        store.clone(),
+        vec![Arc::new(TestTimeline {
+            version: Some(next),
+            ..TestTimeline::default()
+        })],
+    );
     let mut slow = options();
     slow.batch_size = 16;
     slow.bulk_batch_size = 16;

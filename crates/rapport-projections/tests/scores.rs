@@ -245,9 +245,10 @@ async fn assert_states_replay(projections: &Projections, g: u64, policy: &Policy
             if channel == ALL_CHANNELS {
                 // The stored history, then what time alone adds since.
                 let mut history = projections
-                    .tier_changes(g, "acme", member, &TierRange::default(), 100_000)
+                    .timeline_tiers(g, "acme", member, &TierRange::default(), 100_000)
                     .await
-                    .expect("tier changes");
+                    .expect("tier changes")
+                    .stored;
                 history.reverse();
                 history.extend(state.changes_until(policy, as_of));
                 assert_eq!(history, tier_history(&input, policy, as_of), "{member}");
