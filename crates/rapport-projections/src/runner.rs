@@ -595,9 +595,14 @@ impl Runner {
         };
         let name = self.projection.name();
         let gens = generations::load(&DbPool::Postgres(pool.clone()), name).await?;
+        // A generation in its bulk phase is left alone: nobody reads it
+        // yet, and its bulk task's `finish_bulk` renames and drops tables
+        // that an ANALYZE would wait for, then fail on.
         let tables: Vec<String> = gens
             .iter()
-            .filter(|g| g.state != State::Retired && g.version == self.projection.version())
+            .filter(|g| {
+                g.state != State::Retired && !g.bulk && g.version == self.projection.version()
+            })
             .flat_map(|g| self.projection.tables(g.generation))
             .collect();
         let stale: Vec<String> = sqlx::query_scalar(

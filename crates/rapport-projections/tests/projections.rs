@@ -604,12 +604,18 @@ impl Projection for TestTimeline {
 /// for the rebuild. (On SQLite both write one file, one writer at a time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_the_live_model_follows_the_log_while_a_rebuild_is_indexed() {
-    let Some((_db, store)) = fresh(Backend::Postgres, "projection_live_during_finish").await else {
+    let Some((_db, store, pool)) = fresh_postgres("projection_live_during_finish").await else {
         return;
     };
     let timeline = Arc::new(TestTimeline::default());
     let projections = Projections::with(store.clone(), vec![timeline.clone()]);
-    let running = start(&projections, options());
+    let running = start(
+        &projections,
+        RunnerOptions {
+            analyze_interval: Duration::from_millis(20),
+            ..options()
+        },
+    );
     append(&store, 0..300).await;
     let old = caught_up(&projections).await;
 
@@ -628,6 +634,43 @@ async fn postgres_the_live_model_follows_the_log_while_a_rebuild_is_indexed() {
         .await
         .expect("the live model follows the log while the rebuild is indexed");
     assert_eq!(active.generation, old);
+
+    // Meanwhile the loop renews the planner statistics of the tables it
+    // applies to, but not those of the generation in its bulk phase:
+    // `finish_bulk` renames and drops them, and an ANALYZE would wait for
+    // it (holding the loop back) and then fail. Once PostgreSQL shows the
+    // staging table stale (statistics are flushed within 10 s), the loop
+    // has had a hundred rounds to analyze it.
+    let status = projections.status().await.expect("status");
+    let building = status[0].building.clone().expect("the rebuild").generation;
+    let staging = format!("timeline_staging_g{building}");
+    let analyzed = || {
+        sqlx::query_as::<_, (bool, bool)>(
+            "SELECT n_mod_since_analyze > 50 + 0.1 * n_live_tup, last_analyze IS NOT NULL \
+             FROM pg_stat_user_tables WHERE relname = $1",
+        )
+        .bind(&staging)
+        .fetch_one(&pool)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (stale, analyzed_yet) = analyzed().await.unwrap();
+        assert!(
+            !analyzed_yet,
+            "the loop analyzed {staging} in its bulk phase"
+        );
+        if stale {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (_, analyzed_yet) = analyzed().await.unwrap();
+            assert!(
+                !analyzed_yet,
+                "the loop analyzed {staging} in its bulk phase"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{staging} never showed stale");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     timeline.release.notify_one();
     let deadline = Instant::now() + Duration::from_secs(30);
