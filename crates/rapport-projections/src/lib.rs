@@ -233,6 +233,21 @@ impl Projections {
         Ok(self.store.projection_pool(name).await?)
     }
 
+    /// Runs `read` on a rusqlite reader of read model `name`'s file, for a
+    /// caller whose pool said SQLite (see [`Store::read_projections_sqlite`]).
+    pub(crate) async fn read_sqlite<T: Send + 'static>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ProjectionError> {
+        let read = self.store.read_projections_sqlite(name, read).await;
+        Ok(read.unwrap_or_else(|| {
+            Err(StoreError::Corrupt(
+                "a SQLite read on a PostgreSQL store".into(),
+            ))
+        })?)
+    }
+
     /// Starts one projector task per read model. They stop when `shutdown`
     /// turns true; await the handles to know they have.
     pub fn spawn(

@@ -63,8 +63,8 @@ use rapport_domain::score::{
 };
 use rapport_domain::{Event, EventBody, InteractionKind, MemberRole, Timestamp};
 use rapport_store::{
-    DbPool, SqlParam, StoreError, bind_params, decode_policy, encode_policy, from_db, placeholders,
-    to_db,
+    DbPool, SqlParam, bind_params, decode_policy, encode_policy, from_db, placeholders,
+    sqlite_rows, to_db,
 };
 use sqlx::QueryBuilder;
 use sqlx::Row as _;
@@ -1746,20 +1746,6 @@ fn tier_changes_sql(
     (sql, params)
 }
 
-/// The first row of a statement built as text, on a rusqlite connection.
-fn first_row<T>(
-    conn: &rusqlite::Connection,
-    (sql, params): (String, Vec<SqlParam>),
-    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<Option<T>> {
-    let params = params.into_iter().map(rusqlite::types::Value::from);
-    conn.prepare_cached(&sql)?
-        .query(rusqlite::params_from_iter(params))?
-        .next()?
-        .map(map)
-        .transpose()
-}
-
 fn tier_change_from((at, position, from, to): TierTuple) -> Result<TierChange, ProjectionError> {
     let tier = |t: i16| {
         Tier::from_i32(i32::from(t)).ok_or_else(|| ProjectionError::Corrupt(format!("tier {t}")))
@@ -2055,15 +2041,14 @@ impl Projections {
         let cancelled = || sqlx::Error::Protocol("the preview was cancelled".into());
         let community = community_id.to_owned();
         let read: BoxFuture<'_, Result<(), ProjectionError>> = match self.pool(NAME).await? {
-            DbPool::Sqlite(_) => {
-                let read = self.store().read_projections_sqlite(NAME, move |conn| {
+            DbPool::Sqlite(_) => self
+                .read_sqlite(NAME, move |conn| {
                     sqlite_pass::for_each_chunk(conn, g, &community, |chunk| {
                         chunks.blocking_send(chunk).map_err(|_| cancelled())
                     })?;
                     Ok(())
-                });
-                async move { Ok(read.await.unwrap_or(Ok(()))?) }.boxed()
-            }
+                })
+                .boxed(),
             DbPool::Postgres(pool) => {
                 let read = tokio::spawn(async move {
                     pg_pass::for_each_chunk(&pool, g, &community, chunks).await
@@ -2122,29 +2107,24 @@ impl Projections {
         let tiers = tier_changes_sql(g, community_id, member_id, range, limit);
         type Raw = (Option<(Vec<u8>, i64)>, Option<Vec<u8>>, Vec<TierTuple>);
         let (policy, state, stored): Raw = match self.pool(NAME).await? {
-            DbPool::Sqlite(_) => self
-                .store()
-                .read_projections_sqlite(NAME, move |conn| {
+            DbPool::Sqlite(_) => {
+                self.read_sqlite(NAME, move |conn| {
                     let tx = conn.transaction()?;
-                    let policy = first_row(&tx, policy, |row| Ok((row.get(0)?, row.get(1)?)))?;
-                    let state = first_row(&tx, state, |row| row.get(0))?;
+                    // Keyed reads: one row or none.
+                    let (sql, params) = policy;
+                    let policy =
+                        sqlite_rows(&tx, &sql, params, |row| Ok((row.get(0)?, row.get(1)?)))?.pop();
+                    let (sql, params) = state;
+                    let state = sqlite_rows(&tx, &sql, params, |row| row.get(0))?.pop();
                     let (sql, params) = tiers;
-                    let params = params.into_iter().map(rusqlite::types::Value::from);
-                    let stored = tx
-                        .prepare_cached(&sql)?
-                        .query_map(rusqlite::params_from_iter(params), |row| {
-                            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let stored = sqlite_rows(&tx, &sql, params, |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })?;
                     tx.commit()?;
                     Ok((policy, state, stored))
                 })
-                .await
-                .unwrap_or_else(|| {
-                    Err(StoreError::Corrupt(
-                        "a SQLite pool on a PostgreSQL store".into(),
-                    ))
-                })?,
+                .await?
+            }
             DbPool::Postgres(pool) => {
                 let mut tx = pool
                     .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

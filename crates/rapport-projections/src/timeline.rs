@@ -25,7 +25,7 @@ use rapport_domain::timeline::{
     ConnectionDelta, Cursor, Role, TimelineRow, connection_deltas, timeline_rows,
 };
 use rapport_domain::{Event, InteractionKind, Timestamp};
-use rapport_store::{DbPool, SqlParam, StoreError, bind_params, from_db, placeholders, to_db};
+use rapport_store::{DbPool, SqlParam, bind_params, from_db, placeholders, sqlite_rows, to_db};
 use sqlx::{QueryBuilder, Row};
 
 use crate::db::{Tx, execute_all, on_pool, push_in};
@@ -542,24 +542,14 @@ impl Projections {
         let rows: Vec<(i64, i64, i16)> = match self.pool(NAME).await? {
             // A page is up to 501 rows: on SQLite they come from a rusqlite
             // reader in one hop, not one sqlx message per row.
-            DbPool::Sqlite(_) => self
-                .store()
-                .read_projections_sqlite(NAME, move |conn| {
-                    let mut statement = conn.prepare_cached(&sql)?;
-                    let params = params.into_iter().map(rusqlite::types::Value::from);
-                    let rows = statement
-                        .query_map(rusqlite::params_from_iter(params), |row| {
-                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(rows)
+            DbPool::Sqlite(_) => {
+                self.read_sqlite(NAME, move |conn| {
+                    Ok(sqlite_rows(conn, &sql, params, |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })?)
                 })
-                .await
-                .unwrap_or_else(|| {
-                    Err(StoreError::Corrupt(
-                        "a SQLite pool on a PostgreSQL store".into(),
-                    ))
-                })?,
+                .await?
+            }
             DbPool::Postgres(pool) => bind_params(sqlx::query(sqlx::AssertSqlSafe(sql)), params)
                 .fetch_all(&pool)
                 .await?

@@ -40,7 +40,7 @@ use rapport_domain::{Command, Event, EventType, Interaction, Timestamp};
 pub use crypto::{Keyring, MasterKey};
 pub use feed::{Chunk, Encode, Feed};
 pub use follow::{Followed, FollowedEvent, Follower};
-pub use sql::{SqlParam, bind_params, placeholders};
+pub use sql::{SqlParam, bind_params, placeholders, sqlite_rows};
 pub use writer::{Writer, WriterConfig};
 
 /// The stored form of a scoring policy (as in the log), for read models

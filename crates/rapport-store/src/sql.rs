@@ -48,6 +48,21 @@ impl From<SqlParam> for rusqlite::types::Value {
     }
 }
 
+/// The rows of SQL built as text, on a rusqlite connection (SQLite's side
+/// of [`bind_params`]): the statement cached on the connection, each row
+/// mapped by `map`.
+pub fn sqlite_rows<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: Vec<SqlParam>,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let params = params.into_iter().map(rusqlite::types::Value::from);
+    conn.prepare_cached(sql)?
+        .query_map(rusqlite::params_from_iter(params), map)?
+        .collect()
+}
+
 /// Binds `params` to `query`, in order.
 pub fn bind_params<'q, DB>(
     mut query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments>,

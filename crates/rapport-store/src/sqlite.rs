@@ -384,14 +384,7 @@ impl SqliteStore {
         row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, StoreError> {
         self.log_readers
-            .read(move |conn| {
-                let mut statement = conn.prepare_cached(&select)?;
-                let params = params.into_iter().map(rusqlite::types::Value::from);
-                let rows = statement
-                    .query_map(rusqlite::params_from_iter(params), row)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
+            .read(move |conn| Ok(sql::sqlite_rows(conn, &select, params, row)?))
             .await
     }
 
@@ -565,11 +558,10 @@ fn forget_erased_targets(
         return Ok(());
     }
     let (select, params) = sql::select_erased(&targets);
-    let mut statement = tx.prepare_cached(&select)?;
-    let params = params.into_iter().map(rusqlite::types::Value::from);
-    let erased = statement
-        .query_map(rusqlite::params_from_iter(params), |row| row.get(0))?
-        .collect::<Result<std::collections::HashSet<String>, _>>()?;
+    let erased: std::collections::HashSet<String> =
+        sql::sqlite_rows(tx, &select, params, |row| row.get(0))?
+            .into_iter()
+            .collect();
     crate::forget_targets(events, &erased);
     Ok(())
 }
