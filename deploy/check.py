@@ -71,6 +71,14 @@ def server_env_names():
     return set(re.findall(r'env = "([A-Z0-9_]+)"', config))
 
 
+def server_stop_timeout():
+    """Seconds the server may take after the drain (lib.rs's STOP_TIMEOUT)."""
+    lib = (ROOT / "services" / "rapport-server" / "src" / "lib.rs").read_text()
+    found = re.search(r"STOP_TIMEOUT: Duration = Duration::from_secs\((\d+)\)", lib)
+    check(found is not None, "services/rapport-server/src/lib.rs defines STOP_TIMEOUT in seconds")
+    return int(found.group(1)) if found else 0
+
+
 def check_overlay(overlay, docs):
     by_kind = {}
     for doc in docs:
@@ -117,12 +125,17 @@ def check_overlay(overlay, docs):
     check("memory" in resources.get("requests", {}), f"{where}: a memory request")
     check("memory" in resources.get("limits", {}), f"{where}: a memory limit")
 
-    # Graceful termination: preStop pause + drain fit in the grace period,
-    # with room for the last commit.
+    # Graceful termination: preStop pause + drain + what the server may take
+    # after the drain (rapport_server::STOP_TIMEOUT, and 1 s for the
+    # runtime's blocking threads) fit in the grace period.
     drain = int(config["RAPPORT_DRAIN_TIMEOUT_SECS"])
     pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    check(pause + drain + 5 <= grace, f"{overlay}: preStop {pause}s + drain {drain}s + 5s fit in {grace}s")
+    after_drain = server_stop_timeout() + 1
+    check(
+        pause + drain + after_drain <= grace,
+        f"{overlay}: preStop {pause}s + drain {drain}s + {after_drain}s after it fit in {grace}s",
+    )
 
     # Configuration the server knows.
     known = server_env_names() | {"RUST_LOG"}

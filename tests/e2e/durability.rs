@@ -132,3 +132,105 @@ async fn shutdown_drains_in_flight_writes(backend: Backend) {
         .await;
     assert!(after.is_ok());
 }
+
+/// A projector stuck in a database call (here: behind another session's
+/// lock on its table) must not hold the shutdown: after the drain the server
+/// gives its projectors a bounded time, abandons the stuck batch (its
+/// transaction rolls back) and exits. The abandoned batch is applied after a
+/// restart: nothing acknowledged is lost from the read model either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_shutdown_does_not_wait_for_a_stuck_projector() {
+    use sqlx::Connection;
+    let Some(db) = crate::app::fresh_database(Backend::Postgres, "stuck_projector").await else {
+        return;
+    };
+    let app = start(db, &["--drain-timeout-secs", "1"]).await;
+    app.wait_serving().await;
+    let mut interactions = app.interactions().await;
+    let first = interactions
+        .record_interaction(one(interaction("before-lock", "ana")))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut blocker = sqlx::PgConnection::connect(app.database_url())
+        .await
+        .unwrap();
+    // The timeline's live table exists once its first generation is active.
+    let generation: i64 = loop {
+        let active: Option<i64> = sqlx::query_scalar(
+            "SELECT generation FROM projection_generations \
+             WHERE name = 'timeline' AND state = 'active' AND position >= $1",
+        )
+        .bind(first.position as i64)
+        .fetch_optional(&mut blocker)
+        .await
+        .unwrap();
+        if let Some(g) = active {
+            break g;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE timeline_entries_g{generation} IN ACCESS EXCLUSIVE MODE"
+    )))
+    .execute(&mut blocker)
+    .await
+    .unwrap();
+    let stuck = interactions
+        .record_interaction(one(interaction("while-locked", "bea")))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait until the projector really waits for the lock.
+    let mut admin = sqlx::PgConnection::connect(app.database_url())
+        .await
+        .unwrap();
+    for attempt in 0.. {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(attempt < 200, "the timeline projector never blocked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let (clean_exit, db) = app.terminate().await;
+    let took = started.elapsed();
+    assert!(clean_exit, "SIGTERM ends the server with status 0");
+    // Drain (1 s, nothing in flight) + the projectors' bound (10 s).
+    assert!(
+        took < Duration::from_secs(15),
+        "the shutdown waited {took:?} for a stuck projector"
+    );
+
+    // Releasing the lock lets the abandoned batch's transaction go; a
+    // restarted server applies the write it held.
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let app = start(db, &[]).await;
+    app.wait_serving().await;
+    let page = app
+        .timelines()
+        .await
+        .get_timeline(pb::GetTimelineRequest {
+            community_id: "acme".into(),
+            member_id: stuck.member_id.clone(),
+            min_position: stuck.position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        page.entries.iter().any(|e| e.position == stuck.position),
+        "the write made while the projector was stuck is in the timeline after a restart"
+    );
+}

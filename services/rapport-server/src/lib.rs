@@ -63,6 +63,15 @@ const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How long an HTTP/2 keepalive PING may go unanswered.
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// After the drain, how long the writer's last commit, the projectors' last
+/// batches and the database's close may take together. Past it the server
+/// abandons what is left (nothing unacknowledged is promised; an abandoned
+/// projector batch rolls back and is applied again after the restart) and
+/// exits: a database call that never returns (a lock held elsewhere) must not
+/// hold the process until Kubernetes kills it. `deploy/check.py` keeps the
+/// grace period above preStop + drain + this.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The health service name of the liveness probe: SERVING as long as the
 /// process serves gRPC, whatever the database does, so that a database
 /// outage turns replicas unready without getting them restarted.
@@ -260,22 +269,40 @@ pub async fn run(
     let store = state.ready().ok().map(|r| r.store.clone());
     drop(state);
     let _ = projectors_stop.send(true);
+    // The close gets the last two seconds whatever happened before it.
+    let close_by = tokio::time::Instant::now() + STOP_TIMEOUT;
+    let deadline = close_by - Duration::from_secs(2);
     if let Some((writer_task, projector_tasks, commit_watch)) = tasks {
         commit_watch.abort();
-        if tokio::time::timeout(Duration::from_secs(30), writer_task)
+        if tokio::time::timeout_at(deadline, writer_task)
             .await
             .is_err()
         {
-            warn!("the group-commit writer did not finish within 30 s");
+            warn!(
+                timeout_s = STOP_TIMEOUT.as_secs(),
+                "the group-commit writer did not finish its last commit in time; abandoning it"
+            );
         }
-        // A projector stops between batches; an interrupted batch would
-        // simply roll back.
+        // A projector stops between batches. One stuck in a database call
+        // is aborted: its transaction never commits, so the batch is applied
+        // again, whole, by whichever process leads next.
         for task in projector_tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                warn!(
+                    timeout_s = STOP_TIMEOUT.as_secs(),
+                    "a projector did not stop in time; abandoning its batch"
+                );
+                abort.abort();
+            }
         }
     }
-    if let Some(store) = store {
-        store.close().await;
+    if let Some(store) = store
+        && tokio::time::timeout_at(close_by, store.close())
+            .await
+            .is_err()
+    {
+        warn!("the database connections did not close in time; exiting without them");
     }
     info!("stopped");
     Ok(())

@@ -10,8 +10,23 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve());
+    // Dropping a runtime waits for its blocking threads, and a SQLite call
+    // abandoned by the shutdown (a rebuild's final merge runs for minutes
+    // at 10 M) would hold the exit. What it was doing rolls back.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
     let telemetry = telemetry::init(config.log_format);
     let addr = config.effective_listen();
