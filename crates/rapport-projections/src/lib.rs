@@ -147,9 +147,12 @@ impl From<sqlx::Error> for ProjectionError {
 struct Local {
     /// Whether this process runs the projector now.
     leading: AtomicBool,
-    /// The active generation's checkpoint as this process last applied it:
-    /// wakes readers waiting for `min_position` without a poll delay.
-    applied: watch::Sender<u64>,
+    /// The active generation and its checkpoint, as this process's projector
+    /// last committed them; `None` while another process leads. It wakes
+    /// readers waiting for `min_position` without a poll delay, and spares
+    /// a read that finds it far enough along the query for it: only the
+    /// leader moves the active generation, so what it committed is true.
+    applied: watch::Sender<Option<Active>>,
 }
 
 /// The read models of one server process.
@@ -212,7 +215,7 @@ impl Projections {
             .map(|p| {
                 let local = Arc::new(Local {
                     leading: AtomicBool::new(false),
-                    applied: watch::channel(0).0,
+                    applied: watch::channel(None).0,
                 });
                 (p.name(), (p, local))
             })
@@ -323,7 +326,11 @@ impl Projections {
         let mut applied = local.applied.subscribe();
         let pool = self.pool(name).await?;
         loop {
-            let active = generations::active(&pool, name).await?;
+            let known = *applied.borrow_and_update();
+            let active = match known {
+                Some(a) if a.position >= min_position => Some((a.generation, a.position)),
+                _ => generations::active(&pool, name).await?,
+            };
             match active {
                 Some((generation, position)) if position >= min_position => {
                     return Ok(Active {

@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::db::WriteTx;
 use crate::generations::{self, Generation, Start, State};
-use crate::{Local, Projection, ProjectionError};
+use crate::{Active, Local, Projection, ProjectionError};
 
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -144,6 +144,8 @@ impl Runner {
             info!(projection = name, "running the projector");
             let followed = self.follow(lease, &mut commits, &mut shutdown).await;
             self.local.leading.store(false, Ordering::Relaxed);
+            // Another process may lead now: readers ask the database again.
+            self.local.applied.send_replace(None);
             match followed {
                 Ok(()) => return,
                 Err(error) => {
@@ -156,6 +158,20 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Tells this process's readers the active generation and checkpoint the
+    /// projector has committed (waking those that wait for a position).
+    fn publish(&self, active: Option<(u64, u64)>) {
+        let active = active.map(|(generation, position)| Active {
+            generation,
+            position,
+        });
+        self.local.applied.send_if_modified(|known| {
+            let changed = *known != active;
+            *known = active;
+            changed
+        });
     }
 
     /// Waits until this process leads the projection; `None` on shutdown.
@@ -292,6 +308,7 @@ impl Runner {
         let find = |s| gens.iter().find(|g: &&Generation| g.state == s).cloned();
         let active = find(State::Active);
         let building = find(State::Building);
+        self.publish(active.as_ref().map(|a| (a.generation, a.position)));
 
         match (&active, &building) {
             (None, None) => {
@@ -345,7 +362,7 @@ impl Runner {
             progressed |= position > a.position;
             caught_up = position > a.position && position >= head;
             if position > a.position {
-                self.local.applied.send_replace(position);
+                self.publish(Some((a.generation, position)));
             }
             if report && head > position {
                 info!(
@@ -381,7 +398,7 @@ impl Runner {
                 progressed = true;
             } else {
                 generations::activate(&pool, name, b.generation, position).await?;
-                self.local.applied.send_replace(position);
+                self.publish(Some((b.generation, position)));
                 info!(
                     projection = name,
                     generation = b.generation,

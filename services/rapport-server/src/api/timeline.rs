@@ -66,38 +66,48 @@ impl TimelineService for Timelines {
         v.check()?;
 
         let ready = self.state.ready()?;
-        let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
-        let member_id = group.member_id.clone();
-        // Tokens are bound to the member, not to how it was named.
-        let digest = request_digest(
-            ["timeline", &r.community_id, &member_id]
-                .into_iter()
-                .chain(r.channels.iter().map(String::as_str))
-                .chain([
-                    format!("{:?}", r.kinds).as_str(),
-                    &format!("{since:?}"),
-                    &format!("{until:?}"),
-                ]),
-        );
-        let after = page_token(&r.page_token, &digest)?;
-        let active = ready
-            .projections
-            .wait_for(NAME, r.min_position, deadline)
-            .await
-            .map_err(ApiError::from)?;
-        let g = active.generation;
+        let named = async {
+            let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
+            // Tokens are bound to the member, not to how it was named.
+            let digest = request_digest(
+                ["timeline", &r.community_id, &group.member_id]
+                    .into_iter()
+                    .chain(r.channels.iter().map(String::as_str))
+                    .chain([
+                        format!("{:?}", r.kinds).as_str(),
+                        &format!("{since:?}"),
+                        &format!("{until:?}"),
+                    ]),
+            );
+            let after = page_token(&r.page_token, &digest)?;
+            Ok::<_, ApiError>((group, digest, after))
+        };
+        let timeline = async {
+            Ok::<_, ApiError>(
+                ready
+                    .projections
+                    .wait_for(NAME, r.min_position, deadline)
+                    .await?,
+            )
+        };
         // Tier changes come from the scores projection; a filtered timeline
         // (channels, kinds) leaves them out, as it does lifecycle entries.
-        let tiers = if r.channels.is_empty() && kinds.is_empty() {
+        let scores = async {
+            if !(r.channels.is_empty() && kinds.is_empty()) {
+                return Ok::<_, ApiError>(None);
+            }
             let scores = ready
                 .projections
                 .wait_for(scores::NAME, r.min_position, deadline)
-                .await
-                .map_err(ApiError::from)?;
-            Some(scores.generation)
-        } else {
-            None
+                .await?;
+            Ok(Some(scores.generation))
         };
+        // The member and the read models' progress do not depend on each
+        // other: a page waits for the slowest, not for their sum. The first
+        // error wins (an unknown member does not wait for `min_position`).
+        let ((group, digest, after), active, tiers) = tokio::try_join!(named, timeline, scores)?;
+        let member_id = group.member_id.clone();
+        let g = active.generation;
         let query = TimelineQuery {
             community_id: r.community_id,
             members: group.all(),
@@ -140,8 +150,11 @@ impl TimelineService for Timelines {
         v.check()?;
 
         let ready = self.state.ready()?;
-        let group = resolve_group(ready, &r.community_id, member, "member_id").await?;
-        let others = resolve_group(ready, &r.community_id, other, "other_member_id").await?;
+        // Two independent reads: at once.
+        let (group, others) = tokio::try_join!(
+            resolve_group(ready, &r.community_id, member, "member_id"),
+            resolve_group(ready, &r.community_id, other, "other_member_id"),
+        )?;
         let (member_id, other_member_id) = (group.member_id.clone(), others.member_id.clone());
         if member_id == other_member_id {
             return Err(ApiError::field(
