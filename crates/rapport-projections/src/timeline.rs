@@ -29,7 +29,7 @@ use rapport_store::{DbPool, SqlParam, bind_params, from_db, placeholders, sqlite
 use sqlx::{QueryBuilder, Row};
 
 use crate::db::{Tx, execute_all, on_pool, push_in};
-use crate::sqlite_pass::on_sqlx_connection;
+use crate::sqlite_pass::{driver, on_sqlx_connection};
 use crate::timeline_merge;
 use crate::{Projection, ProjectionError, Projections};
 
@@ -135,10 +135,23 @@ impl Projection for Timeline {
         let c = match tx {
             // SQLite's entries table is clustered by key (WITHOUT ROWID):
             // the staged runs merged in key order land each row after the
-            // previous one, so the b-tree is written page after page.
+            // previous one, so the b-tree is written page after page. The
+            // secondary indexes are not in that order (a heavy member's
+            // pairs span far more pages than the cache holds): they are
+            // built afterwards, by SQLite's sorter.
             Tx::Sqlite(c) => {
                 return on_sqlx_connection(c, move |conn| {
-                    timeline_merge::finish(conn, g, timeline_merge::FAN_IN)
+                    conn.execute_batch(&format!(
+                        "DROP INDEX timeline_pairs_g{g}; DROP INDEX timeline_connections_rank_g{g}"
+                    ))
+                    .map_err(driver)?;
+                    timeline_merge::finish(conn, g, timeline_merge::FAN_IN)?;
+                    conn.execute_batch(&format!(
+                        "{}; {}",
+                        pairs_index(g),
+                        connections_rank_index(g)
+                    ))
+                    .map_err(driver)
                 })
                 .boxed();
             }

@@ -353,6 +353,47 @@ async fn postgres_a_bulk_build_leaves_the_tables_as_created() {
     assert_eq!(built, created);
 }
 
+/// SQLite: a bulk build drops the secondary indexes before its merge and
+/// builds them after it; the generation must end with exactly the tables
+/// and indexes `create_tables` gives (the staging tables gone). SQLite
+/// keeps each statement's text, so the schema is compared as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_bulk_build_leaves_the_tables_as_created() {
+    let Some((_db, store)) = fresh(Backend::Sqlite, "projection_bulk_shape").await else {
+        return;
+    };
+    // Events before the projector starts: its first build is a bulk one
+    // with rows to merge.
+    append(&store, 0..100).await;
+    let projections = Projections::new(store.clone());
+    let running = start(&projections, options());
+    let built = caught_up(&projections).await;
+    running.stop().await;
+    let suffix = format!("%_g{built}");
+    let mut schema: Vec<String> = store
+        .read_projections_sqlite(NAME, move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT sql FROM sqlite_master \
+                 WHERE name LIKE ?1 AND name LIKE 'timeline%' AND sql IS NOT NULL",
+            )?;
+            let rows = statement.query_map([&suffix], |row| row.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .expect("a SQLite store")
+        .expect("the schema");
+    schema.sort();
+    let staging = |sql: &String| sql.contains("_staging_g") || sql.contains("_runs_g");
+    let mut created: Vec<String> = Timeline
+        .create_tables(built, false)
+        .into_iter()
+        .filter(|sql| !staging(sql))
+        .collect();
+    created.sort();
+    assert!(created.iter().any(|sql| sql.contains("CREATE INDEX")));
+    assert_eq!(schema, created);
+}
+
 /// `RunnerOptions::linger`: an idle projector applies a commit at once;
 /// once it has caught up, the next commit waits for the linger to end;
 /// nothing is lost.
