@@ -145,13 +145,21 @@ impl Projection for Timeline {
                         "DROP INDEX timeline_pairs_g{g}; DROP INDEX timeline_connections_rank_g{g}"
                     ))
                     .map_err(driver)?;
+                    let started = std::time::Instant::now();
                     timeline_merge::finish(conn, g, timeline_merge::FAN_IN)?;
-                    conn.execute_batch(&format!(
-                        "{}; {}",
-                        pairs_index(g),
-                        connections_rank_index(g)
-                    ))
-                    .map_err(driver)
+                    let merged = started.elapsed();
+                    conn.execute_batch(&pairs_index(g)).map_err(driver)?;
+                    let pairs = started.elapsed() - merged;
+                    conn.execute_batch(&connections_rank_index(g))
+                        .map_err(driver)?;
+                    tracing::debug!(
+                        generation = g,
+                        merge_ms = merged.as_millis() as u64,
+                        pairs_index_ms = pairs.as_millis() as u64,
+                        rank_index_ms = (started.elapsed() - merged - pairs).as_millis() as u64,
+                        "timeline bulk build indexed"
+                    );
+                    Ok(())
                 })
                 .boxed();
             }
