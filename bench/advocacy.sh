@@ -27,9 +27,6 @@ MEMBERS="${MEMBERS:-200000}"
 DURATION="${DURATION:-30}"
 BACKENDS="${BACKENDS:-sqlite postgres}"
 PORT="${PORT:-50073}"
-RESULTS="$(mktemp -d)"
-SERVER_PID=""
-DATA_DIR=""
 DB=rapport_bench_advocacy
 
 source bench/lib.sh

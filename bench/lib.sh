@@ -1,7 +1,7 @@
 # Shared by the benchmark scripts (source it): the binaries, starting and
 # stopping the server, running the load generator against it. Expects PORT
-# and RESULTS (and DURATION and WARMUP for `load`); sets SERVER, LOADGEN,
-# ADDR and SERVER_PID.
+# (and DURATION and WARMUP for `load`); sets SERVER, LOADGEN, ADDR,
+# SERVER_PID, DATA_DIR, and RESULTS unless the script set it first.
 
 # BIN_DIR: run binaries built elsewhere (e.g. a copy, so that a rebuild of the
 # tree during a long run does not change them).
@@ -13,6 +13,8 @@ SERVER=$BIN_DIR/rapport-server
 LOADGEN=$BIN_DIR/rapport-loadgen
 ADDR="http://127.0.0.1:$PORT"
 SERVER_PID=""
+DATA_DIR=""
+RESULTS="${RESULTS:-$(mktemp -d)}"
 
 # A benchmark's own master key (PostgreSQL needs one; SQLite would make its own).
 export RAPPORT_MASTER_KEY="${RAPPORT_MASTER_KEY:-$(head -c 32 /dev/urandom | base64)}"

@@ -25,9 +25,6 @@ PER_MEMBER="${PER_MEMBER:-10000}"
 ROUNDS="${ROUNDS:-5}"
 BACKENDS="${BACKENDS:-sqlite postgres}"
 PORT="${PORT:-50074}"
-RESULTS="$(mktemp -d)"
-SERVER_PID=""
-DATA_DIR=""
 DB=rapport_bench_merge
 
 source bench/lib.sh

@@ -22,9 +22,6 @@ RATE="${RATE:-5000}"
 LAG_DEADLINE="${LAG_DEADLINE:-55}"
 BACKENDS="${BACKENDS:-sqlite postgres}"
 PORT="${PORT:-50076}"
-RESULTS="$(mktemp -d)"
-SERVER_PID=""
-DATA_DIR=""
 DB=rapport_bench_rebuild_lag
 
 source bench/lib.sh

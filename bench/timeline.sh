@@ -32,9 +32,6 @@ DURATION="${DURATION:-60}"
 LAG_DEADLINE="${LAG_DEADLINE:-30}"
 BACKENDS="${BACKENDS:-sqlite postgres}"
 PORT="${PORT:-50072}"
-RESULTS="$(mktemp -d)"
-SERVER_PID=""
-DATA_DIR=""
 DB=rapport_bench_timeline
 
 source bench/lib.sh

@@ -270,8 +270,9 @@ pub async fn run(
     drop(state);
     let _ = projectors_stop.send(true);
     // The close gets the last two seconds whatever happened before it.
-    let close_by = tokio::time::Instant::now() + STOP_TIMEOUT;
-    let deadline = close_by - Duration::from_secs(2);
+    let finish_within = STOP_TIMEOUT - Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + finish_within;
+    let close_by = deadline + Duration::from_secs(2);
     if let Some((writer_task, projector_tasks, commit_watch)) = tasks {
         commit_watch.abort();
         if tokio::time::timeout_at(deadline, writer_task)
@@ -279,7 +280,7 @@ pub async fn run(
             .is_err()
         {
             warn!(
-                timeout_s = STOP_TIMEOUT.as_secs(),
+                timeout_s = finish_within.as_secs(),
                 "the group-commit writer did not finish its last commit in time; abandoning it"
             );
         }
@@ -290,7 +291,7 @@ pub async fn run(
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 warn!(
-                    timeout_s = STOP_TIMEOUT.as_secs(),
+                    timeout_s = finish_within.as_secs(),
                     "a projector did not stop in time; abandoning its batch"
                 );
                 abort.abort();

@@ -83,12 +83,11 @@ impl TimelineService for Timelines {
             Ok::<_, ApiError>((group, digest, after))
         };
         let timeline = async {
-            Ok::<_, ApiError>(
-                ready
-                    .projections
-                    .wait_for(NAME, r.min_position, deadline)
-                    .await?,
-            )
+            ready
+                .projections
+                .wait_for(NAME, r.min_position, deadline)
+                .await
+                .map_err(ApiError::from)
         };
         // Tier changes come from the scores projection; a filtered timeline
         // (channels, kinds) leaves them out, as it does lifecycle entries.
