@@ -66,10 +66,11 @@ use rapport_store::{
     DbPool, SqlParam, bind_params, decode_policy, encode_policy, from_db, placeholders,
     sqlite_rows, to_db,
 };
-use sqlx::QueryBuilder;
 use sqlx::Row as _;
+use sqlx::{PgConnection, QueryBuilder};
 
 use crate::db::{Tx, execute_all, on_pool, on_tx, push_in};
+use crate::sqlite_pass::{driver, on_sqlx_connection};
 use crate::{Projection, ProjectionError, Projections};
 use crate::{pg_pass, sqlite_pass};
 
@@ -679,33 +680,41 @@ async fn canonicalize(
             ids.insert((&r.community_id, other));
         }
     }
-    let ids: Vec<[&str; 2]> = ids.into_iter().map(|(c, m)| [c, m]).collect();
-    let mut into: HashMap<(String, String), String> = HashMap::new();
-    for chunk in ids.chunks(CHUNK) {
-        let found: Vec<(String, String, String)> = match tx {
-            Tx::Postgres(c) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT m.community_id, m.member_id, m.into_member_id \
-                     FROM UNNEST($1::text[], $2::text[]) AS k (c, m) \
-                     JOIN score_merges_g{g} m ON m.community_id = k.c AND m.member_id = k.m"
-                )))
-                .bind(chunk.iter().map(|k| k[0]).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|k| k[1]).collect::<Vec<_>>())
-                .fetch_all(&mut **c)
-                .await?
+    let into: HashMap<(String, String), String> = match tx {
+        Tx::Sqlite(c) => {
+            let sql = format!(
+                "SELECT into_member_id FROM score_merges_g{g} \
+                 WHERE community_id = ?1 AND member_id = ?2"
+            );
+            let found = on_sqlx_connection(c, |conn| {
+                let keys = ids.iter().map(|&(c, m)| ((c, m), [c, m]));
+                sqlite_pass::lookup(conn, &sql, keys, |row| row.get::<_, String>(0))
+            })
+            .await?;
+            found
+                .into_iter()
+                .map(|((c, m), into)| ((c.to_owned(), m.to_owned()), into))
+                .collect()
+        }
+        Tx::Postgres(c) => {
+            let ids: Vec<(&str, &str)> = ids.into_iter().collect();
+            let mut into = HashMap::new();
+            for chunk in ids.chunks(CHUNK) {
+                let found: Vec<(String, String, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT m.community_id, m.member_id, m.into_member_id \
+                         FROM UNNEST($1::text[], $2::text[]) AS k (c, m) \
+                         JOIN score_merges_g{g} m ON m.community_id = k.c AND m.member_id = k.m"
+                    )))
+                    .bind(chunk.iter().map(|k| k.0).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|k| k.1).collect::<Vec<_>>())
+                    .fetch_all(&mut **c)
+                    .await?;
+                into.extend(found.into_iter().map(|(c, m, t)| ((c, m), t)));
             }
-            Tx::Sqlite(c) => {
-                let mut qb = QueryBuilder::new(format!(
-                    "SELECT community_id, member_id, into_member_id FROM score_merges_g{g} \
-                     WHERE (community_id, member_id) IN ("
-                ));
-                push_tuples(&mut qb, chunk.iter().copied());
-                qb.push(")");
-                qb.build_query_as().fetch_all(&mut **c).await?
-            }
-        };
-        into.extend(found.into_iter().map(|(c, m, t)| ((c, m), t)));
-    }
+            into
+        }
+    };
     if into.is_empty() {
         return Ok(());
     }
@@ -840,40 +849,23 @@ async fn refold_members(
 }
 
 async fn insert_snapshots(
-    tx: &mut Tx<'_>,
+    c: &mut PgConnection,
     g: u64,
     snapshots: &[(String, String, i64, Vec<u8>)],
 ) -> Result<(), sqlx::Error> {
-    if let Tx::Postgres(c) = tx {
-        if snapshots.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO score_snapshots_g{g} (community_id, member_id, day, state) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[])"
-        )))
-        .bind(column(snapshots, |r| r.0.as_str()))
-        .bind(column(snapshots, |r| r.1.as_str()))
-        .bind(column(snapshots, |r| r.2))
-        .bind(column(snapshots, |r| r.3.as_slice()))
-        .execute(&mut **c)
-        .await?;
+    if snapshots.is_empty() {
         return Ok(());
     }
-    for chunk in snapshots.chunks(CHUNK) {
-        on_tx!(tx, c => {
-            let mut qb = QueryBuilder::new(format!(
-                "INSERT INTO score_snapshots_g{g} (community_id, member_id, day, state) "
-            ));
-            qb.push_values(chunk, |mut b, (community, member, day, state)| {
-                b.push_bind(community.clone())
-                    .push_bind(member.clone())
-                    .push_bind(*day)
-                    .push_bind(state.clone());
-            });
-            qb.build().execute(&mut **c).await?;
-        });
-    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO score_snapshots_g{g} (community_id, member_id, day, state) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bytea[])"
+    )))
+    .bind(column(snapshots, |r| r.0.as_str()))
+    .bind(column(snapshots, |r| r.1.as_str()))
+    .bind(column(snapshots, |r| r.2))
+    .bind(column(snapshots, |r| r.3.as_slice()))
+    .execute(&mut *c)
+    .await?;
     Ok(())
 }
 
@@ -1060,10 +1052,18 @@ impl FoldRows {
     }
 
     pub(crate) async fn write(&self, tx: &mut Tx<'_>, g: u64) -> Result<(), sqlx::Error> {
-        upsert_pairs(tx, g, &self.exchanges).await?;
-        insert_tiers(tx, g, &self.tiers).await?;
-        insert_snapshots(tx, g, &self.snapshots).await?;
-        upsert_states(tx, g, &self.states).await
+        match tx {
+            Tx::Sqlite(c) => {
+                on_sqlx_connection(c, |conn| sqlite_pass::RowWriter::new(conn, g)?.write(self))
+                    .await
+            }
+            Tx::Postgres(c) => {
+                upsert_pairs(c, g, &self.exchanges).await?;
+                insert_tiers(c, g, &self.tiers).await?;
+                insert_snapshots(c, g, &self.snapshots).await?;
+                upsert_states(c, g, &self.states).await
+            }
+        }
     }
 }
 
@@ -1111,46 +1111,26 @@ pub fn fold_member(
 }
 
 async fn insert_tiers(
-    tx: &mut Tx<'_>,
+    c: &mut PgConnection,
     g: u64,
     changes: &[(String, String, TierChange)],
 ) -> Result<(), sqlx::Error> {
-    if let Tx::Postgres(c) = tx {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO score_tiers_g{g} (community_id, member_id, at, position, from_tier, \
-             to_tier) SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], \
-             $5::int2[], $6::int2[])"
-        )))
-        .bind(column(changes, |r| r.0.as_str()))
-        .bind(column(changes, |r| r.1.as_str()))
-        .bind(column(changes, |r| r.2.at.as_micros()))
-        .bind(column(changes, |r| to_db(r.2.position)))
-        .bind(column(changes, |r| r.2.from.as_i32() as i16))
-        .bind(column(changes, |r| r.2.to.as_i32() as i16))
-        .execute(&mut **c)
-        .await?;
+    if changes.is_empty() {
         return Ok(());
     }
-    for chunk in changes.chunks(CHUNK) {
-        on_tx!(tx, c => {
-            let mut qb = QueryBuilder::new(format!(
-                "INSERT INTO score_tiers_g{g} (community_id, member_id, at, position, from_tier, \
-                 to_tier) "
-            ));
-            qb.push_values(chunk, |mut b, (community, member, change)| {
-                b.push_bind(community.clone())
-                    .push_bind(member.clone())
-                    .push_bind(change.at.as_micros())
-                    .push_bind(to_db(change.position))
-                    .push_bind(change.from.as_i32() as i16)
-                    .push_bind(change.to.as_i32() as i16);
-            });
-            qb.build().execute(&mut **c).await?;
-        });
-    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO score_tiers_g{g} (community_id, member_id, at, position, from_tier, \
+         to_tier) SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], \
+         $5::int2[], $6::int2[])"
+    )))
+    .bind(column(changes, |r| r.0.as_str()))
+    .bind(column(changes, |r| r.1.as_str()))
+    .bind(column(changes, |r| r.2.at.as_micros()))
+    .bind(column(changes, |r| to_db(r.2.position)))
+    .bind(column(changes, |r| r.2.from.as_i32() as i16))
+    .bind(column(changes, |r| r.2.to.as_i32() as i16))
+    .execute(&mut *c)
+    .await?;
     Ok(())
 }
 
@@ -1167,27 +1147,57 @@ async fn insert_activities(
     table: &str,
     rows: &[ActivityRow],
 ) -> Result<(), sqlx::Error> {
+    let c = match tx {
+        Tx::Sqlite(c) => {
+            let sql = format!(
+                "INSERT INTO score_{table}_g{g} ({ACTIVITY_ROW_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            );
+            return on_sqlx_connection(c, |conn| {
+                let mut insert = conn.prepare_cached(&sql).map_err(driver)?;
+                for r in rows {
+                    let a = &r.activity;
+                    insert
+                        .execute(rusqlite::params![
+                            r.community_id,
+                            r.member_id,
+                            a.at.as_micros(),
+                            to_db(a.position),
+                            a.kind.as_i32() as i16,
+                            a.channel,
+                            i16::from(a.incentivized),
+                            i16::from(a.positive),
+                            r.other_member_id,
+                            r.origin_member_id,
+                            r.other_origin_member_id,
+                        ])
+                        .map_err(driver)?;
+                }
+                Ok(())
+            })
+            .await;
+        }
+        Tx::Postgres(c) => c,
+    };
     for chunk in rows.chunks(CHUNK) {
-        on_tx!(tx, c => {
-            let mut qb = QueryBuilder::new(format!(
-                "INSERT INTO score_{table}_g{g} ({ACTIVITY_ROW_COLUMNS}) "
-            ));
-            qb.push_values(chunk, |mut b, r| {
-                let a = &r.activity;
-                b.push_bind(r.community_id.clone())
-                    .push_bind(r.member_id.clone())
-                    .push_bind(a.at.as_micros())
-                    .push_bind(to_db(a.position))
-                    .push_bind(a.kind.as_i32() as i16)
-                    .push_bind(a.channel.clone())
-                    .push_bind(i16::from(a.incentivized))
-                    .push_bind(i16::from(a.positive))
-                    .push_bind(r.other_member_id.clone())
-                    .push_bind(r.origin_member_id.clone())
-                    .push_bind(r.other_origin_member_id.clone());
-            });
-            qb.build().execute(&mut **c).await?;
+        let mut qb = QueryBuilder::new(format!(
+            "INSERT INTO score_{table}_g{g} ({ACTIVITY_ROW_COLUMNS}) "
+        ));
+        qb.push_values(chunk, |mut b, r| {
+            let a = &r.activity;
+            b.push_bind(r.community_id.clone())
+                .push_bind(r.member_id.clone())
+                .push_bind(a.at.as_micros())
+                .push_bind(to_db(a.position))
+                .push_bind(a.kind.as_i32() as i16)
+                .push_bind(a.channel.clone())
+                .push_bind(i16::from(a.incentivized))
+                .push_bind(i16::from(a.positive))
+                .push_bind(r.other_member_id.clone())
+                .push_bind(r.origin_member_id.clone())
+                .push_bind(r.other_origin_member_id.clone());
         });
+        qb.build().execute(&mut **c).await?;
     }
     Ok(())
 }
@@ -1257,39 +1267,42 @@ async fn load_states(
     g: u64,
     keys: &[StateKey],
 ) -> Result<HashMap<StateKey, ScoreState>, sqlx::Error> {
+    let c = match tx {
+        Tx::Sqlite(c) => {
+            let sql = format!(
+                "SELECT state FROM score_states_g{g} \
+                 WHERE community_id = ?1 AND channel = ?2 AND member_id = ?3"
+            );
+            let found = on_sqlx_connection(c, |conn| {
+                let keys = keys
+                    .iter()
+                    .map(|k| (k, [k.0.as_str(), k.1.as_str(), k.2.as_str()]));
+                sqlite_pass::lookup(conn, &sql, keys, |row| row.get::<_, Vec<u8>>(0))
+            })
+            .await?;
+            return found
+                .into_iter()
+                .map(|(key, bytes)| Ok((key.clone(), decode_state(&bytes)?)))
+                .collect();
+        }
+        Tx::Postgres(c) => c,
+    };
+    // PostgreSQL plans a long row-value IN list badly (a scan per batch):
+    // join the keys bound as arrays instead, one probe each.
     let mut out = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, Vec<u8>)> = match tx {
-            // PostgreSQL plans a long row-value IN list badly (a scan per
-            // batch): join the keys bound as arrays instead, one probe each.
-            Tx::Postgres(c) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT s.community_id, s.channel, s.member_id, s.state \
-                     FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (c, ch, m) \
-                     JOIN score_states_g{g} s \
-                     ON s.community_id = k.c AND s.channel = k.ch AND s.member_id = k.m"
-                )))
-                .bind(chunk.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
-                .fetch_all(&mut **c)
-                .await?
-            }
-            Tx::Sqlite(c) => {
-                let mut qb = QueryBuilder::new(format!(
-                    "SELECT community_id, channel, member_id, state FROM score_states_g{g} \
-                     WHERE (community_id, channel, member_id) IN ("
-                ));
-                push_tuples(
-                    &mut qb,
-                    chunk.iter().map(|(community, channel, member)| {
-                        [community.as_str(), channel.as_str(), member.as_str()]
-                    }),
-                );
-                qb.push(")");
-                qb.build_query_as().fetch_all(&mut **c).await?
-            }
-        };
+        let rows: Vec<(String, String, String, Vec<u8>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT s.community_id, s.channel, s.member_id, s.state \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (c, ch, m) \
+             JOIN score_states_g{g} s \
+             ON s.community_id = k.c AND s.channel = k.ch AND s.member_id = k.m"
+            )))
+            .bind(chunk.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut **c)
+            .await?;
         for (community, channel, member, bytes) in rows {
             out.insert((community, channel, member), decode_state(&bytes)?);
         }
@@ -1325,40 +1338,51 @@ async fn load_pairs(
     keys: &BTreeSet<(StateKey, String)>,
 ) -> Result<HashMap<(StateKey, String), i64>, sqlx::Error> {
     let keys: Vec<_> = keys.iter().collect();
+    let c = match tx {
+        Tx::Sqlite(c) => {
+            let sql = format!(
+                "SELECT last_day FROM score_pairs_g{g} WHERE community_id = ?1 \
+                 AND member_id = ?2 AND channel = ?3 AND other_member_id = ?4"
+            );
+            let found = on_sqlx_connection(c, |conn| {
+                let keys = keys.iter().map(|key| {
+                    let ((community, channel, member), other) = *key;
+                    (
+                        *key,
+                        [
+                            community.as_str(),
+                            member.as_str(),
+                            channel.as_str(),
+                            other.as_str(),
+                        ],
+                    )
+                });
+                sqlite_pass::lookup(conn, &sql, keys, |row| row.get::<_, i64>(0))
+            })
+            .await?;
+            return Ok(found
+                .into_iter()
+                .map(|(key, day)| (key.clone(), day))
+                .collect());
+        }
+        Tx::Postgres(c) => c,
+    };
+    // As in `load_states`: arrays joined on PostgreSQL.
     let mut out = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, String, i64)> = match tx {
-            // As in `load_states`: arrays joined on PostgreSQL.
-            Tx::Postgres(c) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT p.community_id, p.channel, p.member_id, p.other_member_id, p.last_day \
-                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k (c, m, ch, o) \
-                     JOIN score_pairs_g{g} p ON p.community_id = k.c AND p.member_id = k.m \
-                     AND p.channel = k.ch AND p.other_member_id = k.o"
-                )))
-                .bind(chunk.iter().map(|k| k.0.0.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|k| k.0.2.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|k| k.0.1.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
-                .fetch_all(&mut **c)
-                .await?
-            }
-            Tx::Sqlite(c) => {
-                let mut qb = QueryBuilder::new(format!(
-                    "SELECT community_id, channel, member_id, other_member_id, last_day \
-                     FROM score_pairs_g{g} \
-                     WHERE (community_id, member_id, channel, other_member_id) IN ("
-                ));
-                push_tuples(
-                    &mut qb,
-                    chunk.iter().map(|((community, channel, member), other)| {
-                        [community.as_str(), member.as_str(), channel.as_str(), other.as_str()]
-                    }),
-                );
-                qb.push(")");
-                qb.build_query_as().fetch_all(&mut **c).await?
-            }
-        };
+        let rows: Vec<(String, String, String, String, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT p.community_id, p.channel, p.member_id, p.other_member_id, p.last_day \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k (c, m, ch, o) \
+             JOIN score_pairs_g{g} p ON p.community_id = k.c AND p.member_id = k.m \
+             AND p.channel = k.ch AND p.other_member_id = k.o"
+            )))
+            .bind(chunk.iter().map(|k| k.0.0.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|k| k.0.2.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|k| k.0.1.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut **c)
+            .await?;
         for (community, channel, member, other, day) in rows {
             out.insert(((community, channel, member), other), day);
         }
@@ -1367,7 +1391,7 @@ async fn load_pairs(
 }
 
 async fn upsert_pairs(
-    tx: &mut Tx<'_>,
+    c: &mut PgConnection,
     g: u64,
     pairs: &[((StateKey, String), i64)],
 ) -> Result<(), sqlx::Error> {
@@ -1376,76 +1400,56 @@ async fn upsert_pairs(
     let unique: BTreeMap<&(StateKey, String), i64> = pairs.iter().map(|(k, d)| (k, *d)).collect();
     let rows: Vec<_> = unique.into_iter().collect();
     for chunk in rows.chunks(CHUNK) {
-        on_tx!(tx, c => {
+        {
             let mut qb = QueryBuilder::new(format!(
                 "INSERT INTO score_pairs_g{g} (community_id, member_id, channel, other_member_id, \
                  last_day) "
             ));
-            qb.push_values(chunk, |mut b, (((community, channel, member), other), day)| {
-                b.push_bind(community.clone())
-                    .push_bind(member.clone())
-                    .push_bind(channel.clone())
-                    .push_bind(other.clone())
-                    .push_bind(*day);
-            });
+            qb.push_values(
+                chunk,
+                |mut b, (((community, channel, member), other), day)| {
+                    b.push_bind(community.clone())
+                        .push_bind(member.clone())
+                        .push_bind(channel.clone())
+                        .push_bind(other.clone())
+                        .push_bind(*day);
+                },
+            );
             qb.push(
                 " ON CONFLICT (community_id, member_id, channel, other_member_id) \
                  DO UPDATE SET last_day = excluded.last_day",
             );
-            qb.build().execute(&mut **c).await?;
-        });
+            qb.build().execute(&mut *c).await?;
+        }
     }
     Ok(())
 }
 
-async fn upsert_states(tx: &mut Tx<'_>, g: u64, states: &[StateRow]) -> Result<(), sqlx::Error> {
-    if let Tx::Postgres(c) = tx {
-        if states.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO score_states_g{g} (community_id, channel, member_id, state, at, bound, \
-             tier) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], \
-             $5::int8[], $6::float8[], $7::int2[]) \
-             ON CONFLICT (community_id, channel, member_id) DO UPDATE SET \
-             state = excluded.state, at = excluded.at, bound = excluded.bound, \
-             tier = excluded.tier"
-        )))
-        .bind(column(states, |r| r.key.0.as_str()))
-        .bind(column(states, |r| r.key.1.as_str()))
-        .bind(column(states, |r| r.key.2.as_str()))
-        .bind(column(states, |r| r.state.as_slice()))
-        .bind(column(states, |r| r.at))
-        .bind(column(states, |r| r.bound))
-        .bind(column(states, |r| r.tier))
-        .execute(&mut **c)
-        .await?;
+async fn upsert_states(
+    c: &mut PgConnection,
+    g: u64,
+    states: &[StateRow],
+) -> Result<(), sqlx::Error> {
+    if states.is_empty() {
         return Ok(());
     }
-    for chunk in states.chunks(CHUNK) {
-        on_tx!(tx, c => {
-            let mut qb = QueryBuilder::new(format!(
-                "INSERT INTO score_states_g{g} (community_id, channel, member_id, state, at, \
-                 bound, tier) "
-            ));
-            qb.push_values(chunk, |mut b, row| {
-                let (community, channel, member) = &row.key;
-                b.push_bind(community.clone())
-                    .push_bind(channel.clone())
-                    .push_bind(member.clone())
-                    .push_bind(row.state.clone())
-                    .push_bind(row.at)
-                    .push_bind(row.bound)
-                    .push_bind(row.tier);
-            });
-            qb.push(
-                " ON CONFLICT (community_id, channel, member_id) DO UPDATE SET \
-                 state = excluded.state, at = excluded.at, bound = excluded.bound, \
-                 tier = excluded.tier",
-            );
-            qb.build().execute(&mut **c).await?;
-        });
-    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO score_states_g{g} (community_id, channel, member_id, state, at, bound, \
+         tier) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], \
+         $5::int8[], $6::float8[], $7::int2[]) \
+         ON CONFLICT (community_id, channel, member_id) DO UPDATE SET \
+         state = excluded.state, at = excluded.at, bound = excluded.bound, \
+         tier = excluded.tier"
+    )))
+    .bind(column(states, |r| r.key.0.as_str()))
+    .bind(column(states, |r| r.key.1.as_str()))
+    .bind(column(states, |r| r.key.2.as_str()))
+    .bind(column(states, |r| r.state.as_slice()))
+    .bind(column(states, |r| r.at))
+    .bind(column(states, |r| r.bound))
+    .bind(column(states, |r| r.tier))
+    .execute(&mut *c)
+    .await?;
     Ok(())
 }
 
@@ -2563,7 +2567,12 @@ mod tests {
                 }
             }
         }
-        upsert_states(&mut tx, 1, &states).await.expect("states");
+        let mut rows = FoldRows {
+            states,
+            ..FoldRows::default()
+        };
+        rows.write(&mut tx, 1).await.expect("states");
+        let mut states = std::mem::take(&mut rows.states);
         let later = latest.plus_seconds(365 * 86_400);
         let mut after = None;
         let mut rounds = 0;

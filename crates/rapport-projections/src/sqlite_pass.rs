@@ -12,11 +12,19 @@
 //! it must see the batch's uncommitted activity rows and write in the same
 //! transaction as the checkpoint. It folds on a second thread while this
 //! one reads and writes, so a pass uses both cores.
+//!
+//! A live batch's lookups and writes go the same way ([`lookup`],
+//! [`RowWriter`]), row by row with single-row statements prepared once per
+//! call. Multi-row statements (a value list, a row-value `IN` list) were
+//! parsed and planned again for nearly every batch, since each batch has
+//! lengths of its own and sqlx keeps a hundred statements per connection,
+//! and sqlx copied every bound value and every row across to its worker
+//! thread (docs/performance.md, "Live projector batches on SQLite").
 
 use std::sync::mpsc;
 
 use rapport_domain::policy::Policy;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use sqlx::SqliteConnection;
 
 use crate::scores::{
@@ -143,10 +151,34 @@ pub(crate) fn refold_community(
     })
 }
 
-/// Writes the [`FoldRows`] of a re-fold (the community's old rows deleted)
-/// with cached single-row statements: SQLite runs a prepared insert in
-/// microseconds, and there are no binds to build.
-struct RowWriter<'c> {
+/// Looks each key up with one single-row statement, `sql` with the key's
+/// values as `?1, ?2, ...`; keys without a row are left out.
+pub(crate) fn lookup<'a, K, V, const N: usize>(
+    conn: &Connection,
+    sql: &str,
+    keys: impl IntoIterator<Item = (K, [&'a str; N])>,
+    value: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<V>,
+) -> Result<Vec<(K, V)>, sqlx::Error> {
+    let mut statement = conn.prepare_cached(sql).map_err(driver)?;
+    let mut found = Vec::new();
+    for (key, params) in keys {
+        if let Some(v) = statement
+            .query_row(rusqlite::params_from_iter(params), &value)
+            .optional()
+            .map_err(driver)?
+        {
+            found.push((key, v));
+        }
+    }
+    Ok(found)
+}
+
+/// Writes [`FoldRows`] with cached single-row statements: SQLite runs a
+/// prepared insert in microseconds, and there are no binds to build. States
+/// and exchange pairs are upserts (a live batch moves existing ones; a
+/// re-fold has deleted the community's rows first); tier changes and
+/// snapshots are only ever added.
+pub(crate) struct RowWriter<'c> {
     states: rusqlite::CachedStatement<'c>,
     tiers: rusqlite::CachedStatement<'c>,
     snapshots: rusqlite::CachedStatement<'c>,
@@ -154,7 +186,7 @@ struct RowWriter<'c> {
 }
 
 impl<'c> RowWriter<'c> {
-    fn new(conn: &'c Connection, g: u64) -> Result<Self, sqlx::Error> {
+    pub(crate) fn new(conn: &'c Connection, g: u64) -> Result<Self, sqlx::Error> {
         let prepare = |sql: String| conn.prepare_cached(&sql).map_err(driver);
         Ok(RowWriter {
             states: prepare(format!(
@@ -174,13 +206,15 @@ impl<'c> RowWriter<'c> {
             ))?,
             pairs: prepare(format!(
                 "INSERT INTO score_pairs_g{g} (community_id, member_id, channel, \
-                 other_member_id, last_day) VALUES (?1, ?2, ?3, ?4, ?5)"
+                 other_member_id, last_day) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (community_id, member_id, channel, other_member_id) \
+                 DO UPDATE SET last_day = excluded.last_day"
             ))?,
         })
     }
 
-    fn write(&mut self, rows: &FoldRows) -> Result<(), sqlx::Error> {
-        // A member's fold names each pair once: its last exchange.
+    pub(crate) fn write(&mut self, rows: &FoldRows) -> Result<(), sqlx::Error> {
+        // In order: a pair named twice keeps its last day.
         for (((community, channel, member), other), day) in &rows.exchanges {
             self.pairs
                 .execute(rusqlite::params![community, member, channel, other, day])

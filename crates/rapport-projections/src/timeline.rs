@@ -56,10 +56,6 @@ fn connections_rank_index(g: u64) -> String {
 pub(crate) const ENTRY_COLUMNS: &str =
     "community_id, member_id, occurred_at, position, role, event_type, channel, kind, counterpart";
 
-/// Rows per INSERT statement: 500 rows × 9 columns stays far below both
-/// databases' bind-parameter limits.
-const INSERT_CHUNK: usize = 500;
-
 /// The timeline projection.
 pub struct Timeline;
 
@@ -378,28 +374,37 @@ async fn upsert_connections_pg(
         .map(drop)
 }
 
-/// SQLite (no arrays): multi-row VALUES, [`INSERT_CHUNK`] rows a statement.
+/// SQLite: row by row, with statements prepared once per batch (the
+/// reasons are in `sqlite_pass`'s doc: a multi-row statement was parsed
+/// again for nearly every batch, and sqlx copies every value across threads).
 async fn insert_entries_sqlite(
     c: &mut sqlx::SqliteConnection,
     table: &str,
     rows: &[TimelineRow],
 ) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut qb = QueryBuilder::new(format!("INSERT INTO {table} ({ENTRY_COLUMNS}) "));
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.community_id.clone())
-                .push_bind(r.member_id.clone())
-                .push_bind(r.occurred_at.as_micros())
-                .push_bind(to_db(r.position))
-                .push_bind(r.role as i16)
-                .push_bind(r.event_type as i16)
-                .push_bind(r.channel.clone())
-                .push_bind(r.kind.map(|k| k.as_i32() as i16))
-                .push_bind(r.counterpart.clone());
-        });
-        qb.build().execute(&mut *c).await?;
-    }
-    Ok(())
+    let sql = format!(
+        "INSERT INTO {table} ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    );
+    on_sqlx_connection(c, |conn| {
+        let mut insert = conn.prepare_cached(&sql).map_err(driver)?;
+        for r in rows {
+            insert
+                .execute(rusqlite::params![
+                    r.community_id,
+                    r.member_id,
+                    r.occurred_at.as_micros(),
+                    to_db(r.position),
+                    r.role as i16,
+                    r.event_type as i16,
+                    r.channel,
+                    r.kind.map(|k| k.as_i32() as i16),
+                    r.counterpart,
+                ])
+                .map_err(driver)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 async fn upsert_connections_sqlite(
@@ -407,25 +412,30 @@ async fn upsert_connections_sqlite(
     g: u64,
     deltas: &[ConnectionDelta],
 ) -> Result<(), sqlx::Error> {
-    for chunk in deltas.chunks(INSERT_CHUNK) {
-        let mut qb = QueryBuilder::new(format!(
-            "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
-             sent, received, total, first_at, last_at) "
-        ));
-        qb.push_values(chunk, |mut b, d| {
-            b.push_bind(d.community_id.clone())
-                .push_bind(d.member_id.clone())
-                .push_bind(d.other_member_id.clone())
-                .push_bind(to_db(d.sent))
-                .push_bind(to_db(d.received))
-                .push_bind(to_db(d.sent + d.received))
-                .push_bind(d.first_at.as_micros())
-                .push_bind(d.last_at.as_micros());
-        });
-        qb.push(connections_upsert(g));
-        qb.build().execute(&mut *c).await?;
-    }
-    Ok(())
+    let sql = format!(
+        "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
+         sent, received, total, first_at, last_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8){}",
+        connections_upsert(g)
+    );
+    on_sqlx_connection(c, |conn| {
+        let mut upsert = conn.prepare_cached(&sql).map_err(driver)?;
+        for d in deltas {
+            upsert
+                .execute(rusqlite::params![
+                    d.community_id,
+                    d.member_id,
+                    d.other_member_id,
+                    to_db(d.sent),
+                    to_db(d.received),
+                    to_db(d.sent + d.received),
+                    d.first_at.as_micros(),
+                    d.last_at.as_micros(),
+                ])
+                .map_err(driver)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Which entries of a member's timeline a page reads.
