@@ -698,21 +698,17 @@ async fn canonicalize(
         }
         Tx::Postgres(c) => {
             let ids: Vec<(&str, &str)> = ids.into_iter().collect();
-            let mut into = HashMap::new();
-            for chunk in ids.chunks(CHUNK) {
-                let found: Vec<(String, String, String)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "SELECT m.community_id, m.member_id, m.into_member_id \
-                         FROM UNNEST($1::text[], $2::text[]) AS k (c, m) \
-                         JOIN score_merges_g{g} m ON m.community_id = k.c AND m.member_id = k.m"
-                    )))
-                    .bind(chunk.iter().map(|k| k.0).collect::<Vec<_>>())
-                    .bind(chunk.iter().map(|k| k.1).collect::<Vec<_>>())
-                    .fetch_all(&mut **c)
-                    .await?;
-                into.extend(found.into_iter().map(|(c, m, t)| ((c, m), t)));
-            }
-            into
+            let found: Vec<(String, String, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT m.community_id, m.member_id, m.into_member_id \
+                 FROM UNNEST($1::text[], $2::text[]) AS k (c, m) \
+                 JOIN score_merges_g{g} m ON m.community_id = k.c AND m.member_id = k.m"
+                )))
+                .bind(column(&ids, |k| k.0))
+                .bind(column(&ids, |k| k.1))
+                .fetch_all(&mut **c)
+                .await?;
+            found.into_iter().map(|(c, m, t)| ((c, m), t)).collect()
         }
     };
     if into.is_empty() {
@@ -1179,26 +1175,30 @@ async fn insert_activities(
         }
         Tx::Postgres(c) => c,
     };
-    for chunk in rows.chunks(CHUNK) {
-        let mut qb = QueryBuilder::new(format!(
-            "INSERT INTO score_{table}_g{g} ({ACTIVITY_ROW_COLUMNS}) "
-        ));
-        qb.push_values(chunk, |mut b, r| {
-            let a = &r.activity;
-            b.push_bind(r.community_id.clone())
-                .push_bind(r.member_id.clone())
-                .push_bind(a.at.as_micros())
-                .push_bind(to_db(a.position))
-                .push_bind(a.kind.as_i32() as i16)
-                .push_bind(a.channel.clone())
-                .push_bind(i16::from(a.incentivized))
-                .push_bind(i16::from(a.positive))
-                .push_bind(r.other_member_id.clone())
-                .push_bind(r.origin_member_id.clone())
-                .push_bind(r.other_origin_member_id.clone());
-        });
-        qb.build().execute(&mut **c).await?;
+    if rows.is_empty() {
+        return Ok(());
     }
+    // Every row in one statement, each column bound as an array: a VALUES
+    // list of 500 rows (5,500 parameters) per statement took PostgreSQL
+    // several times as long to parse and plan.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO score_{table}_g{g} ({ACTIVITY_ROW_COLUMNS}) SELECT * FROM UNNEST(\
+         $1::text[], $2::text[], $3::int8[], $4::int8[], $5::int2[], $6::text[], $7::int2[], \
+         $8::int2[], $9::text[], $10::text[], $11::text[])"
+    )))
+    .bind(column(rows, |r| r.community_id.as_str()))
+    .bind(column(rows, |r| r.member_id.as_str()))
+    .bind(column(rows, |r| r.activity.at.as_micros()))
+    .bind(column(rows, |r| to_db(r.activity.position)))
+    .bind(column(rows, |r| r.activity.kind.as_i32() as i16))
+    .bind(column(rows, |r| r.activity.channel.as_str()))
+    .bind(column(rows, |r| i16::from(r.activity.incentivized)))
+    .bind(column(rows, |r| i16::from(r.activity.positive)))
+    .bind(column(rows, |r| r.other_member_id.as_deref()))
+    .bind(column(rows, |r| r.origin_member_id.as_str()))
+    .bind(column(rows, |r| r.other_origin_member_id.as_deref()))
+    .execute(&mut **c)
+    .await?;
     Ok(())
 }
 
@@ -1288,26 +1288,25 @@ async fn load_states(
         Tx::Postgres(c) => c,
     };
     // PostgreSQL plans a long row-value IN list badly (a scan per batch):
-    // join the keys bound as arrays instead, one probe each.
-    let mut out = HashMap::new();
-    for chunk in keys.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, Vec<u8>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT s.community_id, s.channel, s.member_id, s.state \
-             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (c, ch, m) \
-             JOIN score_states_g{g} s \
-             ON s.community_id = k.c AND s.channel = k.ch AND s.member_id = k.m"
-            )))
-            .bind(chunk.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|k| k.2.as_str()).collect::<Vec<_>>())
-            .fetch_all(&mut **c)
-            .await?;
-        for (community, channel, member, bytes) in rows {
-            out.insert((community, channel, member), decode_state(&bytes)?);
-        }
-    }
-    Ok(out)
+    // join the keys bound as arrays instead, one probe each, all in one
+    // statement (arrays have no parameter limit to chunk for).
+    let rows: Vec<(String, String, String, Vec<u8>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT s.community_id, s.channel, s.member_id, s.state \
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (c, ch, m) \
+         JOIN score_states_g{g} s \
+         ON s.community_id = k.c AND s.channel = k.ch AND s.member_id = k.m"
+        )))
+        .bind(column(keys, |k| k.0.as_str()))
+        .bind(column(keys, |k| k.1.as_str()))
+        .bind(column(keys, |k| k.2.as_str()))
+        .fetch_all(&mut **c)
+        .await?;
+    rows.into_iter()
+        .map(|(community, channel, member, bytes)| {
+            Ok(((community, channel, member), decode_state(&bytes)?))
+        })
+        .collect()
 }
 
 /// Appends `(a, b), (c, d), ...` with every value bound: the row-value lists
@@ -1367,27 +1366,26 @@ async fn load_pairs(
         }
         Tx::Postgres(c) => c,
     };
-    // As in `load_states`: arrays joined on PostgreSQL.
-    let mut out = HashMap::new();
-    for chunk in keys.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, String, i64)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT p.community_id, p.channel, p.member_id, p.other_member_id, p.last_day \
+    // As in `load_states`: arrays joined on PostgreSQL, in one statement.
+    let rows: Vec<(String, String, String, String, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT p.community_id, p.channel, p.member_id, p.other_member_id, p.last_day \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k (c, m, ch, o) \
              JOIN score_pairs_g{g} p ON p.community_id = k.c AND p.member_id = k.m \
              AND p.channel = k.ch AND p.other_member_id = k.o"
-            )))
-            .bind(chunk.iter().map(|k| k.0.0.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|k| k.0.2.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|k| k.0.1.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
-            .fetch_all(&mut **c)
-            .await?;
-        for (community, channel, member, other, day) in rows {
-            out.insert(((community, channel, member), other), day);
-        }
-    }
-    Ok(out)
+        )))
+        .bind(column(&keys, |k| k.0.0.as_str()))
+        .bind(column(&keys, |k| k.0.2.as_str()))
+        .bind(column(&keys, |k| k.0.1.as_str()))
+        .bind(column(&keys, |k| k.1.as_str()))
+        .fetch_all(&mut **c)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(community, channel, member, other, day)| {
+            (((community, channel, member), other), day)
+        })
+        .collect())
 }
 
 async fn upsert_pairs(
