@@ -159,7 +159,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for _ in 0..args.connections.max(1) {
         channels.push(Endpoint::from_shared(args.addr.clone())?.connect().await?);
     }
-    let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let started_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    // The prefix of every interaction id this run writes. The process id
+    // keeps two load generators started in the same millisecond (the
+    // benchmarks start probes side by side) from writing the same ids with
+    // different payloads, which the server rightly refuses.
+    let run_id = format!("{started_ms}-{}", std::process::id());
     let duration = Duration::from_secs(args.duration);
     let label = args.label.as_str();
     match args.mode {
@@ -168,8 +173,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let community = community::Community {
                 total: args.total,
                 members: args.members,
-                run: run_id.to_string(),
-                end: (run_id / 1000) as i64 - 3600,
+                run: run_id.clone(),
+                end: (started_ms / 1000) as i64 - 3600,
                 heavy_every: args.heavy_every,
             };
             return probes::populate(
@@ -189,7 +194,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 interval,
                 args.lag_of == "timeline",
                 Duration::from_secs(args.lag_deadline_secs),
-                &run_id.to_string(),
+                &run_id,
                 label,
             )
             .await;
@@ -208,7 +213,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Mode::Merge => {
             return merge::merge(
                 channels[0].clone(),
-                &run_id.to_string(),
+                &run_id,
                 args.per_member,
                 args.members,
                 args.rounds,
@@ -247,7 +252,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let client = InteractionServiceClient::new(channels[task % channels.len()].clone())
             .max_decoding_message_size(16 * 1024 * 1024);
         let generator = Generator {
-            run_id,
+            run_id: run_id.clone(),
             task,
             members: args.members,
             communities: args.communities.max(1),
@@ -312,7 +317,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 /// Makes unique, plausible interactions.
 struct Generator {
-    run_id: u128,
+    run_id: String,
     task: usize,
     members: u64,
     communities: u64,
