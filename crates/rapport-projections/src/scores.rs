@@ -701,8 +701,8 @@ async fn canonicalize(
             let found: Vec<(String, String, String)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT m.community_id, m.member_id, m.into_member_id \
-                 FROM UNNEST($1::text[], $2::text[]) AS k (c, m) \
-                 JOIN score_merges_g{g} m ON m.community_id = k.c AND m.member_id = k.m"
+                     FROM UNNEST($1::text[], $2::text[]) AS k (c, m) \
+                     JOIN score_merges_g{g} m ON m.community_id = k.c AND m.member_id = k.m"
                 )))
                 .bind(column(&ids, |k| k.0))
                 .bind(column(&ids, |k| k.1))
@@ -1293,9 +1293,9 @@ async fn load_states(
     let rows: Vec<(String, String, String, Vec<u8>)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT s.community_id, s.channel, s.member_id, s.state \
-         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (c, ch, m) \
-         JOIN score_states_g{g} s \
-         ON s.community_id = k.c AND s.channel = k.ch AND s.member_id = k.m"
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (c, ch, m) \
+             JOIN score_states_g{g} s \
+             ON s.community_id = k.c AND s.channel = k.ch AND s.member_id = k.m"
         )))
         .bind(column(keys, |k| k.0.as_str()))
         .bind(column(keys, |k| k.1.as_str()))
@@ -1397,29 +1397,24 @@ async fn upsert_pairs(
     // the last day per pair.
     let unique: BTreeMap<&(StateKey, String), i64> = pairs.iter().map(|(k, d)| (k, *d)).collect();
     let rows: Vec<_> = unique.into_iter().collect();
-    for chunk in rows.chunks(CHUNK) {
-        {
-            let mut qb = QueryBuilder::new(format!(
-                "INSERT INTO score_pairs_g{g} (community_id, member_id, channel, other_member_id, \
-                 last_day) "
-            ));
-            qb.push_values(
-                chunk,
-                |mut b, (((community, channel, member), other), day)| {
-                    b.push_bind(community.clone())
-                        .push_bind(member.clone())
-                        .push_bind(channel.clone())
-                        .push_bind(other.clone())
-                        .push_bind(*day);
-                },
-            );
-            qb.push(
-                " ON CONFLICT (community_id, member_id, channel, other_member_id) \
-                 DO UPDATE SET last_day = excluded.last_day",
-            );
-            qb.build().execute(&mut *c).await?;
-        }
+    if rows.is_empty() {
+        return Ok(());
     }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO score_pairs_g{g} (community_id, member_id, channel, other_member_id, \
+         last_day) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+         $5::int8[]) ON CONFLICT (community_id, member_id, channel, other_member_id) \
+         DO UPDATE SET last_day = excluded.last_day"
+    )))
+    .bind(column(&rows, |(((community, _, _), _), _)| {
+        community.as_str()
+    }))
+    .bind(column(&rows, |(((_, _, member), _), _)| member.as_str()))
+    .bind(column(&rows, |(((_, channel, _), _), _)| channel.as_str()))
+    .bind(column(&rows, |((_, other), _)| other.as_str()))
+    .bind(column(&rows, |(_, day)| *day))
+    .execute(&mut *c)
+    .await?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@
 //! parsed and planned again for nearly every batch, since each batch has
 //! lengths of its own and sqlx keeps a hundred statements per connection,
 //! and sqlx copied every bound value and every row across to its worker
-//! thread (docs/performance.md, "Live projector batches on SQLite").
+//! thread (docs/performance.md, "Live projector batches on SQLite, row by row").
 
 use std::sync::mpsc;
 

@@ -239,8 +239,9 @@ impl Projection for Timeline {
                         .await
                 }
                 Tx::Sqlite(c) => {
-                    insert_entries_sqlite(c, &format!("timeline_{table}_g{g}"), &rows).await?;
-                    upsert_connections_sqlite(c, g, &deltas).await
+                    let table = format!("timeline_{table}_g{g}");
+                    on_sqlx_connection(c, |conn| write_sqlite(conn, &table, g, &rows, &deltas))
+                        .await
                 }
             }
         }
@@ -374,68 +375,59 @@ async fn upsert_connections_pg(
         .map(drop)
 }
 
-/// SQLite: row by row, with statements prepared once per batch (the
-/// reasons are in `sqlite_pass`'s doc: a multi-row statement was parsed
-/// again for nearly every batch, and sqlx copies every value across threads).
-async fn insert_entries_sqlite(
-    c: &mut sqlx::SqliteConnection,
+/// SQLite: a batch's entries and connection deltas, row by row with
+/// statements prepared once per batch, in one hop (the reasons are in
+/// `sqlite_pass`'s doc: a multi-row statement was parsed again for nearly
+/// every batch, and sqlx copies every value across threads).
+fn write_sqlite(
+    conn: &rusqlite::Connection,
     table: &str,
-    rows: &[TimelineRow],
-) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO {table} ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    );
-    on_sqlx_connection(c, |conn| {
-        let mut insert = conn.prepare_cached(&sql).map_err(driver)?;
-        for r in rows {
-            insert
-                .execute(rusqlite::params![
-                    r.community_id,
-                    r.member_id,
-                    r.occurred_at.as_micros(),
-                    to_db(r.position),
-                    r.role as i16,
-                    r.event_type as i16,
-                    r.channel,
-                    r.kind.map(|k| k.as_i32() as i16),
-                    r.counterpart,
-                ])
-                .map_err(driver)?;
-        }
-        Ok(())
-    })
-    .await
-}
-
-async fn upsert_connections_sqlite(
-    c: &mut sqlx::SqliteConnection,
     g: u64,
+    rows: &[TimelineRow],
     deltas: &[ConnectionDelta],
 ) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
-         sent, received, total, first_at, last_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8){}",
-        connections_upsert(g)
-    );
-    on_sqlx_connection(c, |conn| {
-        let mut upsert = conn.prepare_cached(&sql).map_err(driver)?;
-        for d in deltas {
-            upsert
-                .execute(rusqlite::params![
-                    d.community_id,
-                    d.member_id,
-                    d.other_member_id,
-                    to_db(d.sent),
-                    to_db(d.received),
-                    to_db(d.sent + d.received),
-                    d.first_at.as_micros(),
-                    d.last_at.as_micros(),
-                ])
-                .map_err(driver)?;
-        }
-        Ok(())
-    })
-    .await
+    let mut insert = conn
+        .prepare_cached(&format!(
+            "INSERT INTO {table} ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))
+        .map_err(driver)?;
+    for r in rows {
+        insert
+            .execute(rusqlite::params![
+                r.community_id,
+                r.member_id,
+                r.occurred_at.as_micros(),
+                to_db(r.position),
+                r.role as i16,
+                r.event_type as i16,
+                r.channel,
+                r.kind.map(|k| k.as_i32() as i16),
+                r.counterpart,
+            ])
+            .map_err(driver)?;
+    }
+    let mut upsert = conn
+        .prepare_cached(&format!(
+            "INSERT INTO timeline_connections_g{g} (community_id, member_id, other_member_id, \
+             sent, received, total, first_at, last_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8){}",
+            connections_upsert(g)
+        ))
+        .map_err(driver)?;
+    for d in deltas {
+        upsert
+            .execute(rusqlite::params![
+                d.community_id,
+                d.member_id,
+                d.other_member_id,
+                to_db(d.sent),
+                to_db(d.received),
+                to_db(d.sent + d.received),
+                d.first_at.as_micros(),
+                d.last_at.as_micros(),
+            ])
+            .map_err(driver)?;
+    }
+    Ok(())
 }
 
 /// Which entries of a member's timeline a page reads.
