@@ -142,7 +142,7 @@ impl Projection for Timeline {
                     ))
                     .map_err(driver)?;
                     let started = std::time::Instant::now();
-                    timeline_merge::finish(conn, g, timeline_merge::FAN_IN)?;
+                    let finished = timeline_merge::finish(conn, g, timeline_merge::FAN_IN)?;
                     let merged = started.elapsed();
                     conn.execute_batch(&pairs_index(g)).map_err(driver)?;
                     let pairs = started.elapsed() - merged;
@@ -150,6 +150,8 @@ impl Projection for Timeline {
                         .map_err(driver)?;
                     tracing::debug!(
                         generation = g,
+                        rows = finished.rows,
+                        pipelined = finished.pipelined,
                         merge_ms = merged.as_millis() as u64,
                         pairs_index_ms = pairs.as_millis() as u64,
                         rank_index_ms = (started.elapsed() - merged - pairs).as_millis() as u64,

@@ -15,6 +15,10 @@
 //! A merge reads at most `fan_in` runs at once ([`READ_AHEAD`] rows of
 //! each in memory); with more runs than that, groups of runs are first
 //! merged into longer runs in a second staging table.
+//!
+//! The last merge reads the runs on a thread with a connection of its own
+//! while the end's transaction inserts what it merged ([`pipeline`]): on
+//! two cores, reading and inserting overlap.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -22,7 +26,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use rapport_domain::timeline::{ConnectionDelta, Role, TimelineRow};
 use rapport_domain::{EventType, InteractionKind, Timestamp};
 use rapport_store::{from_db, to_db};
-use rusqlite::{Connection, Statement};
+use rusqlite::{Connection, OpenFlags, Statement};
 
 use crate::sqlite_pass::driver;
 use crate::timeline::ENTRY_COLUMNS;
@@ -76,7 +80,7 @@ fn end_run_sql(g: u64) -> String {
 
 /// Moves the staged runs into the entries table in key order, fills the
 /// connections, and drops the staging tables.
-pub(crate) fn finish(conn: &Connection, g: u64, fan_in: usize) -> Result<(), sqlx::Error> {
+pub(crate) fn finish(conn: &Connection, g: u64, fan_in: usize) -> Result<Finished, sqlx::Error> {
     let staging = staging(g);
     let mut ends: Vec<i64> = {
         let mut statement = conn
@@ -105,7 +109,9 @@ pub(crate) fn finish(conn: &Connection, g: u64, fan_in: usize) -> Result<(), sql
         )));
     }
 
+    let mut premerged = false;
     while ends.len() > fan_in {
+        premerged = true;
         let merged = format!("timeline_merged_g{g}");
         conn.execute_batch(&format!(
             "CREATE TABLE {merged} AS SELECT {ENTRY_COLUMNS} FROM {staging} WHERE 0"
@@ -130,29 +136,42 @@ pub(crate) fn finish(conn: &Connection, g: u64, fan_in: usize) -> Result<(), sql
         ends = longer;
     }
 
+    let bounds = run_bounds(0, &ends);
     let mut insert = Appender::entries(conn, &format!("timeline_entries_g{g}"))?;
-    let mut connections = Connections {
-        insert: Appender::new(
-            conn,
-            &format!(
-                "timeline_connections_g{g} (community_id, member_id, other_member_id, \
-                 sent, received, total, first_at, last_at)"
-            ),
-            8,
-            bind_connection,
-        )?,
-        member: None,
-        pending: BTreeMap::new(),
-    };
+    let mut connections = Appender::new(
+        conn,
+        &format!(
+            "timeline_connections_g{g} (community_id, member_id, other_member_id, \
+             sent, received, total, first_at, last_at)"
+        ),
+        8,
+        bind_connection,
+    )?;
     let mut moved = 0;
-    merge(conn, &staging, &run_bounds(0, &ends), |row| {
-        connections.add(&row)?;
-        insert.push(row)?;
-        moved += 1;
+    let mut write = |chunk: Chunk| -> Result<(), sqlx::Error> {
+        moved += chunk.entries.len() as i64;
+        for row in chunk.entries {
+            insert.push(row)?;
+        }
+        for delta in chunk.connections {
+            connections.push(delta)?;
+        }
         Ok(())
-    })?;
+    };
+    // Longer runs made above are this transaction's own: only the
+    // committed staging table can be read on another connection.
+    let pipelined = match reader_path(conn).filter(|_| !premerged) {
+        Some(path) => {
+            pipeline(&path, &staging, &bounds, &mut write)?;
+            true
+        }
+        None => {
+            chunks(conn, &staging, &bounds, &mut write)?;
+            false
+        }
+    };
     insert.flush()?;
-    connections.end()?;
+    connections.flush()?;
     if moved != last.unwrap_or(0) {
         return Err(sqlx::Error::Protocol(format!(
             "{staging}: merged {moved} rows of {last:?}"
@@ -160,7 +179,123 @@ pub(crate) fn finish(conn: &Connection, g: u64, fan_in: usize) -> Result<(), sql
     }
     drop((insert, connections));
     conn.execute_batch(&format!("DROP TABLE {staging}; DROP TABLE {}", runs(g)))
-        .map_err(driver)
+        .map_err(driver)?;
+    Ok(Finished {
+        rows: moved,
+        pipelined,
+    })
+}
+
+/// What [`finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Finished {
+    /// Rows moved into the entries table.
+    pub rows: i64,
+    /// Whether the runs were read and merged on a thread of their own.
+    pub pipelined: bool,
+}
+
+/// Merged rows on their way to the writer, and the connections of the
+/// members whose rows they end.
+#[derive(Default)]
+struct Chunk {
+    entries: Vec<TimelineRow>,
+    connections: Vec<ConnectionDelta>,
+}
+
+/// Chunks in flight between the merging thread and the writer: enough
+/// that neither waits on the other's hiccups, a few MB at most.
+const PIPELINE_DEPTH: usize = 16;
+
+/// The file `conn`'s main database lives in, if it has one another
+/// connection can open (not an in-memory database).
+fn reader_path(conn: &Connection) -> Option<String> {
+    conn.path().filter(|p| !p.is_empty()).map(str::to_owned)
+}
+
+/// Reads and merges the committed runs of `table` on a thread with a
+/// connection of its own, while `write` inserts on this one.
+///
+/// The end of a bulk build is the longest single step of a rebuild (a
+/// minute at 10 M interactions) and ran on one core of two: reading the
+/// runs, decoding their rows and merging them took about a third of the
+/// merge (43 s → 28 s at 10 M on two threads; docs/performance.md, "The
+/// timeline's merge on two threads"). The reader sees the staging table as the bulk batches
+/// committed it; nothing else writes to a generation while it is built.
+fn pipeline(
+    path: &str,
+    table: &str,
+    runs: &[(i64, i64)],
+    mut write: impl FnMut(Chunk) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Chunk>(PIPELINE_DEPTH);
+        let reader = std::thread::Builder::new()
+            .name("timeline-merge".into())
+            .spawn_scoped(scope, move || -> Result<(), sqlx::Error> {
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(driver)?;
+                // Runs are read a few pages at a time each, a thousand of
+                // them in turn: keep their pages (the writer's size; the
+                // process's SQLite heap limit bounds all caches together).
+                conn.pragma_update(None, "cache_size", -65_536)
+                    .map_err(driver)?;
+                // One snapshot for the whole merge.
+                conn.execute_batch("BEGIN").map_err(driver)?;
+                chunks(&conn, table, runs, |chunk| {
+                    send.send(chunk).map_err(|_| {
+                        sqlx::Error::Protocol("the timeline merge's writer stopped".into())
+                    })
+                })
+            })
+            .map_err(sqlx::Error::Io)?;
+        let mut written = Ok(());
+        for chunk in &receive {
+            written = write(chunk);
+            if written.is_err() {
+                break;
+            }
+        }
+        // Hang up first: a reader blocked on a full channel then fails
+        // instead of waiting for a writer that has stopped.
+        drop(receive);
+        let read = reader.join().unwrap_or_else(|_| {
+            Err(sqlx::Error::Protocol(
+                "the timeline merge's reader panicked".into(),
+            ))
+        });
+        // The writer's own error says more than the reader's "stopped".
+        written.and(read)
+    })
+}
+
+/// Merges `runs` of `table` and passes the rows on in chunks of
+/// [`APPEND_CHUNK`], each with the connections of the members whose last
+/// row it holds (a member's rows come together, in key order).
+fn chunks(
+    conn: &Connection,
+    table: &str,
+    runs: &[(i64, i64)],
+    mut each: impl FnMut(Chunk) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    let mut connections = Connections::default();
+    let mut chunk = Chunk::default();
+    merge(conn, table, runs, |row| {
+        connections.add(&row, &mut chunk.connections);
+        chunk.entries.push(row);
+        if chunk.entries.len() == APPEND_CHUNK {
+            each(std::mem::take(&mut chunk))?;
+        }
+        Ok(())
+    })?;
+    connections.flush(&mut chunk.connections);
+    if !chunk.entries.is_empty() || !chunk.connections.is_empty() {
+        each(chunk)?;
+    }
+    Ok(())
 }
 
 /// (first rowid, last rowid) of each run, the first starting after `start`.
@@ -402,21 +537,21 @@ fn bind_connection(s: &mut Statement<'_>, at: usize, d: &ConnectionDelta) -> rus
 }
 
 /// One member's connections, summed while its rows go by (they come
-/// together, in key order), written when the next member's rows begin.
-struct Connections<'c> {
-    insert: Appender<'c, ConnectionDelta>,
+/// together, in key order), passed on when the next member's rows begin.
+#[derive(Default)]
+struct Connections {
     member: Option<(String, String)>,
     pending: BTreeMap<String, ConnectionDelta>,
 }
 
-impl Connections<'_> {
-    fn add(&mut self, row: &TimelineRow) -> Result<(), sqlx::Error> {
+impl Connections {
+    fn add(&mut self, row: &TimelineRow, done: &mut Vec<ConnectionDelta>) {
         let same = self
             .member
             .as_ref()
             .is_some_and(|(c, m)| *c == row.community_id && *m == row.member_id);
         if !same {
-            self.flush()?;
+            self.flush(done);
             self.member = Some((row.community_id.clone(), row.member_id.clone()));
         }
         if let Some(delta) = ConnectionDelta::of_row(row) {
@@ -427,21 +562,11 @@ impl Connections<'_> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Passes on the current member's connections, in key order.
-    fn flush(&mut self) -> Result<(), sqlx::Error> {
-        for (_, d) in std::mem::take(&mut self.pending) {
-            self.insert.push(d)?;
-        }
-        Ok(())
-    }
-
-    /// Writes whatever is left, after the last row.
-    fn end(&mut self) -> Result<(), sqlx::Error> {
-        self.flush()?;
-        self.insert.flush()
+    fn flush(&mut self, done: &mut Vec<ConnectionDelta>) {
+        done.extend(std::mem::take(&mut self.pending).into_values());
     }
 }
 
@@ -619,5 +744,97 @@ mod tests {
             error.contains("its rows end at Some(100) but its runs at Some(90)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_file_database_merges_on_a_thread_of_its_own_with_the_same_result() {
+        let all = rows(5_000);
+        let expected = |conn: &Connection| (entries(conn), connections(conn));
+        // The same runs finished in memory (inline) and in a file (the
+        // runs read on another connection), each as the runner does: the
+        // bulk batches committed, the end in a transaction of its own.
+        let memory = tables();
+        stage(&memory, &all, 37);
+        let inline = finish(&memory, G, FAN_IN).unwrap();
+        assert_eq!(
+            inline,
+            Finished {
+                rows: 5_000,
+                pipelined: false
+            }
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("timeline.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for ddl in Timeline.create_tables(G, false) {
+            conn.execute_batch(&ddl).unwrap();
+        }
+        stage(&conn, &all, 37);
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let piped = finish(&conn, G, FAN_IN).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            piped,
+            Finished {
+                rows: 5_000,
+                pipelined: true
+            }
+        );
+        assert_eq!(expected(&conn), expected(&memory));
+
+        // Runs merged into longer ones first are this transaction's own:
+        // read on the writer's connection.
+        let conn = Connection::open(dir.path().join("premerged.db")).unwrap();
+        for ddl in Timeline.create_tables(G, false) {
+            conn.execute_batch(&ddl).unwrap();
+        }
+        stage(&conn, &all, 37);
+        let premerged = finish(&conn, G, 3).unwrap();
+        assert_eq!(
+            premerged,
+            Finished {
+                rows: 5_000,
+                pipelined: false
+            }
+        );
+        assert_eq!(expected(&conn), expected(&memory));
+    }
+
+    #[test]
+    fn a_writer_that_fails_stops_the_merging_thread() {
+        let all = rows(5_000);
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("timeline.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for ddl in Timeline.create_tables(G, false) {
+            conn.execute_batch(&ddl).unwrap();
+        }
+        stage(&conn, &all, 37);
+        let runs: Vec<i64> = conn
+            .prepare(&format!("SELECT last_rowid FROM {} ORDER BY 1", runs(G)))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut chunks = 0;
+        let error = pipeline(
+            conn.path().unwrap(),
+            &staging(G),
+            &run_bounds(0, &runs),
+            |_| {
+                chunks += 1;
+                Err(sqlx::Error::Protocol("disk full".into()))
+            },
+        )
+        .unwrap_err();
+        // The writer's error, after one chunk, and no thread left waiting
+        // on a full channel (this returned).
+        assert_eq!(
+            error.to_string(),
+            "encountered unexpected or invalid data: disk full"
+        );
+        assert_eq!(chunks, 1);
     }
 }
