@@ -27,6 +27,7 @@ mod db;
 pub mod generations;
 #[cfg(test)]
 mod pass_fixtures;
+mod pg_copy;
 mod pg_pass;
 pub mod runner;
 pub mod scores;

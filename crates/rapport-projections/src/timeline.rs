@@ -29,6 +29,7 @@ use rapport_store::{DbPool, SqlParam, bind_params, from_db, placeholders, sqlite
 use sqlx::{QueryBuilder, Row};
 
 use crate::db::{Tx, execute_all, on_pool, push_in};
+use crate::pg_copy::{BinaryRows, Value};
 use crate::sqlite_pass::{driver, on_sqlx_connection};
 use crate::timeline_merge;
 use crate::{Projection, ProjectionError, Projections};
@@ -232,6 +233,9 @@ impl Projection for Timeline {
                 connection_deltas(&rows)
             };
             match tx {
+                Tx::Postgres(c) if bulk => {
+                    copy_entries_pg(c, &format!("timeline_{table}_g{g}"), &rows).await
+                }
                 Tx::Postgres(c) => {
                     insert_entries_pg(c, &format!("timeline_{table}_g{g}"), &rows).await?;
                     upsert_connections_pg(c, g, &deltas).await
@@ -263,6 +267,34 @@ fn connections_upsert(g: u64) -> String {
          first_at = CASE WHEN excluded.first_at < {t}.first_at THEN excluded.first_at ELSE {t}.first_at END, \
          last_at = CASE WHEN excluded.last_at > {t}.last_at THEN excluded.last_at ELSE {t}.last_at END"
     )
+}
+
+/// PostgreSQL, bulk: a batch's rows appended to the staging table by a
+/// binary `COPY` (see [`crate::pg_copy`]).
+async fn copy_entries_pg(
+    c: &mut sqlx::PgConnection,
+    table: &str,
+    rows: &[TimelineRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // About 110 bytes a row: two ids of 36, a channel, nine lengths.
+    let mut copy = BinaryRows::with_capacity(rows.len() * 128);
+    for r in rows {
+        copy.push(&[
+            Value::Text(Some(&r.community_id)),
+            Value::Text(Some(&r.member_id)),
+            Value::Int8(Some(r.occurred_at.as_micros())),
+            Value::Int8(Some(to_db(r.position))),
+            Value::Int2(Some(r.role as i16)),
+            Value::Int2(Some(r.event_type as i16)),
+            Value::Text(r.channel.as_deref()),
+            Value::Int2(r.kind.map(|k| k.as_i32() as i16)),
+            Value::Text(r.counterpart.as_deref()),
+        ])?;
+    }
+    copy.copy(c, &format!("{table} ({ENTRY_COLUMNS})")).await
 }
 
 /// PostgreSQL: every row in one statement, each column bound as an array.
