@@ -635,6 +635,18 @@ mod tests {
         }
     }
 
+    /// A generation's tables in a database file (WAL, as the server keeps
+    /// it), with `rows` staged and committed in runs of 37.
+    fn staged_file(path: &std::path::Path, rows: &[TimelineRow]) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for ddl in Timeline.create_tables(G, false) {
+            conn.execute_batch(&ddl).unwrap();
+        }
+        stage(&conn, rows, 37);
+        conn
+    }
+
     fn entries(conn: &Connection) -> Vec<TimelineRow> {
         let mut statement = conn
             .prepare(&format!(
@@ -765,12 +777,7 @@ mod tests {
         );
 
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("timeline.db")).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        for ddl in Timeline.create_tables(G, false) {
-            conn.execute_batch(&ddl).unwrap();
-        }
-        stage(&conn, &all, 37);
+        let conn = staged_file(&dir.path().join("timeline.db"), &all);
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         let piped = finish(&conn, G, FAN_IN).unwrap();
         conn.execute_batch("COMMIT").unwrap();
@@ -785,11 +792,7 @@ mod tests {
 
         // Runs merged into longer ones first are this transaction's own:
         // read on the writer's connection.
-        let conn = Connection::open(dir.path().join("premerged.db")).unwrap();
-        for ddl in Timeline.create_tables(G, false) {
-            conn.execute_batch(&ddl).unwrap();
-        }
-        stage(&conn, &all, 37);
+        let conn = staged_file(&dir.path().join("premerged.db"), &all);
         let premerged = finish(&conn, G, 3).unwrap();
         assert_eq!(
             premerged,
@@ -805,12 +808,7 @@ mod tests {
     fn a_writer_that_fails_stops_the_merging_thread() {
         let all = rows(5_000);
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("timeline.db")).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        for ddl in Timeline.create_tables(G, false) {
-            conn.execute_batch(&ddl).unwrap();
-        }
-        stage(&conn, &all, 37);
+        let conn = staged_file(&dir.path().join("timeline.db"), &all);
         let runs: Vec<i64> = conn
             .prepare(&format!("SELECT last_rowid FROM {} ORDER BY 1", runs(G)))
             .unwrap()
