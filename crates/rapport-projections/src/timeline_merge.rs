@@ -238,6 +238,10 @@ fn pipeline(
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(driver)?;
+                // A checkpoint resetting the WAL can hold a new reader off
+                // for a moment: wait, as every other connection does.
+                conn.busy_timeout(std::time::Duration::from_secs(30))
+                    .map_err(driver)?;
                 // Runs are read a few pages at a time each, a thousand of
                 // them in turn: keep their pages (the writer's size; the
                 // process's SQLite heap limit bounds all caches together).
