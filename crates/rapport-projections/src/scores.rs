@@ -69,7 +69,7 @@ use rapport_store::{
 use sqlx::Row as _;
 use sqlx::{PgConnection, QueryBuilder};
 
-use crate::db::{Tx, execute_all, on_pool, on_tx, push_in};
+use crate::db::{Tx, column, execute_all, on_pool, on_tx, push_in};
 use crate::sqlite_pass::{driver, on_sqlx_connection};
 use crate::{Projection, ProjectionError, Projections};
 use crate::{pg_pass, sqlite_pass};
@@ -1444,13 +1444,6 @@ async fn upsert_states(
     .execute(&mut *c)
     .await?;
     Ok(())
-}
-
-/// One column of `rows`, to bind as a PostgreSQL array: a multi-row
-/// statement with one parameter per column instead of one per value, which
-/// PostgreSQL parses and plans in the same time whatever the row count.
-fn column<'r, R, T>(rows: &'r [R], get: impl Fn(&'r R) -> T) -> Vec<T> {
-    rows.iter().map(get).collect()
 }
 
 /// A `score_states` row as the dump reads it: without the bound, a cache

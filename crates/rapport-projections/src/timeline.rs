@@ -26,9 +26,10 @@ use rapport_domain::timeline::{
 };
 use rapport_domain::{Event, InteractionKind, Timestamp};
 use rapport_store::{DbPool, SqlParam, bind_params, from_db, placeholders, sqlite_rows, to_db};
+use rusqlite::Statement;
 use sqlx::{QueryBuilder, Row};
 
-use crate::db::{Tx, execute_all, on_pool, push_in};
+use crate::db::{Tx, column, execute_all, on_pool, push_in};
 use crate::pg_copy::{BinaryRows, Value};
 use crate::sqlite_pass::{driver, on_sqlx_connection};
 use crate::timeline_merge;
@@ -311,39 +312,15 @@ async fn insert_entries_pg(
          $3::int8[], $4::int8[], $5::int2[], $6::int2[], $7::text[], $8::int2[], $9::text[])"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(
-            rows.iter()
-                .map(|r| r.community_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.member_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.occurred_at.as_micros())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| to_db(r.position)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.role as i16).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.event_type as i16).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.channel.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.kind.map(|k| k.as_i32() as i16))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.counterpart.as_deref())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |r| r.community_id.as_str()))
+        .bind(column(rows, |r| r.member_id.as_str()))
+        .bind(column(rows, |r| r.occurred_at.as_micros()))
+        .bind(column(rows, |r| to_db(r.position)))
+        .bind(column(rows, |r| r.role as i16))
+        .bind(column(rows, |r| r.event_type as i16))
+        .bind(column(rows, |r| r.channel.as_deref()))
+        .bind(column(rows, |r| r.kind.map(|k| k.as_i32() as i16)))
+        .bind(column(rows, |r| r.counterpart.as_deref()))
         .execute(c)
         .await
         .map(drop)
@@ -366,44 +343,14 @@ async fn upsert_connections_pg(
         connections_upsert(g)
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(
-            deltas
-                .iter()
-                .map(|d| d.community_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            deltas
-                .iter()
-                .map(|d| d.member_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            deltas
-                .iter()
-                .map(|d| d.other_member_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(deltas.iter().map(|d| to_db(d.sent)).collect::<Vec<_>>())
-        .bind(deltas.iter().map(|d| to_db(d.received)).collect::<Vec<_>>())
-        .bind(
-            deltas
-                .iter()
-                .map(|d| to_db(d.sent + d.received))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            deltas
-                .iter()
-                .map(|d| d.first_at.as_micros())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            deltas
-                .iter()
-                .map(|d| d.last_at.as_micros())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(deltas, |d| d.community_id.as_str()))
+        .bind(column(deltas, |d| d.member_id.as_str()))
+        .bind(column(deltas, |d| d.other_member_id.as_str()))
+        .bind(column(deltas, |d| to_db(d.sent)))
+        .bind(column(deltas, |d| to_db(d.received)))
+        .bind(column(deltas, |d| to_db(d.sent + d.received)))
+        .bind(column(deltas, |d| d.first_at.as_micros()))
+        .bind(column(deltas, |d| d.last_at.as_micros()))
         .execute(c)
         .await
         .map(drop)
@@ -426,19 +373,8 @@ fn write_sqlite(
         ))
         .map_err(driver)?;
     for r in rows {
-        insert
-            .execute(rusqlite::params![
-                r.community_id,
-                r.member_id,
-                r.occurred_at.as_micros(),
-                to_db(r.position),
-                r.role as i16,
-                r.event_type as i16,
-                r.channel,
-                r.kind.map(|k| k.as_i32() as i16),
-                r.counterpart,
-            ])
-            .map_err(driver)?;
+        bind_entry(&mut insert, 1, r).map_err(driver)?;
+        insert.raw_execute().map_err(driver)?;
     }
     let mut upsert = conn
         .prepare_cached(&format!(
@@ -448,20 +384,44 @@ fn write_sqlite(
         ))
         .map_err(driver)?;
     for d in deltas {
-        upsert
-            .execute(rusqlite::params![
-                d.community_id,
-                d.member_id,
-                d.other_member_id,
-                to_db(d.sent),
-                to_db(d.received),
-                to_db(d.sent + d.received),
-                d.first_at.as_micros(),
-                d.last_at.as_micros(),
-            ])
-            .map_err(driver)?;
+        bind_connection(&mut upsert, 1, d).map_err(driver)?;
+        upsert.raw_execute().map_err(driver)?;
     }
     Ok(())
+}
+
+/// Binds an entry's [`ENTRY_COLUMNS`] from parameter `at` on (SQLite).
+pub(crate) fn bind_entry(
+    s: &mut Statement<'_>,
+    at: usize,
+    r: &TimelineRow,
+) -> rusqlite::Result<()> {
+    s.raw_bind_parameter(at, &r.community_id)?;
+    s.raw_bind_parameter(at + 1, &r.member_id)?;
+    s.raw_bind_parameter(at + 2, r.occurred_at.as_micros())?;
+    s.raw_bind_parameter(at + 3, to_db(r.position))?;
+    s.raw_bind_parameter(at + 4, r.role as i16)?;
+    s.raw_bind_parameter(at + 5, r.event_type as i16)?;
+    s.raw_bind_parameter(at + 6, &r.channel)?;
+    s.raw_bind_parameter(at + 7, r.kind.map(|k| k.as_i32() as i16))?;
+    s.raw_bind_parameter(at + 8, &r.counterpart)
+}
+
+/// Binds a connection delta's columns (community, member, other member,
+/// sent, received, total, first, last) from parameter `at` on (SQLite).
+pub(crate) fn bind_connection(
+    s: &mut Statement<'_>,
+    at: usize,
+    d: &ConnectionDelta,
+) -> rusqlite::Result<()> {
+    s.raw_bind_parameter(at, &d.community_id)?;
+    s.raw_bind_parameter(at + 1, &d.member_id)?;
+    s.raw_bind_parameter(at + 2, &d.other_member_id)?;
+    s.raw_bind_parameter(at + 3, to_db(d.sent))?;
+    s.raw_bind_parameter(at + 4, to_db(d.received))?;
+    s.raw_bind_parameter(at + 5, to_db(d.sent + d.received))?;
+    s.raw_bind_parameter(at + 6, d.first_at.as_micros())?;
+    s.raw_bind_parameter(at + 7, d.last_at.as_micros())
 }
 
 /// Which entries of a member's timeline a page reads.

@@ -25,11 +25,11 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use rapport_domain::timeline::{ConnectionDelta, Role, TimelineRow};
 use rapport_domain::{EventType, InteractionKind, Timestamp};
-use rapport_store::{from_db, to_db};
+use rapport_store::from_db;
 use rusqlite::{Connection, OpenFlags, Statement};
 
 use crate::sqlite_pass::driver;
-use crate::timeline::ENTRY_COLUMNS;
+use crate::timeline::{ENTRY_COLUMNS, bind_connection, bind_entry};
 
 /// Runs one merge reads at once: 10 M interactions make about 1,040 runs
 /// of a 10,000-event bulk batch, merged in one pass holding at most
@@ -517,29 +517,6 @@ fn insert_sql(into: &str, columns: usize, rows: usize) -> String {
     format!("INSERT INTO {into} VALUES {}", vec![row; rows].join(", "))
 }
 
-fn bind_entry(s: &mut Statement<'_>, at: usize, r: &TimelineRow) -> rusqlite::Result<()> {
-    s.raw_bind_parameter(at, &r.community_id)?;
-    s.raw_bind_parameter(at + 1, &r.member_id)?;
-    s.raw_bind_parameter(at + 2, r.occurred_at.as_micros())?;
-    s.raw_bind_parameter(at + 3, to_db(r.position))?;
-    s.raw_bind_parameter(at + 4, r.role as i16)?;
-    s.raw_bind_parameter(at + 5, r.event_type as i16)?;
-    s.raw_bind_parameter(at + 6, &r.channel)?;
-    s.raw_bind_parameter(at + 7, r.kind.map(|k| k.as_i32() as i16))?;
-    s.raw_bind_parameter(at + 8, &r.counterpart)
-}
-
-fn bind_connection(s: &mut Statement<'_>, at: usize, d: &ConnectionDelta) -> rusqlite::Result<()> {
-    s.raw_bind_parameter(at, &d.community_id)?;
-    s.raw_bind_parameter(at + 1, &d.member_id)?;
-    s.raw_bind_parameter(at + 2, &d.other_member_id)?;
-    s.raw_bind_parameter(at + 3, to_db(d.sent))?;
-    s.raw_bind_parameter(at + 4, to_db(d.received))?;
-    s.raw_bind_parameter(at + 5, to_db(d.sent + d.received))?;
-    s.raw_bind_parameter(at + 6, d.first_at.as_micros())?;
-    s.raw_bind_parameter(at + 7, d.last_at.as_micros())
-}
-
 /// One member's connections, summed while its rows go by (they come
 /// together, in key order), passed on when the next member's rows begin.
 #[derive(Default)]
@@ -577,6 +554,7 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use rapport_domain::timeline::connection_deltas;
+    use rapport_store::to_db;
 
     use super::*;
     use crate::Projection;
