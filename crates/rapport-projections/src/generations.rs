@@ -148,8 +148,9 @@ pub async fn start_building(
     Ok((generation, true))
 }
 
-/// Ends a building generation's bulk phase (see [`Projection::finish_bulk`]),
-/// if it is still at `position`.
+/// Ends a building generation's bulk phase, if it is still at `position`:
+/// [`Projection::prepare_finish_bulk`] on connections of its own, then
+/// [`Projection::finish_bulk`] in the transaction that clears the bulk flag.
 pub async fn finish_bulk(
     pool: &DbPool,
     projection: &dyn Projection,
@@ -157,6 +158,18 @@ pub async fn finish_bulk(
     position: u64,
 ) -> Result<(), ProjectionError> {
     let name = projection.name();
+    // The preparation is minutes of work at 10 M: none of it for a
+    // generation that another leader moved on or dropped meanwhile. (A
+    // deposed leader that passes this check only redoes steps the swap
+    // below is fenced against.)
+    let current = load(pool, name).await?;
+    if !current
+        .iter()
+        .any(|g| g.generation == generation && g.state == State::Building && g.position == position)
+    {
+        return Err(ProjectionError::Fenced { name, generation });
+    }
+    projection.prepare_finish_bulk(pool, generation).await?;
     let mut tx = WriteTx::begin(pool).await?;
     match lock(tx.tx(), name, generation).await? {
         Some((State::Building, p)) if p == position => {}

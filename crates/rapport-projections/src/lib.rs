@@ -67,6 +67,21 @@ pub trait Projection: Send + Sync + 'static {
         tx: Tx<'a>,
         generation: u64,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+    /// The expensive part of [`Projection::finish_bulk`] that can run before
+    /// its transaction, on connections of its own and several at once
+    /// (sorting for index builds): it builds under names that no read and no
+    /// other step uses, each step in a transaction of its own that a later
+    /// call repeats or skips, so an interrupted end is resumed by calling
+    /// both again. `finish_bulk` then only swaps the results in. Called
+    /// right before `finish_bulk`, with the generation caught up and no bulk
+    /// batch running. Default: nothing.
+    fn prepare_finish_bulk<'a>(
+        &'a self,
+        _pool: &'a DbPool,
+        _generation: u64,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Every table of a generation, by name.
     fn tables(&self, generation: u64) -> Vec<String>;
     /// DDL dropping every table of a generation.

@@ -37,21 +37,69 @@ use crate::{Projection, ProjectionError, Projections};
 
 pub const NAME: &str = "timeline";
 
+/// An entry's key: a member's page is one range of it.
+const ENTRY_KEY: &str = "community_id, member_id, occurred_at, position, role";
+
 /// The index that serves relationships: a member's entries with one other.
+const PAIRS: &str = "(community_id, member_id, counterpart, occurred_at, position, role) \
+     WHERE counterpart IS NOT NULL";
+
 fn pairs_index(g: u64) -> String {
-    format!(
-        "CREATE INDEX timeline_pairs_g{g} ON timeline_entries_g{g} \
-         (community_id, member_id, counterpart, occurred_at, position, role) \
-         WHERE counterpart IS NOT NULL"
-    )
+    format!("CREATE INDEX timeline_pairs_g{g} ON timeline_entries_g{g} {PAIRS}")
 }
 
 /// Ranks a member's connections by how much they exchange.
+const CONNECTION_RANK: &str = "community_id, member_id, total DESC, other_member_id";
+
 fn connections_rank_index(g: u64) -> String {
     format!(
-        "CREATE INDEX timeline_connections_rank_g{g} ON timeline_connections_g{g} \
-         (community_id, member_id, total DESC, other_member_id)"
+        "CREATE INDEX timeline_connections_rank_g{g} ON timeline_connections_g{g} ({CONNECTION_RANK})"
     )
+}
+
+/// The connections' columns, as `CREATE TABLE` lists them.
+const CONNECTION_COLUMNS: &str = "
+                    community_id    TEXT   NOT NULL,
+                    member_id       TEXT   NOT NULL,
+                    other_member_id TEXT   NOT NULL,
+                    sent            BIGINT NOT NULL,
+                    received        BIGINT NOT NULL,
+                    total           BIGINT NOT NULL,
+                    first_at        BIGINT NOT NULL,
+                    last_at         BIGINT NOT NULL";
+const CONNECTION_KEY: &str = "community_id, member_id, other_member_id";
+
+/// PostgreSQL's end of a bulk build makes the entries' key and pairs index
+/// on the staging table, and the connections in a table of their own, under
+/// these names; `finish_bulk` renames them to the ones above.
+fn staging_key(g: u64) -> String {
+    format!("timeline_staging_key_g{g}")
+}
+
+fn staging_pairs(g: u64) -> String {
+    format!("timeline_staging_pairs_g{g}")
+}
+
+fn built_connections(g: u64) -> String {
+    format!("timeline_connections_built_g{g}")
+}
+
+/// Runs `statements` in one transaction on a connection of its own, with
+/// the memory for sorting that index builds want and for the connections'
+/// aggregate (a hash of every pair: with the default 4 MB PostgreSQL sorts
+/// them on disk instead, twice as slow at 10 M). Per build: up to four run
+/// at once.
+async fn build_pg(pool: &sqlx::PgPool, statements: Vec<String>) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql("SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL work_mem = '256MB'")
+        .execute(&mut *tx)
+        .await?;
+    for sql in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
 }
 
 /// The entry columns, in the order the inserts bind them.
@@ -88,21 +136,13 @@ impl Projection for Timeline {
                     channel      TEXT,
                     kind         SMALLINT,
                     counterpart  TEXT,
-                    PRIMARY KEY (community_id, member_id, occurred_at, position, role)
+                    PRIMARY KEY ({ENTRY_KEY})
                 ){clustered}"
             ),
             pairs_index(g),
             format!(
-                "CREATE TABLE timeline_connections_g{g} (
-                    community_id    TEXT   NOT NULL,
-                    member_id       TEXT   NOT NULL,
-                    other_member_id TEXT   NOT NULL,
-                    sent            BIGINT NOT NULL,
-                    received        BIGINT NOT NULL,
-                    total           BIGINT NOT NULL,
-                    first_at        BIGINT NOT NULL,
-                    last_at         BIGINT NOT NULL,
-                    PRIMARY KEY (community_id, member_id, other_member_id)
+                "CREATE TABLE timeline_connections_g{g} ({CONNECTION_COLUMNS},
+                    PRIMARY KEY ({CONNECTION_KEY})
                 ){clustered}"
             ),
             connections_rank_index(g),
@@ -165,47 +205,111 @@ impl Projection for Timeline {
             }
             Tx::Postgres(c) => c,
         };
-        // The same sums, minima and maxima the live path accumulates batch
-        // by batch (`connection_deltas`): an exchange is an entry with a
-        // counterpart, ACTOR (1) rows sent, TARGET (2) received.
-        let connections = format!(
-            "SELECT community_id, member_id, counterpart AS other_member_id, \
-             SUM(CASE WHEN role = 1 THEN 1 ELSE 0 END) AS sent, \
-             SUM(CASE WHEN role = 2 THEN 1 ELSE 0 END) AS received, \
-             COUNT(*) AS total, MIN(occurred_at) AS first_at, MAX(occurred_at) AS last_at \
-             FROM timeline_entries_g{g} WHERE counterpart IS NOT NULL \
-             GROUP BY community_id, member_id, counterpart"
-        );
-        // A heap is in no order anyway: the staging table becomes the
-        // entries table, and its indexes are built by sorting once,
-        // which is far cheaper than inserting into them row by row.
-        // The connections come first, as a table of their own made by
-        // `CREATE TABLE AS`, which PostgreSQL runs in parallel (an
-        // `INSERT … SELECT` never is), from a scan of the entries
-        // while they have no index to tempt the planner into reading
-        // the heap in index order; their keys are built after.
+        // What `prepare_finish_bulk` built, swapped in under the names
+        // `create_tables` gives (catalog changes only: the empty tables
+        // that held the names go).
         let sql = vec![
-            "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
             format!("DROP TABLE timeline_entries_g{g}"),
             format!("ALTER TABLE timeline_staging_g{g} RENAME TO timeline_entries_g{g}"),
+            format!(
+                "ALTER TABLE timeline_entries_g{g} ADD CONSTRAINT timeline_entries_g{g}_pkey \
+                 PRIMARY KEY USING INDEX {}",
+                staging_key(g)
+            ),
+            format!(
+                "ALTER INDEX {} RENAME TO timeline_pairs_g{g}",
+                staging_pairs(g)
+            ),
             format!("DROP TABLE timeline_connections_g{g}"),
-            format!("CREATE TABLE timeline_connections_g{g} AS {connections}"),
-            // The columns and key `create_tables` gives it.
             format!(
-                "ALTER TABLE timeline_connections_g{g} \
-                 ALTER COLUMN sent SET NOT NULL, ALTER COLUMN received SET NOT NULL, \
-                 ALTER COLUMN total SET NOT NULL, ALTER COLUMN first_at SET NOT NULL, \
-                 ALTER COLUMN last_at SET NOT NULL, \
-                 ADD PRIMARY KEY (community_id, member_id, other_member_id)"
+                "ALTER TABLE {} RENAME TO timeline_connections_g{g}",
+                built_connections(g)
             ),
-            connections_rank_index(g),
             format!(
-                "ALTER TABLE timeline_entries_g{g} \
-                 ADD PRIMARY KEY (community_id, member_id, occurred_at, position, role)"
+                "ALTER TABLE timeline_connections_g{g} ADD CONSTRAINT timeline_connections_g{g}_pkey \
+                 PRIMARY KEY USING INDEX {}_key",
+                built_connections(g)
             ),
-            pairs_index(g),
+            format!(
+                "ALTER INDEX {}_rank RENAME TO timeline_connections_rank_g{g}",
+                built_connections(g)
+            ),
         ];
         execute_all(Tx::Postgres(c), sql).boxed()
+    }
+
+    fn prepare_finish_bulk<'a>(
+        &'a self,
+        pool: &'a DbPool,
+        g: u64,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        // SQLite has one writer per file: its end runs whole in
+        // `finish_bulk`.
+        let DbPool::Postgres(pool) = pool else {
+            return futures::future::ready(Ok(())).boxed();
+        };
+        async move {
+            // A heap is in no order anyway: the staging table becomes the
+            // entries table, and its indexes are built by sorting once,
+            // which is far cheaper than inserting into them row by row.
+            // Each build sorts with parallel workers but ends in a
+            // single-threaded write of the index: builds at once, on
+            // connections of their own, overlap one's write with another's
+            // sort (docs/performance.md, "The end of PostgreSQL's rebuild,
+            // several builds at once").
+            //
+            // The indexes on staging are made `IF NOT EXISTS`: one built by
+            // an interrupted end stays right, as later bulk batches keep
+            // it. The connections are derived from the staged rows, so an
+            // interrupted end's table (and its indexes with it) is made
+            // again.
+            let key = format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON timeline_staging_g{g} ({ENTRY_KEY})",
+                staging_key(g)
+            );
+            let pairs = format!(
+                "CREATE INDEX IF NOT EXISTS {} ON timeline_staging_g{g} {PAIRS}",
+                staging_pairs(g)
+            );
+            let built = built_connections(g);
+            // The same sums, minima and maxima the live path accumulates
+            // batch by batch (`connection_deltas`): an exchange is an entry
+            // with a counterpart, ACTOR (1) rows sent, TARGET (2) received.
+            // One pass of a hash aggregate (with the memory `build_pg`
+            // gives it), into a table declared as `create_tables` declares
+            // it; its key and ranking index are built after, at once.
+            let connections = vec![
+                format!("DROP TABLE IF EXISTS {built}"),
+                format!("CREATE TABLE {built} ({CONNECTION_COLUMNS})"),
+                format!(
+                    "INSERT INTO {built} \
+                     SELECT community_id, member_id, counterpart, \
+                     SUM(CASE WHEN role = 1 THEN 1 ELSE 0 END), \
+                     SUM(CASE WHEN role = 2 THEN 1 ELSE 0 END), \
+                     COUNT(*), MIN(occurred_at), MAX(occurred_at) \
+                     FROM timeline_staging_g{g} WHERE counterpart IS NOT NULL \
+                     GROUP BY community_id, member_id, counterpart"
+                ),
+            ];
+            let connections_key =
+                format!("CREATE UNIQUE INDEX {built}_key ON {built} ({CONNECTION_KEY})");
+            let connections_rank =
+                format!("CREATE INDEX {built}_rank ON {built} ({CONNECTION_RANK})");
+            let connections = async {
+                build_pg(pool, connections).await?;
+                futures::try_join!(
+                    build_pg(pool, vec![connections_key]),
+                    build_pg(pool, vec![connections_rank]),
+                )
+            };
+            futures::try_join!(
+                build_pg(pool, vec![key]),
+                build_pg(pool, vec![pairs]),
+                connections,
+            )?;
+            Ok(())
+        }
+        .boxed()
     }
 
     fn tables(&self, g: u64) -> Vec<String> {
@@ -213,6 +317,7 @@ impl Projection for Timeline {
             format!("timeline_entries_g{g}"),
             format!("timeline_connections_g{g}"),
             format!("timeline_staging_g{g}"),
+            built_connections(g),
             timeline_merge::runs(g),
         ]
     }

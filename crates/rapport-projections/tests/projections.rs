@@ -232,6 +232,7 @@ on_both_backends!(
     two_replicas_apply_each_event_once,
     a_late_switch_by_another_process_is_fenced,
     a_lingering_projector_applies_at_once_when_idle_and_gathers_commits_once_caught_up,
+    an_interrupted_end_of_a_bulk_build_is_resumed,
 );
 
 /// A fresh PostgreSQL store and the timeline's pool, for the tests that
@@ -593,13 +594,15 @@ async fn wait_until_active(projections: &Projections, generation: u64) {
 
 /// The timeline as another code version would be (`version`), whose
 /// `finish_bulk` waits inside its transaction for the test to let it go
-/// once `hold` is set.
+/// once `hold` is set, and then fails if `fail` is set (once: it clears
+/// it), as an end cut short by a crash would.
 #[derive(Default)]
 struct TestTimeline {
     version: Option<u64>,
     hold: std::sync::atomic::AtomicBool,
     entered: tokio::sync::Notify,
     release: tokio::sync::Notify,
+    fail: std::sync::atomic::AtomicBool,
 }
 
 impl Projection for TestTimeline {
@@ -622,8 +625,20 @@ impl Projection for TestTimeline {
                 self.entered.notify_one();
                 self.release.notified().await;
             }
+            if self.fail.swap(false, Ordering::SeqCst) {
+                return Err(sqlx::Error::Protocol(
+                    "injected: the end of the bulk phase".into(),
+                ));
+            }
             Timeline.finish_bulk(tx, generation).await
         })
+    }
+    fn prepare_finish_bulk<'a>(
+        &'a self,
+        pool: &'a DbPool,
+        generation: u64,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Timeline.prepare_finish_bulk(pool, generation)
     }
     fn tables(&self, generation: u64) -> Vec<String> {
         Timeline.tables(generation)
@@ -726,6 +741,48 @@ async fn postgres_the_live_model_follows_the_log_while_a_rebuild_is_indexed() {
     };
     assert_eq!(actual(&projections, new).await, expected(&store).await);
     running.stop().await;
+}
+
+/// An end of the bulk phase cut short after its preparation (on
+/// PostgreSQL the indexes and the connections, built beforehand on
+/// connections of their own) is resumed: the generation takes the events
+/// written meanwhile in bulk into what was prepared, prepares again and
+/// ends with the model the log gives.
+async fn an_interrupted_end_of_a_bulk_build_is_resumed(backend: Backend) {
+    let Some((_db, store)) = fresh(backend, "projection_resumed_end").await else {
+        return;
+    };
+    let timeline = Arc::new(TestTimeline::default());
+    timeline.hold.store(true, Ordering::SeqCst);
+    timeline.fail.store(true, Ordering::SeqCst);
+    let projections = Projections::with(store.clone(), vec![timeline.clone()]);
+    append(&store, 0..300).await;
+    let running = start(&projections, options());
+    tokio::time::timeout(Duration::from_secs(30), timeline.entered.notified())
+        .await
+        .expect("the first build reaches the end of its bulk phase");
+    // Staged after the preparation: the prepared connections no longer
+    // cover them, the prepared indexes must take them.
+    append(&store, 300..450).await;
+    timeline.hold.store(false, Ordering::SeqCst);
+    timeline.release.notify_one();
+    let built = caught_up(&projections).await;
+    running.stop().await;
+    assert!(
+        !timeline.fail.load(Ordering::SeqCst),
+        "the end never failed"
+    );
+    assert_eq!(actual(&projections, built).await, expected(&store).await);
+    if let DbPool::Postgres(pool) = store.projection_pool(NAME).await.unwrap() {
+        let left: Vec<String> = sqlx::query_scalar(
+            "SELECT relname::text FROM pg_class \
+             WHERE relname LIKE '%staging%' OR relname LIKE '%built%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(left, Vec::<String>::new());
+    }
 }
 
 async fn new_projection_code_rebuilds_beside_the_live_model_and_switches(backend: Backend) {
