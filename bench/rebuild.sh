@@ -20,6 +20,12 @@
 #   bench/rebuild.sh                               # 10 million, as the issue asks
 #   TOTAL=1000000 MEMBERS=20000 bench/rebuild.sh   # a quick run
 #   BACKENDS=postgres RUNS=5 bench/rebuild.sh
+#   BASE_BIN_DIR=/tmp/before BACKENDS=postgres bench/rebuild.sh
+#
+# BASE_BIN_DIR: a directory with the binaries of a baseline (a copy of
+# target/release built at another commit). Each run then builds twice, the
+# baseline's server first ("base" in the labels), so a change is measured
+# against what it replaces in one run of this shared machine.
 #
 # Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), psql, python3.
 set -euo pipefail
@@ -155,26 +161,35 @@ run_backend() { # name url
   # has not, and the first build would set its hint bits and meet
   # autovacuum on the way (docs/performance.md, "`bench/rebuild.sh` at 10 M").
   if [ "$name" = postgres ]; then psql "$url" -qAtc "VACUUM ANALYZE"; fi
+  local servers=("$SERVER") labels=("$name-rebuild") current=$SERVER i
+  if [ -n "${BASE_BIN_DIR:-}" ]; then
+    servers=("$BASE_BIN_DIR/rapport-server" "$SERVER")
+    labels=("$name-base-rebuild" "$name-rebuild")
+  fi
   for run in $(seq 1 "$RUNS"); do
-    if [ "$name" = sqlite ]; then
-      rm -f "$DATA_DIR"/rapport-timeline.db*
-      drop_page_cache
-      hold_files "$DATA_DIR/rapport-scores.db"
-    else
-      local tables
-      tables=$(psql "$url" -qAtc "SELECT string_agg(tablename, ', ') FROM pg_tables \
-        WHERE schemaname = 'public' AND tablename LIKE 'timeline\_%'")
-      if [ -n "$tables" ]; then psql "$url" -qAtc "DROP TABLE $tables"; fi
-      psql "$url" -qAtc "DELETE FROM projection_generations WHERE name = 'timeline'" >/dev/null
-      psql "$url" -qAtc "CHECKPOINT"
-      hold_leaders "$url" scores
-    fi
-    start_server "$url"
-    wait_built
-    report "$name-rebuild-$run"
-    stop_server
-    release
+    for i in "${!servers[@]}"; do
+      SERVER=${servers[$i]}
+      if [ "$name" = sqlite ]; then
+        rm -f "$DATA_DIR"/rapport-timeline.db*
+        drop_page_cache
+        hold_files "$DATA_DIR/rapport-scores.db"
+      else
+        local tables
+        tables=$(psql "$url" -qAtc "SELECT string_agg(tablename, ', ') FROM pg_tables \
+          WHERE schemaname = 'public' AND tablename LIKE 'timeline\_%'")
+        if [ -n "$tables" ]; then psql "$url" -qAtc "DROP TABLE $tables"; fi
+        psql "$url" -qAtc "DELETE FROM projection_generations WHERE name = 'timeline'" >/dev/null
+        psql "$url" -qAtc "CHECKPOINT"
+        hold_leaders "$url" scores
+      fi
+      start_server "$url"
+      wait_built
+      report "${labels[$i]}-$run"
+      stop_server
+      release
+    done
   done
+  SERVER=$current
 }
 
 machine
