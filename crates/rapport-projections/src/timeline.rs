@@ -255,8 +255,11 @@ impl Projection for Timeline {
             // Each build sorts with parallel workers but ends in a
             // single-threaded write of the index: builds at once, on
             // connections of their own, overlap one's write with another's
-            // sort (docs/performance.md, "The end of PostgreSQL's rebuild,
-            // several builds at once").
+            // sort. On two cores they are CPU-bound and that saves little
+            // (docs/performance.md, "The end of PostgreSQL's rebuild,
+            // several builds at once"); what it surely buys is an end
+            // whose finished builds survive a crash, and a swap
+            // transaction that holds its locks for milliseconds.
             //
             // The indexes on staging are made `IF NOT EXISTS`: one built by
             // an interrupted end stays right, as later bulk batches keep
