@@ -208,6 +208,7 @@ impl Projection for Timeline {
         // What `prepare_finish_bulk` built, swapped in under the names
         // `create_tables` gives (catalog changes only: the empty tables
         // that held the names go).
+        let built = built_connections(g);
         let sql = vec![
             format!("DROP TABLE timeline_entries_g{g}"),
             format!("ALTER TABLE timeline_staging_g{g} RENAME TO timeline_entries_g{g}"),
@@ -221,19 +222,12 @@ impl Projection for Timeline {
                 staging_pairs(g)
             ),
             format!("DROP TABLE timeline_connections_g{g}"),
-            format!(
-                "ALTER TABLE {} RENAME TO timeline_connections_g{g}",
-                built_connections(g)
-            ),
+            format!("ALTER TABLE {built} RENAME TO timeline_connections_g{g}"),
             format!(
                 "ALTER TABLE timeline_connections_g{g} ADD CONSTRAINT timeline_connections_g{g}_pkey \
-                 PRIMARY KEY USING INDEX {}_key",
-                built_connections(g)
+                 PRIMARY KEY USING INDEX {built}_key"
             ),
-            format!(
-                "ALTER INDEX {}_rank RENAME TO timeline_connections_rank_g{g}",
-                built_connections(g)
-            ),
+            format!("ALTER INDEX {built}_rank RENAME TO timeline_connections_rank_g{g}"),
         ];
         execute_all(Tx::Postgres(c), sql).boxed()
     }
