@@ -243,12 +243,16 @@ async fn assert_states_replay(projections: &Projections, g: u64, policy: &Policy
             assert_eq!(score, replay.score, "{member} on {channel:?}");
             assert_eq!(tier, replay.tier, "{member} on {channel:?}");
             if channel == ALL_CHANNELS {
-                // The stored history, then what time alone adds since.
-                let mut history = projections
+                // What a timeline page reads in one snapshot: the policy,
+                // this state, and the stored history, to which it adds
+                // what time alone has changed since.
+                let reads = projections
                     .timeline_tiers(g, "acme", member, &TierRange::default(), 100_000)
                     .await
-                    .expect("tier changes")
-                    .stored;
+                    .expect("tier changes");
+                assert_eq!(&reads.policy.unwrap_or_default(), policy, "{member} policy");
+                assert_eq!(reads.state.as_ref(), Some(&state), "{member} state");
+                let mut history = reads.stored;
                 history.reverse();
                 history.extend(state.changes_until(policy, as_of));
                 assert_eq!(history, tier_history(&input, policy, as_of), "{member}");
