@@ -2101,26 +2101,30 @@ impl Projections {
         range: &TierRange,
         limit: u32,
     ) -> Result<TierReads, ProjectionError> {
-        let community = || SqlParam::Text(community_id.to_owned());
-        let policy = (
-            format!("SELECT policy, position FROM score_policies_g{g} WHERE community_id = $1"),
-            vec![community()],
-        );
-        let state = (
-            format!(
-                "SELECT state FROM score_states_g{g} \
-                 WHERE community_id = $1 AND channel = $2 AND member_id = $3"
-            ),
-            vec![
-                community(),
-                SqlParam::Text(ALL_CHANNELS.to_owned()),
-                SqlParam::Text(member_id.to_owned()),
-            ],
-        );
         let tiers = tier_changes_sql(g, community_id, member_id, range, limit);
         type Raw = (Option<(Vec<u8>, i64)>, Option<Vec<u8>>, Vec<TierTuple>);
         let (policy, state, stored): Raw = match self.pool(NAME).await? {
+            // SQLite has no arrays to return the changes in one row with the
+            // rest: three reads in one read transaction, in one hop.
             DbPool::Sqlite(_) => {
+                let community = || SqlParam::Text(community_id.to_owned());
+                let policy = (
+                    format!(
+                        "SELECT policy, position FROM score_policies_g{g} WHERE community_id = $1"
+                    ),
+                    vec![community()],
+                );
+                let state = (
+                    format!(
+                        "SELECT state FROM score_states_g{g} \
+                         WHERE community_id = $1 AND channel = $2 AND member_id = $3"
+                    ),
+                    vec![
+                        community(),
+                        SqlParam::Text(ALL_CHANNELS.to_owned()),
+                        SqlParam::Text(member_id.to_owned()),
+                    ],
+                );
                 self.read_sqlite(NAME, move |conn| {
                     let tx = conn.transaction()?;
                     // Keyed reads: one row or none.
