@@ -34,7 +34,9 @@ run_backend() { # name url
   lg --mode populate --total "$TOTAL" --members "$MEMBERS" --batch-size 1000 --concurrency 4 --label "$name-populate"
   settle "$name"
   # The rebuild starts 10 s into the probe; the probe ends 10 s after it.
-  "$LOADGEN" --addr "$ADDR" --mode batch --batch-size 100 --concurrency 2 --rate "$RATE" \
+  # Four calls in flight, as in bench/timeline.sh: two fall short of RATE
+  # when commits slow down on a large log.
+  "$LOADGEN" --addr "$ADDR" --mode batch --batch-size 100 --concurrency 4 --rate "$RATE" \
     --duration 100000 --warmup 0 --label "$name-ingest-at-$RATE" >"$RESULTS/ingest.txt" &
   local ingest=$!
   local probe_for=$((TOTAL / 25000 + 30))
