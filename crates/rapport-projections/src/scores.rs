@@ -1732,9 +1732,13 @@ fn tier_changes_sql(
         sql.push_str(&format!(" AND at < {p}"));
     }
     let p = placeholders(vec![SqlParam::Int(i64::from(limit))], &mut params);
-    sql.push_str(&format!(" ORDER BY at DESC, position DESC LIMIT {p}"));
+    sql.push_str(&format!(" ORDER BY {TIER_ORDER} LIMIT {p}"));
     (sql, params)
 }
+
+/// The order of a member's stored tier changes as a page reads them:
+/// newest first.
+const TIER_ORDER: &str = "at DESC, position DESC";
 
 /// PostgreSQL: the community's policy, the member's all-channels state and
 /// its stored tier changes (`tiers`, from [`tier_changes_sql`], whose first
@@ -1743,7 +1747,7 @@ fn tier_changes_sql(
 fn tiers_in_one_statement(g: u64, tiers: (String, Vec<SqlParam>)) -> (String, Vec<SqlParam>) {
     let (tiers, mut params) = tiers;
     let channel = placeholders(vec![SqlParam::Text(ALL_CHANNELS.to_owned())], &mut params);
-    let order = "ORDER BY at DESC, position DESC";
+    let order = format!("ORDER BY {TIER_ORDER}");
     let sql = format!(
         "SELECT p.policy, p.position, s.state, t.ats, t.positions, t.froms, t.tos \
          FROM (SELECT 1) AS one \
