@@ -38,7 +38,8 @@ use crate::{
 /// - `wal_autocheckpoint`: every ~40 MiB of WAL instead of every 4 MiB. The
 ///   checkpoint runs inside the committing write; the checkpointer thread
 ///   (see [`spawn_checkpointer`]) has copied most frames by then, so it is
-///   short, and it is what lets the WAL start over.
+///   short, and it is what lets the WAL start over. A read model's file
+///   waits longer ([`READ_MODEL_AUTOCHECKPOINT_PAGES`]).
 /// - `journal_size_limit`: the WAL file is cut back to 64 MiB after a
 ///   checkpoint instead of keeping its largest size forever.
 const PRAGMAS: [(&str, &str); 4] = [
@@ -51,6 +52,22 @@ const PRAGMAS: [(&str, &str); 4] = [
 /// How long a write to a read model's file waits for another transaction
 /// on it (see [`ReadModelFiles::open`]).
 const PROJECTIONS_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `wal_autocheckpoint` of a read model's file: a WAL of [`WAL_RESET_BYTES`]
+/// (in 4 KiB pages), where the checkpointer would empty it anyway.
+///
+/// A projector's commit (a catch-up batch of 2,000 events rewrites 10,000
+/// pages or more of the scores' file) passed the log's 10,000 pages nearly
+/// every time, so the checkpoint ran inside it, on the projector's path,
+/// copying what the checkpointer thread had not yet, and fsyncing: 43% of
+/// the scores projector's commit time in a catch-up. By the time the WAL is
+/// this large the checkpointer has copied most of it. The commit's
+/// checkpoint is kept for what it alone does: it lets the WAL start over
+/// while the projector writes without pause (without it the WAL grew past
+/// 800 MB in a 150,000-event catch-up; the emptying checkpoint never found
+/// a gap between batches). See docs/performance.md, "A read model's WAL
+/// left to its checkpointer".
+const READ_MODEL_AUTOCHECKPOINT_PAGES: u64 = WAL_RESET_BYTES / 4096;
 
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -139,6 +156,10 @@ impl ReadModelFiles {
                     .clone()
                     .filename(&path)
                     .synchronous(SqliteSynchronous::Normal)
+                    .pragma(
+                        "wal_autocheckpoint",
+                        READ_MODEL_AUTOCHECKPOINT_PAGES.to_string(),
+                    )
                     // Its projector writes the file, and now and then an
                     // admin's rebuild request: that one should wait its
                     // turn behind a long batch (a 10 M re-fold), not fail.
@@ -1071,4 +1092,40 @@ fn write_plan(
         ])?;
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn autocheckpoint(pool: &SqlitePool) -> u64 {
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        pages as u64
+    }
+
+    /// A read model's projector leaves the checkpoints to the checkpointer
+    /// until its WAL reaches the size at which the checkpointer would empty
+    /// it; the log keeps its own, shorter interval.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_model_commits_checkpoint_only_past_the_reset_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rapport.db");
+        let options = StoreOptions::new(format!("sqlite:{}", path.display()));
+        let store = SqliteStore::connect(path.to_str().unwrap(), &options)
+            .await
+            .unwrap();
+
+        let timeline = store.read_model("timeline").await.unwrap();
+        assert_eq!(autocheckpoint(&timeline.pool).await, 65_536);
+        assert_eq!(READ_MODEL_AUTOCHECKPOINT_PAGES * 4096, WAL_RESET_BYTES);
+        assert_eq!(autocheckpoint(&store.readers).await, 10_000);
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&timeline.pool)
+            .await
+            .unwrap();
+        assert_eq!(page_size, 4096, "the page count above assumes 4 KiB pages");
+    }
 }
