@@ -13,7 +13,10 @@
 #      timeline alone, and of a whole first page (which shows tier changes,
 #      so it waits for the scores projection too). A read waits up to
 #      LAG_DEADLINE seconds (30), so a projection far behind shows in the
-#      figures instead of ending the run.
+#      figures instead of ending the run;
+#   5. ingests at RATE again, probed by a reader without min_position that
+#      polls until its write shows (a read with min_position ends the
+#      projectors' linger; this one does not).
 #
 #   bench/timeline.sh                          # 10 million, as the issue asks
 #   TOTAL=1000000 MEMBERS=20000 bench/timeline.sh   # a quick run
@@ -89,6 +92,18 @@ run_backend() { # name url
     --interval-ms 20 --label "$name-lag-timeline"
   wait "$whole"
   wait "$reads"
+  wait "$ingest"
+  tee -a "$RESULTS/out.txt" <"$RESULTS/ingest.txt"
+  # The same ingest again, probed by a reader that does not pass
+  # `min_position` (polls until its write shows): alone, because a read
+  # with `min_position` ends the projectors' linger, which this reader
+  # does not.
+  "$LOADGEN" --addr "$ADDR" --mode batch --batch-size 100 --concurrency 4 --rate "$RATE" \
+    --duration "$DURATION" --warmup 2 --label "$name-ingest-at-$RATE-polled" >"$RESULTS/ingest.txt" &
+  ingest=$!
+  sleep 2
+  lg --mode lag --lag-of timeline --lag-poll --lag-deadline-secs "$LAG_DEADLINE" --duration "$DURATION" \
+    --interval-ms 20 --label "$name-lag-timeline-polled"
   wait "$ingest"
   tee -a "$RESULTS/out.txt" <"$RESULTS/ingest.txt"
   stop_server

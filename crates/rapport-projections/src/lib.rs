@@ -169,6 +169,12 @@ struct Local {
     /// a read that finds it far enough along the query for it: only the
     /// leader moves the active generation, so what it committed is true.
     applied: watch::Sender<Option<Active>>,
+    /// The highest `min_position` a reader in this process has waited for.
+    /// A projector that lingers (see [`RunnerOptions::linger`]) stops
+    /// lingering once a reader waits for a position it has not applied:
+    /// the linger saves CPU when nobody is waiting, and costs a waiting
+    /// reader nothing.
+    wanted: watch::Sender<u64>,
 }
 
 /// The read models of one server process.
@@ -232,6 +238,7 @@ impl Projections {
                 let local = Arc::new(Local {
                     leading: AtomicBool::new(false),
                     applied: watch::channel(None).0,
+                    wanted: watch::channel(0).0,
                 });
                 (p.name(), (p, local))
             })
@@ -347,24 +354,32 @@ impl Projections {
                 Some(a) if a.position >= min_position => Some((a.generation, a.position)),
                 _ => generations::active(&pool, name).await?,
             };
-            match active {
-                Some((generation, position)) if position >= min_position => {
-                    return Ok(Active {
-                        generation,
-                        position,
-                    });
+            if let Some((generation, position)) = active
+                && position >= min_position
+            {
+                return Ok(Active {
+                    generation,
+                    position,
+                });
+            }
+            // Not there yet: a lingering projector of this process applies
+            // what it has at once.
+            local.wanted.send_if_modified(|wanted| {
+                let raise = min_position > *wanted;
+                if raise {
+                    *wanted = min_position;
                 }
-                _ if Instant::now() >= deadline => {
-                    return Err(match active {
-                        None => ProjectionError::NotBuilt { name },
-                        Some((_, applied)) => ProjectionError::Behind {
-                            name,
-                            applied,
-                            wanted: min_position,
-                        },
-                    });
-                }
-                _ => {}
+                raise
+            });
+            if Instant::now() >= deadline {
+                return Err(match active {
+                    None => ProjectionError::NotBuilt { name },
+                    Some((_, applied)) => ProjectionError::Behind {
+                        name,
+                        applied,
+                        wanted: min_position,
+                    },
+                });
             }
             let poll = (Instant::now() + WAIT_POLL).min(deadline);
             tokio::select! {

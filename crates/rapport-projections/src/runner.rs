@@ -47,11 +47,12 @@ pub struct RunnerOptions {
     /// calls) one by one, the projectors took a large share of the CPU of
     /// the ingest they followed, and on two cores ingest paid for it
     /// (docs/performance.md, "Projectors that let commits gather"). An
-    /// idle projector still applies a commit at once, and one that is
-    /// behind does not wait: only the batches after a caught-up one are
-    /// delayed, so a read with `min_position` waits about this much longer
-    /// at most. Zero here (tests see every commit applied at once); the
-    /// server's default is 5 ms.
+    /// idle projector still applies a commit at once, one that is behind
+    /// does not wait, and a read with `min_position` in this process that
+    /// the projector has not reached ends the linger: only reads without
+    /// `min_position` (and, on PostgreSQL, reads served by another
+    /// replica) see the read model up to this much later. Zero here (tests
+    /// see every commit applied at once); the server's default is 25 ms.
     pub linger: Duration,
     /// How often a standby tries to become the leader, and the leader checks
     /// its lock connection.
@@ -274,8 +275,13 @@ impl Runner {
                 // takes the machine from reads and live batches.
             }
             if step == Step::CaughtUp && !self.options.linger.is_zero() {
+                // What was just applied: a reader waiting for more ends
+                // the linger.
+                let applied = self.local.applied.borrow().map_or(0, |a| a.position);
+                let mut wanted = self.local.wanted.subscribe();
                 tokio::select! {
                     _ = tokio::time::sleep(self.options.linger) => {}
+                    _ = wanted.wait_for(|w| *w > applied) => {}
                     _ = shutdown.wait_for(|s| *s) => {}
                 }
             } else if !progressed {

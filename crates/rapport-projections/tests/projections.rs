@@ -232,6 +232,7 @@ on_both_backends!(
     two_replicas_apply_each_event_once,
     a_late_switch_by_another_process_is_fenced,
     a_lingering_projector_applies_at_once_when_idle_and_gathers_commits_once_caught_up,
+    a_read_waiting_for_a_position_ends_the_linger,
     an_interrupted_end_of_a_bulk_build_is_resumed,
 );
 
@@ -395,17 +396,24 @@ async fn sqlite_a_bulk_build_leaves_the_tables_as_created() {
     assert_eq!(schema, created);
 }
 
-/// `RunnerOptions::linger`: an idle projector applies a commit at once;
-/// once it has caught up, the next commit waits for the linger to end;
-/// nothing is lost.
-async fn a_lingering_projector_applies_at_once_when_idle_and_gathers_commits_once_caught_up(
-    backend: Backend,
-) {
-    let Some((_db, store)) = fresh(backend, "linger").await else {
-        return;
-    };
+/// Where each projection's active generation has got to, read the way a
+/// read without `min_position` sees it (no waiting, so no wake-up).
+async fn checkpoints(projections: &Projections) -> BTreeMap<&'static str, u64> {
+    projections
+        .status()
+        .await
+        .expect("status")
+        .into_iter()
+        .map(|s| (s.name, s.active.map_or(0, |g| g.position)))
+        .collect()
+}
+
+/// A store with 21 events, its projectors running with `linger` and
+/// caught up, the last event applied by idle projectors (which do not
+/// wait): each projector is now lingering.
+async fn lingering(backend: Backend, test: &str, linger: Duration) -> Option<Lingering> {
+    let (db, store) = fresh(backend, test).await?;
     let projections = Projections::new(store.clone());
-    let linger = Duration::from_secs(3);
     let running = start(
         &projections,
         RunnerOptions {
@@ -413,14 +421,13 @@ async fn a_lingering_projector_applies_at_once_when_idle_and_gathers_commits_onc
             ..options()
         },
     );
-    let wait =
-        |name, position, within| projections.wait_for(name, position, Instant::now() + within);
     append(&store, 0..20).await;
     let head = store.head().await.expect("head");
     // The first build ends with a switch, after which the projectors wait
     // out a linger and are then idle.
     for name in [NAME, SCORES] {
-        wait(name, head, Duration::from_secs(30))
+        projections
+            .wait_for(name, head, Instant::now() + Duration::from_secs(30))
             .await
             .expect("built");
     }
@@ -429,27 +436,110 @@ async fn a_lingering_projector_applies_at_once_when_idle_and_gathers_commits_onc
     // Idle: applied at once; then caught up, so the linger starts.
     append(&store, 20..21).await;
     let first = store.head().await.expect("head");
-    for name in [NAME, SCORES] {
-        wait(name, first, Duration::from_secs(2))
-            .await
-            .expect("an idle projector does not wait");
+    let idle = Instant::now();
+    loop {
+        let at = checkpoints(&projections).await;
+        if at.values().all(|p| *p >= first) {
+            break;
+        }
+        assert!(
+            idle.elapsed() < Duration::from_secs(2),
+            "an idle projector applies a commit at once: {at:?}, head {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let caught_up = Instant::now();
-    append(&store, 21..22).await;
-    let second = store.head().await.expect("head");
-    for name in [NAME, SCORES] {
-        wait(name, second, linger + Duration::from_secs(5))
-            .await
-            .expect("applied once the linger is over");
-        // The linger began when `first` was applied, a little before
-        // `caught_up`: allow a second of slack.
-        let waited = caught_up.elapsed();
+    Some(Lingering {
+        _db: db,
+        store,
+        projections,
+        running,
+        caught_up: Instant::now(),
+    })
+}
+
+struct Lingering {
+    _db: TestDatabase,
+    store: Store,
+    projections: Projections,
+    running: Running,
+    /// A moment just after both projectors caught up.
+    caught_up: Instant,
+}
+
+/// `RunnerOptions::linger`: an idle projector applies a commit at once;
+/// once it has caught up, the next commit waits for the linger to end
+/// (as a read without `min_position` sees it); nothing is lost.
+async fn a_lingering_projector_applies_at_once_when_idle_and_gathers_commits_once_caught_up(
+    backend: Backend,
+) {
+    let linger = Duration::from_secs(3);
+    let Some(l) = lingering(backend, "linger", linger).await else {
+        return;
+    };
+    append(&l.store, 21..22).await;
+    let second = l.store.head().await.expect("head");
+    let mut applied_after = BTreeMap::new();
+    while applied_after.len() < 2 {
+        assert!(
+            l.caught_up.elapsed() < linger + Duration::from_secs(5),
+            "not applied after the linger"
+        );
+        for (name, position) in checkpoints(&l.projections).await {
+            if position >= second {
+                applied_after
+                    .entry(name)
+                    .or_insert_with(|| l.caught_up.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The linger began when the first commit was applied, a little before
+    // `caught_up`: allow a second of slack.
+    for (name, waited) in applied_after {
         assert!(
             waited >= linger - Duration::from_secs(1),
             "{name} applied {second} after {waited:?}, within its linger"
         );
     }
-    running.stop().await;
+    assert_eq!(
+        actual(&l.projections, caught_up(&l.projections).await).await,
+        expected(&l.store).await
+    );
+    l.running.stop().await;
+}
+
+/// A read with `min_position` ends a projector's linger: a long linger
+/// saves CPU under many small commits without making read-your-writes
+/// wait for it.
+async fn a_read_waiting_for_a_position_ends_the_linger(backend: Backend) {
+    let linger = Duration::from_secs(10);
+    let Some(l) = lingering(backend, "linger_wake", linger).await else {
+        return;
+    };
+    append(&l.store, 21..22).await;
+    let second = l.store.head().await.expect("head");
+    for name in [NAME, SCORES] {
+        let asked = Instant::now();
+        l.projections
+            .wait_for(name, second, asked + Duration::from_secs(10))
+            .await
+            .expect("applied for the waiting read");
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{name} kept lingering for {:?} with a reader waiting",
+            asked.elapsed()
+        );
+    }
+    // Nobody waits for the next one: it waits for the linger.
+    append(&l.store, 22..23).await;
+    let third = l.store.head().await.expect("head");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at = checkpoints(&l.projections).await;
+    assert!(
+        at.values().all(|p| *p < third),
+        "applied {third} with nobody waiting, within the linger: {at:?}"
+    );
+    l.running.stop().await;
 }
 
 async fn the_timeline_follows_the_log(backend: Backend) {

@@ -16,7 +16,8 @@
 //! - `populate`: write `--total` interactions by `--members` members;
 //! - `timeline`: first-page `GetTimeline` latency of the heavy member;
 //! - `lag`: write, then read with `min_position`, every `--interval-ms`
-//!   (`--lag-of timeline`: the timeline projection alone);
+//!   (`--lag-of timeline`: the timeline projection alone; `--lag-poll`:
+//!   read without `min_position` until the entry shows);
 //! - `catch-up`: wait until the projections have applied the whole log;
 //! - `rebuild`: rebuild the timeline from position 0 and time it.
 //!
@@ -119,6 +120,10 @@ struct Args {
     /// projection's lag alone.
     #[arg(long, default_value = "all", value_parser = ["all", "timeline"])]
     lag_of: String,
+    /// Lag mode: read without `min_position`, again and again until the
+    /// written entry shows (the lag of a reader that does not wait).
+    #[arg(long)]
+    lag_poll: bool,
     /// Lag mode: the deadline of each read with `min_position` (the server
     /// waits for the projection up to it). Past the server's default of
     /// 5 s, a projection that stops for longer shows in the figures
@@ -193,6 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 duration,
                 interval,
                 args.lag_of == "timeline",
+                args.lag_poll,
                 Duration::from_secs(args.lag_deadline_secs),
                 &run_id,
                 label,

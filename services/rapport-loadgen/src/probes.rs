@@ -126,11 +126,16 @@ pub async fn timeline(channel: Channel, duration: Duration, label: &str) -> Resu
 /// the read's is the lag plus one read. `timeline_only`: read the written
 /// channel's entries, which waits for the timeline projection alone (a
 /// whole page also holds tier changes, so it waits for the scores too).
+/// `poll`: read without `min_position` instead, every 2 ms until the
+/// written entry is on the page: the lag of a reader that does not ask
+/// to wait (and so does not hurry a lingering projector).
+#[allow(clippy::too_many_arguments)]
 pub async fn lag(
     channel: Channel,
     duration: Duration,
     interval: Duration,
     timeline_only: bool,
+    poll: bool,
     deadline: Duration,
     run: &str,
     label: &str,
@@ -171,20 +176,38 @@ pub async fn lag(
             .await?
             .into_inner();
         let t = Instant::now();
-        let mut read = tonic::Request::new(pb::GetTimelineRequest {
+        let request = pb::GetTimelineRequest {
             community_id: COMMUNITY.into(),
             member_id: written.member_id,
             page_size: 1,
-            min_position: written.position,
+            min_position: if poll { 0 } else { written.position },
             channels: if timeline_only {
                 vec![channel_of_probe.clone()]
             } else {
                 Vec::new()
             },
             ..Default::default()
-        });
-        read.set_timeout(deadline);
-        reader.get_timeline(read).await?;
+        };
+        loop {
+            let mut read = tonic::Request::new(request.clone());
+            read.set_timeout(deadline);
+            let page = reader.get_timeline(read).await?.into_inner();
+            let seen = page
+                .entries
+                .first()
+                .is_some_and(|e| e.position >= written.position);
+            if !poll || seen {
+                break;
+            }
+            if t.elapsed() > deadline {
+                return Err(format!(
+                    "position {} not visible after {deadline:?}",
+                    written.position
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         histogram.record(t.elapsed().as_micros() as u64)?;
     }
     report(label, &histogram, n);

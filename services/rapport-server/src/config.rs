@@ -115,10 +115,12 @@ pub struct Config {
 
     /// Once a projector has caught up with the log, how long it lets new
     /// commits gather before it applies the next batch, in milliseconds.
-    /// Higher: less CPU per event under many small writes; reads with
-    /// `min_position` may wait up to about this much longer. 0: every
-    /// commit as it comes.
-    #[arg(long, env = "RAPPORT_PROJECTOR_LINGER_MS", default_value_t = 5)]
+    /// Higher: less CPU per event under many small writes; reads without
+    /// `min_position` (and, on PostgreSQL, reads served by a replica that
+    /// does not lead the projector) may see a write up to about this much
+    /// later. A read with `min_position` on the leading process ends the
+    /// linger. 0: every commit as it comes.
+    #[arg(long, env = "RAPPORT_PROJECTOR_LINGER_MS", default_value_t = 25)]
     pub projector_linger_ms: u64,
 
     /// After SIGTERM, how long in-flight requests may take before the
