@@ -664,6 +664,7 @@ impl Runner {
         else {
             return Ok(None);
         };
+        let started = Instant::now();
         let mut tx = WriteTx::begin(&pool).await?;
         match generations::lock(tx.tx(), name, active.generation).await? {
             Some((State::Active, position)) if position == active.position => {}
@@ -679,6 +680,12 @@ impl Runner {
             .maintain(tx.tx(), active.generation, now, after)
             .await?;
         tx.commit().await?;
+        // A live batch waits for as long as a chunk holds the read model.
+        debug!(
+            projection = name,
+            took_us = started.elapsed().as_micros() as u64,
+            "upkeep chunk"
+        );
         Ok(next)
     }
 
