@@ -271,8 +271,10 @@ impl Runner {
                         }
                     }
                 }
-                // One chunk per poll: upkeep is paced so that it never
-                // takes the machine from reads and live batches.
+                // One chunk per step: the live batches come first, and a
+                // chunk holds them up for 25 ms at most (the scores'
+                // `MAINTAIN_BUDGET`); while nothing else is to be done,
+                // the next chunk follows at once.
             }
             if step == Step::CaughtUp && !self.options.linger.is_zero() {
                 // What was just applied: a reader waiting for more ends
@@ -284,7 +286,7 @@ impl Runner {
                     _ = wanted.wait_for(|w| *w > applied) => {}
                     _ = shutdown.wait_for(|s| *s) => {}
                 }
-            } else if !progressed {
+            } else if !progressed && upkeep.is_none() {
                 tokio::select! {
                     _ = async {
                         // A writer that stopped stops notifying; polling goes on.
