@@ -280,6 +280,18 @@ impl Runner {
                 // What was just applied: a reader waiting for more ends
                 // the linger.
                 let applied = self.local.applied.borrow().map_or(0, |a| a.position);
+                // A position past every commit known here is no reason to
+                // hurry (a reader may ask for any number, and leave): it is
+                // forgotten, and a reader still waiting raises it again at
+                // its next poll.
+                let head = *commits.borrow();
+                self.local.wanted.send_if_modified(|w| {
+                    let past = *w > head.max(applied);
+                    if past {
+                        *w = 0;
+                    }
+                    past
+                });
                 let mut wanted = self.local.wanted.subscribe();
                 tokio::select! {
                     _ = tokio::time::sleep(self.options.linger) => {}

@@ -539,6 +539,42 @@ async fn a_read_waiting_for_a_position_ends_the_linger(backend: Backend) {
         at.values().all(|p| *p < third),
         "applied {third} with nobody waiting, within the linger: {at:?}"
     );
+
+    // A read for a position nobody wrote gives up; the linger it ended
+    // does not stay ended after it.
+    for name in [NAME, SCORES] {
+        let never = third + 1_000_000;
+        let asked = l
+            .projections
+            .wait_for(name, never, Instant::now() + Duration::from_millis(300))
+            .await;
+        assert!(asked.is_err(), "{name} reached {never}");
+    }
+    // Idle again: the next commit is applied at once, and the linger
+    // after it is whole.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    append(&l.store, 23..24).await;
+    let fourth = l.store.head().await.expect("head");
+    let idle = Instant::now();
+    while checkpoints(&l.projections)
+        .await
+        .values()
+        .any(|p| *p < fourth)
+    {
+        assert!(
+            idle.elapsed() < Duration::from_secs(2),
+            "{fourth} not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    append(&l.store, 24..25).await;
+    let fifth = l.store.head().await.expect("head");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at = checkpoints(&l.projections).await;
+    assert!(
+        at.values().all(|p| *p < fifth),
+        "after the read that gave up, {fifth} was applied within the linger: {at:?}"
+    );
     l.running.stop().await;
 }
 
