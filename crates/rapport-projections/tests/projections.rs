@@ -531,14 +531,7 @@ async fn a_read_waiting_for_a_position_ends_the_linger(backend: Backend) {
         );
     }
     // Nobody waits for the next one: it waits for the linger.
-    append(&l.store, 22..23).await;
-    let third = l.store.head().await.expect("head");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let at = checkpoints(&l.projections).await;
-    assert!(
-        at.values().all(|p| *p < third),
-        "applied {third} with nobody waiting, within the linger: {at:?}"
-    );
+    let third = waits_for_the_linger(&l, 22, "with nobody waiting").await;
 
     // A read for a position nobody wrote gives up; the linger it ended
     // does not stay ended after it.
@@ -567,15 +560,22 @@ async fn a_read_waiting_for_a_position_ends_the_linger(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    append(&l.store, 24..25).await;
-    let fifth = l.store.head().await.expect("head");
+    waits_for_the_linger(&l, 24, "after the read that gave up").await;
+    l.running.stop().await;
+}
+
+/// Appends interaction `n` and checks that, 2 s later, neither projector
+/// has applied it: they are lingering. Returns its position.
+async fn waits_for_the_linger(l: &Lingering, n: usize, when: &str) -> u64 {
+    append(&l.store, n..n + 1).await;
+    let position = l.store.head().await.expect("head");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let at = checkpoints(&l.projections).await;
     assert!(
-        at.values().all(|p| *p < fifth),
-        "after the read that gave up, {fifth} was applied within the linger: {at:?}"
+        at.values().all(|p| *p < position),
+        "{when}, {position} was applied within the linger: {at:?}"
     );
-    l.running.stop().await;
+    position
 }
 
 async fn the_timeline_follows_the_log(backend: Backend) {
