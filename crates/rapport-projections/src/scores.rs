@@ -373,7 +373,7 @@ const MAINTAIN_CHUNK: i64 = if cfg!(test) { 3 } else { 1_000 };
 /// How long a maintenance transaction may work before it commits and
 /// hands the read model back to the live batches, which wait for it: a
 /// chunk of 2,000 states pruning the snapshots of each held the scores for
-/// 0.1–1.5 s at 2 M on SQLite (docs/performance.md, "Upkeep in chunks of
+/// 0.1–2.7 s at 2 M on SQLite (docs/performance.md, "Upkeep in chunks of
 /// at most 25 ms").
 const MAINTAIN_BUDGET: Duration = Duration::from_millis(25);
 

@@ -436,18 +436,7 @@ async fn lingering(backend: Backend, test: &str, linger: Duration) -> Option<Lin
     // Idle: applied at once; then caught up, so the linger starts.
     append(&store, 20..21).await;
     let first = store.head().await.expect("head");
-    let idle = Instant::now();
-    loop {
-        let at = checkpoints(&projections).await;
-        if at.values().all(|p| *p >= first) {
-            break;
-        }
-        assert!(
-            idle.elapsed() < Duration::from_secs(2),
-            "an idle projector applies a commit at once: {at:?}, head {first}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    applied_at_once(&projections, first).await;
     Some(Lingering {
         _db: db,
         store,
@@ -548,20 +537,26 @@ async fn a_read_waiting_for_a_position_ends_the_linger(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     append(&l.store, 23..24).await;
     let fourth = l.store.head().await.expect("head");
+    applied_at_once(&l.projections, fourth).await;
+    waits_for_the_linger(&l, 24, "after the read that gave up").await;
+    l.running.stop().await;
+}
+
+/// Checks that both projectors apply `position` within 2 s, as idle
+/// projectors do (watching checkpoints, so without ending a linger).
+async fn applied_at_once(projections: &Projections, position: u64) {
     let idle = Instant::now();
-    while checkpoints(&l.projections)
-        .await
-        .values()
-        .any(|p| *p < fourth)
-    {
+    loop {
+        let at = checkpoints(projections).await;
+        if at.values().all(|p| *p >= position) {
+            return;
+        }
         assert!(
             idle.elapsed() < Duration::from_secs(2),
-            "{fourth} not applied"
+            "an idle projector applies a commit at once: {at:?}, head {position}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    waits_for_the_linger(&l, 24, "after the read that gave up").await;
-    l.running.stop().await;
 }
 
 /// Appends interaction `n` and checks that, 2 s later, neither projector
