@@ -78,6 +78,32 @@ const WAL_RESET_BYTES: u64 = 256 * 1024 * 1024;
 /// How long an emptying checkpoint may wait for readers, holding writers back.
 const WAL_RESET_PATIENCE: Duration = Duration::from_millis(100);
 
+/// `journal_size_limit` of a read model's file: above the size at which its
+/// WAL starts over ([`WAL_RESET_BYTES`], and what a batch adds before a
+/// checkpoint sees it), so the WAL keeps its blocks when it starts over.
+/// Cut back to 64 MiB, as the log's is, it grew back by ~200 MiB after
+/// every reset, and every frame written past the old end made the file
+/// system allocate and zero a block: about a tenth of the server's CPU in
+/// a catch-up of the scores, which now takes 0.85× the CPU
+/// (docs/performance.md, "A read model's WAL kept at its size").
+const READ_MODEL_JOURNAL_SIZE_LIMIT: u64 = WAL_RESET_BYTES + WAL_RESET_BYTES / 4;
+
+/// How the checkpointer empties a WAL that grew past [`WAL_RESET_BYTES`].
+#[derive(Debug, Clone, Copy)]
+enum WalReset {
+    /// Cut the file to nothing: the log's WAL holds older page images of
+    /// what an erasure overwrote (a member's wrapped key), which must not
+    /// stay in the file.
+    Truncate,
+    /// Start over from its beginning and keep the file: read models hold
+    /// no personal data, and writing over blocks the file already has
+    /// costs less than growing it again. A file past twice the reset size
+    /// (the end of a rebuild writes a whole read model in one transaction:
+    /// gigabytes at 10 M) is cut all the same, so that it does not stay on
+    /// disk until the next write.
+    Restart,
+}
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Runs migrations: sqlx's migrator wants a pool.
@@ -160,6 +186,10 @@ impl ReadModelFiles {
                         "wal_autocheckpoint",
                         READ_MODEL_AUTOCHECKPOINT_PAGES.to_string(),
                     )
+                    .pragma(
+                        "journal_size_limit",
+                        READ_MODEL_JOURNAL_SIZE_LIMIT.to_string(),
+                    )
                     // Its projector writes the file, and now and then an
                     // admin's rebuild request: that one should wait its
                     // turn behind a long batch (a 10 M re-fold), not fail.
@@ -169,7 +199,12 @@ impl ReadModelFiles {
         sqlx::migrate!("./migrations/sqlite-projections")
             .run(&pool)
             .await?;
-        spawn_checkpointer(&path, self.writer.clone())?;
+        spawn_checkpointer(
+            &path,
+            self.writer.clone(),
+            WalReset::Restart,
+            WAL_RESET_BYTES,
+        )?;
         let readers = Readers::new(&path, self.max_connections.max(1) as usize);
         Ok(ReadModelFile { pool, readers })
     }
@@ -280,7 +315,12 @@ impl SqliteStore {
         .await
         .expect("open the writer")?;
         let writer = Arc::new(Mutex::new(writer));
-        spawn_checkpointer(&path_for_checkpoints, Arc::downgrade(&writer))?;
+        spawn_checkpointer(
+            &path_for_checkpoints,
+            Arc::downgrade(&writer),
+            WalReset::Truncate,
+            WAL_RESET_BYTES,
+        )?;
         let permits = options.max_connections.max(1) as usize;
         let log_readers = Readers::new(&path_for_checkpoints, permits);
         let legacy = legacy_projections_path(&path_for_checkpoints);
@@ -612,9 +652,10 @@ fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {
 /// The WAL can only start over at a moment when no reader still uses it.
 /// With projectors and API reads there is almost always one, so the WAL
 /// would grow without bound (gigabytes a minute under bulk ingest). Past
-/// [`WAL_RESET_BYTES`] the thread runs a TRUNCATE checkpoint instead, which
-/// holds new writers back for as long as the current readers take to finish
-/// (milliseconds: reads are short transactions), then empties the WAL. It
+/// [`WAL_RESET_BYTES`] the thread runs a TRUNCATE or RESTART checkpoint
+/// instead ([`WalReset`]), which holds new writers back for as long as the
+/// current readers take to finish (milliseconds: reads are short
+/// transactions), then empties the WAL. It
 /// gives up after [`WAL_RESET_PATIENCE`] and tries again next round, so a
 /// long read never holds writers back for longer than that.
 ///
@@ -622,33 +663,66 @@ fn open_writer(path: &str) -> Result<rusqlite::Connection, StoreError> {
 fn spawn_checkpointer(
     path: &str,
     writer: std::sync::Weak<Mutex<rusqlite::Connection>>,
+    reset: WalReset,
+    reset_bytes: u64,
 ) -> Result<(), StoreError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(WAL_RESET_PATIENCE)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let wal = format!("{path}-wal");
+    // A WAL frame: the page and its 24-byte header.
+    let frame_bytes: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))? + 24;
+    // The WAL's size in bytes of frames, once the checkpoint has finished.
+    let checkpoint = move |mode: &str| {
+        let sql = format!("PRAGMA wal_checkpoint({mode})");
+        // (busy, frames in the WAL, frames copied back)
+        match conn.query_row(&sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))) {
+            // Busy: readers outlasted the busy timeout; next round.
+            Ok((1, _)) => tracing::debug!(mode, "wal checkpoint could not finish"),
+            Ok((_, frames)) => return Some(frames.max(0) as u64 * frame_bytes as u64),
+            Err(error) => tracing::warn!(%error, mode, "wal checkpoint failed"),
+        }
+        None
+    };
+    // The WAL's size when a RESTART last finished: it starts over at the
+    // next write, and until then still reports that size, which must not
+    // set off another RESTART (each one holds new readers back while it
+    // waits for the current ones).
+    let mut restarted = None;
     std::thread::Builder::new()
         .name("rapport-checkpoint".into())
         .spawn(move || {
             while writer.strong_count() > 0 {
                 std::thread::sleep(CHECKPOINT_EVERY);
-                let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
-                let mode = if wal_bytes > WAL_RESET_BYTES {
-                    "TRUNCATE"
-                } else {
-                    "PASSIVE"
-                };
-                let checkpoint = format!("PRAGMA wal_checkpoint({mode})");
-                match conn.query_row(&checkpoint, [], |r| r.get::<_, i64>(0)) {
-                    Ok(0) => {}
-                    // Busy: readers outlasted the busy timeout; next round.
-                    Ok(_) => tracing::debug!(mode, wal_bytes, "wal checkpoint could not finish"),
-                    Err(error) => tracing::warn!(%error, mode, "wal checkpoint failed"),
+                match reset {
+                    // The file is what is emptied: its size says when.
+                    WalReset::Truncate => {
+                        checkpoint(if file_bytes(&wal) > reset_bytes {
+                            "TRUNCATE"
+                        } else {
+                            "PASSIVE"
+                        });
+                    }
+                    WalReset::Restart if file_bytes(&wal) > 2 * reset_bytes => {
+                        checkpoint("TRUNCATE");
+                    }
+                    // The file keeps its size when the WAL starts over:
+                    // what counts is the frames it holds.
+                    WalReset::Restart => {
+                        let held = checkpoint("PASSIVE");
+                        if held.is_some_and(|bytes| bytes > reset_bytes) && held != restarted {
+                            restarted = checkpoint("RESTART").and(held);
+                        }
+                    }
                 }
             }
         })
         .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpointer: {e}")))?;
     Ok(())
+}
+
+fn file_bytes(path: &str) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// One batch in one `BEGIN IMMEDIATE` transaction, committed before returning.
@@ -1127,5 +1201,88 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page_size, 4096, "the page count above assumes 4 KiB pages");
+    }
+
+    /// A file written as a projector writes: WAL mode, no automatic
+    /// checkpoint (the checkpointer alone empties its WAL), the checkpointer
+    /// of `reset` running with a 1 MiB reset size.
+    fn written_file(
+        dir: &tempfile::TempDir,
+        name: &str,
+        reset: WalReset,
+    ) -> (Arc<Mutex<rusqlite::Connection>>, String) {
+        let path = dir.path().join(name).display().to_string();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            READ_MODEL_JOURNAL_SIZE_LIMIT as i64,
+        )
+        .unwrap();
+        conn.execute("CREATE TABLE t (b BLOB)", []).unwrap();
+        let writer = Arc::new(Mutex::new(conn));
+        spawn_checkpointer(&path, Arc::downgrade(&writer), reset, 1 << 20).unwrap();
+        (writer, format!("{path}-wal"))
+    }
+
+    /// Writes `bytes` in one transaction.
+    fn write(writer: &Mutex<rusqlite::Connection>, bytes: usize) {
+        let conn = writer.lock().unwrap();
+        conn.execute("INSERT INTO t VALUES (zeroblob(?1))", [bytes as i64])
+            .unwrap();
+    }
+
+    /// The WAL header's salts: SQLite draws new ones each time the WAL
+    /// starts over.
+    fn salts(wal: &str) -> Vec<u8> {
+        std::fs::read(wal).unwrap()[16..24].to_vec()
+    }
+
+    fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Past the reset size, a read model's WAL starts over at its beginning
+    /// and keeps its file (writing over blocks it has is cheaper than
+    /// growing it), unless the file grew past twice that; the log's is cut
+    /// to nothing (it may hold page images of an erased member's key).
+    #[test]
+    fn a_read_models_wal_starts_over_in_place_and_the_logs_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = |wal: &str| std::fs::metadata(wal).map_or(0, |m| m.len());
+
+        let (model, model_wal) = written_file(&dir, "model.db", WalReset::Restart);
+        // 1.5 MiB: past the reset size, below twice that.
+        write(&model, 3 << 19);
+        let (grown, first) = (len(&model_wal), salts(&model_wal));
+        assert!(grown > 3 << 19);
+        // Once the checkpointer has copied the WAL back, a write starts it
+        // over at its beginning, and the file is not cut (the small writes
+        // before that may have grown it a little).
+        until("the read model's WAL starts over", || {
+            write(&model, 1_000);
+            salts(&model_wal) != first
+        });
+        assert!(len(&model_wal) >= grown);
+
+        // Past twice the reset size (a rebuild's end), it is cut all the same.
+        write(&model, 3 << 20);
+        until("a read model's outsized WAL is cut", || {
+            len(&model_wal) == 0
+        });
+
+        let (log, log_wal) = written_file(&dir, "log.db", WalReset::Truncate);
+        write(&log, 3 << 20);
+        until("the log's WAL is cut", || len(&log_wal) == 0);
+        // Below the reset size, the file stays.
+        write(&log, 200_000);
+        std::thread::sleep(CHECKPOINT_EVERY * 3);
+        assert!(len(&log_wal) > 200_000);
     }
 }
