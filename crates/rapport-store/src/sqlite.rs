@@ -1255,12 +1255,11 @@ mod tests {
     #[test]
     fn a_read_models_wal_starts_over_in_place_and_the_logs_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let len = |wal: &str| std::fs::metadata(wal).map_or(0, |m| m.len());
 
         let (model, model_wal) = written_file(&dir, "model.db", WalReset::Restart);
         // 1.5 MiB: past the reset size, below twice that.
         write(&model, 3 << 19);
-        let (grown, first) = (len(&model_wal), salts(&model_wal));
+        let (grown, first) = (file_bytes(&model_wal), salts(&model_wal));
         assert!(grown > 3 << 19);
         // Once the checkpointer has copied the WAL back, a write starts it
         // over at its beginning, and the file is not cut (the small writes
@@ -1269,20 +1268,20 @@ mod tests {
             write(&model, 1_000);
             salts(&model_wal) != first
         });
-        assert!(len(&model_wal) >= grown);
+        assert!(file_bytes(&model_wal) >= grown);
 
         // Past twice the reset size (a rebuild's end), it is cut all the same.
         write(&model, 3 << 20);
         until("a read model's outsized WAL is cut", || {
-            len(&model_wal) == 0
+            file_bytes(&model_wal) == 0
         });
 
         let (log, log_wal) = written_file(&dir, "log.db", WalReset::Truncate);
         write(&log, 3 << 20);
-        until("the log's WAL is cut", || len(&log_wal) == 0);
+        until("the log's WAL is cut", || file_bytes(&log_wal) == 0);
         // Below the reset size, the file stays.
         write(&log, 200_000);
         std::thread::sleep(CHECKPOINT_EVERY * 3);
-        assert!(len(&log_wal) > 200_000);
+        assert!(file_bytes(&log_wal) > 200_000);
     }
 }
