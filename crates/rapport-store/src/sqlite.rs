@@ -41,7 +41,8 @@ use crate::{
 ///   short, and it is what lets the WAL start over. A read model's file
 ///   waits longer ([`READ_MODEL_AUTOCHECKPOINT_PAGES`]).
 /// - `journal_size_limit`: the WAL file is cut back to 64 MiB after a
-///   checkpoint instead of keeping its largest size forever.
+///   checkpoint instead of keeping its largest size forever. A read
+///   model's file keeps more ([`READ_MODEL_JOURNAL_SIZE_LIMIT`]).
 const PRAGMAS: [(&str, &str); 4] = [
     ("cache_size", "-65536"),
     ("temp_store", "memory"),
