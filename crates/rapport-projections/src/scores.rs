@@ -1550,12 +1550,22 @@ async fn load_activity_rows(
 /// The stored form of a [`ScoreState`] (protobuf: compact, and fields can
 /// be added; a change of meaning bumps the projection's version instead).
 ///
-/// The maps are protobuf maps on the wire (`map<int64, uint32>`, ...), read
-/// here as their repeated entries: a ranking decodes hundreds of states per
-/// call, and inserting 180 days one by one into a map was most of that
-/// (docs/performance.md, "Scores rebuilds in bulk, and the leaderboard at
-/// 10 M"); entries are written in
-/// key order, so the maps are built from sorted runs.
+/// The weeks and days are packed runs (`repeated sint64` keys, each the
+/// difference from the one before, beside `repeated uint32` values): about
+/// two bytes a day where a map entry took eight. A busy member's state
+/// (180 days, 26 weeks) is then ~450 bytes instead of ~1,700, under the
+/// 1,002 bytes a SQLite index page of 4 KiB keeps in the row: a larger row
+/// spills to an overflow page, and every write of the state rewrote both
+/// (the busiest members, whose states are the largest, take a third of all
+/// events; docs/performance.md, "Score states in packed runs").
+///
+/// States written before as protobuf maps (tags 4 and 5) are read as they
+/// are, so no rebuild is needed: each is written in the packed form the
+/// next time it changes. Maps were read as their repeated entries: a
+/// ranking decodes hundreds of states per call, and inserting 180 days one
+/// by one into a map was most of that (docs/performance.md, "Scores
+/// rebuilds in bulk, and the leaderboard at 10 M"); entries come in key
+/// order, so the maps are built from sorted runs.
 #[derive(Clone, PartialEq, Message)]
 struct StoredState {
     #[prost(double, tag = "1")]
@@ -1564,10 +1574,12 @@ struct StoredState {
     advocacy: f64,
     #[prost(int64, optional, tag = "3")]
     at: Option<i64>,
+    /// Read only: the weeks of a state written as a map.
     #[prost(message, repeated, tag = "4")]
-    weeks: Vec<DayEntry>,
+    map_weeks: Vec<DayEntry>,
+    /// Read only: the days of a state written as a map.
     #[prost(message, repeated, tag = "5")]
-    exchange_days: Vec<DayEntry>,
+    map_exchange_days: Vec<DayEntry>,
     #[prost(message, repeated, tag = "6")]
     channels: Vec<ChannelEntry>,
     #[prost(bool, tag = "7")]
@@ -1580,6 +1592,14 @@ struct StoredState {
     interactions: u64,
     #[prost(uint32, tag = "11")]
     kinds: u32,
+    #[prost(sint64, repeated, tag = "12")]
+    week_steps: Vec<i64>,
+    #[prost(uint32, repeated, tag = "13")]
+    week_marks: Vec<u32>,
+    #[prost(sint64, repeated, tag = "14")]
+    exchange_day_steps: Vec<i64>,
+    #[prost(uint32, repeated, tag = "15")]
+    exchange_day_counts: Vec<u32>,
 }
 
 /// An entry of a `map<int64, uint32>`: a week or a day and its count.
@@ -1600,27 +1620,41 @@ struct ChannelEntry {
     value: i64,
 }
 
+/// Sorted keys as the differences between neighbours (the first from 0).
+fn steps(keys: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut previous = 0;
+    keys.map(|key| {
+        let step = key - previous;
+        previous = key;
+        step
+    })
+    .collect()
+}
+
+/// The keys of [`steps`] beside their values; `None` if the runs differ in
+/// length or a key overflows (a corrupt row).
+fn unstep<V: Copy>(steps: &[i64], values: &[V]) -> Option<Vec<(i64, V)>> {
+    if steps.len() != values.len() {
+        return None;
+    }
+    let mut key = 0i64;
+    steps
+        .iter()
+        .zip(values)
+        .map(|(step, value)| {
+            key = key.checked_add(*step)?;
+            Some((key, *value))
+        })
+        .collect()
+}
+
 fn encode_state(s: &ScoreState) -> Vec<u8> {
     StoredState {
         engagement: s.engagement,
         advocacy: s.advocacy,
         at: s.at,
-        weeks: s
-            .weeks
-            .iter()
-            .map(|(key, mark)| DayEntry {
-                key: *key,
-                value: u32::from(*mark),
-            })
-            .collect(),
-        exchange_days: s
-            .exchange_days
-            .iter()
-            .map(|(key, value)| DayEntry {
-                key: *key,
-                value: *value,
-            })
-            .collect(),
+        map_weeks: Vec::new(),
+        map_exchange_days: Vec::new(),
         channels: s
             .channels
             .iter()
@@ -1634,6 +1668,10 @@ fn encode_state(s: &ScoreState) -> Vec<u8> {
         tier_day: s.tier_day,
         interactions: s.interactions,
         kinds: s.kinds,
+        week_steps: steps(s.weeks.keys().copied()),
+        week_marks: s.weeks.values().map(|m| u32::from(*m)).collect(),
+        exchange_day_steps: steps(s.exchange_days.keys().copied()),
+        exchange_day_counts: s.exchange_days.values().copied().collect(),
     }
     .encode_to_vec()
 }
@@ -1641,22 +1679,28 @@ fn encode_state(s: &ScoreState) -> Vec<u8> {
 fn decode_state(bytes: &[u8]) -> Result<ScoreState, sqlx::Error> {
     let corrupt = |what: &str| sqlx::Error::Decode(format!("stored score state: {what}").into());
     let s = StoredState::decode(bytes).map_err(|_| corrupt("not protobuf"))?;
+    let weeks = unstep(&s.week_steps, &s.week_marks).ok_or_else(|| corrupt("weeks"))?;
+    let days = unstep(&s.exchange_day_steps, &s.exchange_day_counts)
+        .ok_or_else(|| corrupt("exchange days"))?;
     Ok(ScoreState {
         engagement: s.engagement,
         advocacy: s.advocacy,
         at: s.at,
-        // `collect` sorts (a no-op on these sorted runs) and builds each map
-        // in one pass; a repeated key keeps its last value, as a map does.
+        // A state has one form or the other; `collect` sorts (a no-op on
+        // these sorted runs) and builds each map in one pass.
         weeks: s
-            .weeks
+            .map_weeks
             .into_iter()
-            .map(|e| u8::try_from(e.value).map(|m| (e.key, m)))
+            .map(|e| (e.key, e.value))
+            .chain(weeks)
+            .map(|(week, mark)| u8::try_from(mark).map(|m| (week, m)))
             .collect::<Result<_, _>>()
             .map_err(|_| corrupt("week mark"))?,
         exchange_days: s
-            .exchange_days
+            .map_exchange_days
             .into_iter()
             .map(|e| (e.key, e.value))
+            .chain(days)
             .collect(),
         channels: s.channels.into_iter().map(|e| (e.key, e.value)).collect(),
         organic: s.organic,
@@ -2421,7 +2465,14 @@ impl Projections {
             .persistent(false).fetch_all(p)
             .await?
         });
-        out.extend(states.into_iter().map(|r| format!("state {r:?}")));
+        // Decoded: a state written as maps and one written as packed runs
+        // are the same state (see `StoredState`).
+        for (community, channel, member, bytes, at, tier) in states {
+            let state = decode_state(&bytes)?;
+            out.push(format!(
+                "state {community} {channel:?} {member} {state:?} {at} {tier}"
+            ));
+        }
         let pairs: Vec<(String, String, String, String, i64)> = on_pool!(&pool, p => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT community_id, member_id, channel, other_member_id, last_day \
@@ -2543,33 +2594,69 @@ mod tests {
         out
     }
 
-    /// Reading the maps as entries changes nothing on the wire: states
-    /// written with protobuf maps decode the same, and what is written now
-    /// is byte for byte what the maps wrote.
-    #[test]
-    fn stored_states_keep_their_wire_format() {
-        for state in states() {
-            let old = MapState {
-                engagement: state.engagement,
-                advocacy: state.advocacy,
-                at: state.at,
-                weeks: state
-                    .weeks
-                    .iter()
-                    .map(|(w, m)| (*w, u32::from(*m)))
-                    .collect(),
-                exchange_days: state.exchange_days.clone(),
-                channels: state.channels.clone(),
-                organic: state.organic,
-                tier: state.tier.as_i32(),
-                tier_day: state.tier_day,
-                interactions: state.interactions,
-                kinds: state.kinds,
-            }
-            .encode_to_vec();
-            assert_eq!(encode_state(&state), old);
-            assert_eq!(decode_state(&old).expect("decode"), state);
+    /// A state as it was written before the packed runs: protobuf maps.
+    fn map_form(state: &ScoreState) -> Vec<u8> {
+        MapState {
+            engagement: state.engagement,
+            advocacy: state.advocacy,
+            at: state.at,
+            weeks: state
+                .weeks
+                .iter()
+                .map(|(w, m)| (*w, u32::from(*m)))
+                .collect(),
+            exchange_days: state.exchange_days.clone(),
+            channels: state.channels.clone(),
+            organic: state.organic,
+            tier: state.tier.as_i32(),
+            tier_day: state.tier_day,
+            interactions: state.interactions,
+            kinds: state.kinds,
         }
+        .encode_to_vec()
+    }
+
+    /// What is written reads back as it was, and states written as maps
+    /// before the packed runs still read the same: no rebuild is needed.
+    #[test]
+    fn stored_states_read_back_in_either_form() {
+        for state in states() {
+            let packed = encode_state(&state);
+            assert_eq!(decode_state(&packed).expect("packed"), state);
+            assert_eq!(decode_state(&map_form(&state)).expect("maps"), state);
+        }
+    }
+
+    /// SQLite keeps at most 1,002 bytes of a row in a 4 KiB page of a
+    /// `WITHOUT ROWID` table and spills the rest to an overflow page that
+    /// every rewrite of the row writes again. A busy member's state (every
+    /// day of the window, every week) now fits; as maps it did not.
+    #[test]
+    fn a_busy_members_state_fits_in_its_page() {
+        let busy = states()
+            .into_iter()
+            .max_by_key(|s| s.exchange_days.len())
+            .expect("states");
+        assert_eq!((busy.exchange_days.len(), busy.weeks.len()), (180, 26));
+        let (packed, maps) = (encode_state(&busy).len(), map_form(&busy).len());
+        assert!(packed <= 600, "packed: {packed} bytes");
+        assert!(maps > 1_002, "maps: {maps} bytes");
+    }
+
+    /// Packed runs that do not pair up are a corrupt row, not a panic.
+    #[test]
+    fn packed_runs_of_different_lengths_are_corrupt() {
+        let mut stored = StoredState::decode(encode_state(&states()[0]).as_slice()).expect("state");
+        stored.exchange_day_counts.push(1);
+        let err = decode_state(&stored.encode_to_vec()).expect_err("corrupt");
+        assert!(err.to_string().contains("exchange days"), "{err}");
+        let stored = StoredState {
+            week_steps: vec![i64::MAX, 1],
+            week_marks: vec![1, 1],
+            ..StoredState::default()
+        };
+        let err = decode_state(&stored.encode_to_vec()).expect_err("overflow");
+        assert!(err.to_string().contains("weeks"), "{err}");
     }
 
     /// Writes the states of two small communities (all channels and one
