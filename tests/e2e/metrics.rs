@@ -129,6 +129,26 @@ async fn the_metrics_follow_calls_commits_subscribers_and_projections(backend: B
             &[("projection", "timeline")],
         );
         if lag == Some(0.0) && checkpoint == Some(head as f64) {
+            // Every event was applied once (a new server: one generation),
+            // in batches whose time is counted.
+            let timeline = [("projection", "timeline")];
+            assert_eq!(
+                sample(&text, "rapport_projection_events_applied_total", &timeline),
+                Some(head as f64),
+                "{text}"
+            );
+            let batches = sample(
+                &text,
+                "rapport_projection_batch_duration_seconds_count",
+                &timeline,
+            );
+            assert!(batches.is_some_and(|n| n >= 1.0), "{text}");
+            let busy = sample(
+                &text,
+                "rapport_projection_batch_duration_seconds_sum",
+                &timeline,
+            );
+            assert!(busy.is_some_and(|s| s > 0.0), "{text}");
             break;
         }
         assert!(

@@ -740,6 +740,14 @@ impl Runner {
         let applied = started.elapsed();
         generations::set_position(tx.tx(), name, generation.generation, to).await?;
         tx.commit().await?;
+        // Counted once committed: a batch rolled back and retried is not
+        // counted twice. The histogram's sum grows by the seconds spent
+        // applying, so its rate is how busy the projector is: near 1, it
+        // cannot keep up with the log whatever its lag says right now.
+        metrics::counter!("rapport_projection_events_applied_total", "projection" => name)
+            .increment(events.len() as u64);
+        metrics::histogram!("rapport_projection_batch_duration_seconds", "projection" => name)
+            .record(started.elapsed().as_secs_f64());
         debug!(
             projection = name,
             generation = generation.generation,

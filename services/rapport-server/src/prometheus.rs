@@ -1,5 +1,6 @@
 //! Metrics: recorded through the `metrics` facade wherever they happen (the
-//! group-commit writer in rapport-store, subscriptions, [`RedLayer`] here),
+//! group-commit writer in rapport-store, the projector runner in
+//! rapport-projections, subscriptions, [`RedLayer`] here),
 //! exposed in Prometheus text format at `/metrics` on `--admin-listen`.
 //!
 //! Gauges that describe state rather than events (projection lag, pool
