@@ -1553,7 +1553,7 @@ async fn load_activity_rows(
 /// The weeks and days are packed runs (`repeated sint64` keys, each the
 /// difference from the one before, beside `repeated uint32` values): about
 /// two bytes a day where a map entry took eight. A busy member's state
-/// (180 days, 26 weeks) is then ~450 bytes instead of ~1,700, under the
+/// (180 days, 26 weeks) is then ~500 bytes instead of ~1,700, under the
 /// 1,002 bytes a SQLite index page of 4 KiB keeps in the row: a larger row
 /// spills to an overflow page, and every write of the state rewrote both
 /// (the busiest members, whose states are the largest, take a third of all
