@@ -6,6 +6,14 @@
 #
 #   bench/ingest.sh                # everything
 #   DURATION=10 bench/ingest.sh    # shorter runs
+#   GROWN=2000000 bench/ingest.sh  # each backend's cases again on a grown log
+#
+# GROWN: after a backend's cases on its new database, populate a generated
+# community of that many interactions (200,000 members, power-law activity;
+# the projectors live), let the projectors catch up, and run the same cases
+# again. A log of millions ingests at a fraction of a new one's rate, and a
+# new database alone would hide that (docs/performance.md, "Ingest with the
+# projectors settled between cases").
 #
 # Needs: the Rust toolchain, PostgreSQL at $PG_URL (trust auth), pgbench.
 set -euo pipefail
@@ -14,6 +22,7 @@ cd "$(dirname "$0")/.."
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
 PG_BASE="${PG_URL%/*}"
 DURATION="${DURATION:-20}"
+GROWN="${GROWN:-0}"
 WARMUP="${WARMUP:-3}"
 PORT="${PORT:-50071}"
 RESULTS="$(mktemp -d)"
@@ -33,13 +42,22 @@ echo "== $(date -u +%FT%TZ), ${DURATION}s per case after ${WARMUP}s warm-up"
 
 # Each case starts once the projectors have caught up with the one before
 # (`settle`, bench/lib.sh).
+cases() { # backend [label prefix]
+  load "$1-$2batch500" batch --batch-size 500 --concurrency 4
+  settle "$1-$2batch500"
+  load "$1-$2unary64" unary --concurrency 64
+  settle "$1-$2unary64"
+  if [ "$GROWN" -gt 0 ] && [ -z "$2" ]; then
+    lg --mode populate --total "$GROWN" --members 200000 --batch-size 1000 --concurrency 4 --label "$1-populate-$GROWN"
+    settle "$1-populate-$GROWN"
+    cases "$1" "grown-"
+  fi
+}
+
 # --- SQLite
 SQLITE_DIR="$(mktemp -d)"
 start_server "sqlite:$SQLITE_DIR/rapport.db"
-load sqlite-batch500 batch --batch-size 500 --concurrency 4
-settle sqlite-batch500
-load sqlite-unary64 unary --concurrency 64
-settle sqlite-unary64
+cases sqlite ""
 stop_server
 rm -rf "$SQLITE_DIR"
 
@@ -47,10 +65,7 @@ rm -rf "$SQLITE_DIR"
 psql "$PG_URL" -qAtc "DROP DATABASE IF EXISTS rapport_bench WITH (FORCE)" >/dev/null
 psql "$PG_URL" -qAtc "CREATE DATABASE rapport_bench" >/dev/null
 start_server "$PG_BASE/rapport_bench"
-load postgres-batch500 batch --batch-size 500 --concurrency 4
-settle postgres-batch500
-load postgres-unary64 unary --concurrency 64
-settle postgres-unary64
+cases postgres ""
 stop_server
 
 # --- pgbench baseline: one single-row INSERT per transaction, 8 clients,
