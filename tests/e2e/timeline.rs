@@ -861,3 +861,75 @@ async fn postgres_projector_fails_over_to_the_other_replica() {
     );
     assert!(leads(&survivor).await);
 }
+
+/// Which read models `app`'s process runs the projector of.
+async fn leading(app: &TestApp) -> Vec<String> {
+    app.admin()
+        .await
+        .list_projections(pb::ListProjectionsRequest {})
+        .await
+        .expect("list projections")
+        .into_inner()
+        .projections
+        .into_iter()
+        .filter(|p| p.leading_here)
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Two replicas on PostgreSQL whose projectors linger ten minutes after
+/// each batch: a read with `min_position` on the replica that runs no
+/// projector tells the one that does (`NOTIFY`), which applies at once, as
+/// it would for a read of its own, instead of after its linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_on_another_replica_ends_the_projectors_linger() {
+    let Some(db) = crate::app::fresh_database(Backend::Postgres, "timeline_wanted").await else {
+        return;
+    };
+    let linger = ["--projector-linger-ms", "600000"];
+    let leader = crate::app::start(db, &linger).await;
+    leader.wait_serving().await;
+    // The first replica takes both projectors before the second starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while leading(&leader).await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first replica leads both projectors"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reader = start_on(leader.database_url(), None, &linger);
+    reader.wait_serving().await;
+    assert!(
+        leading(&reader).await.is_empty(),
+        "the second replica leads nothing"
+    );
+
+    // An idle projector applies a commit at once, then lingers: the second
+    // write is the one that would wait out the linger.
+    for (minutes, id) in [(0, "w1"), (1, "w2")] {
+        let (ana, position) = record(
+            &reader,
+            vec![exchange(
+                id,
+                "forum",
+                "ana",
+                pb::InteractionKind::Post,
+                None,
+                minutes,
+            )],
+        )
+        .await[0]
+            .clone();
+        let mut request = tonic::Request::new(timeline_request(&ana, position));
+        request.set_timeout(Duration::from_secs(10));
+        let page = reader
+            .timelines()
+            .await
+            .get_timeline(request)
+            .await
+            .unwrap_or_else(|status| panic!("{id} is read on the other replica: {status:?}"))
+            .into_inner();
+        assert!(page.entries.iter().any(|e| e.interaction_id == id));
+    }
+}

@@ -218,6 +218,17 @@ pub struct Active {
     pub position: u64,
 }
 
+/// Raises what a projector's readers wait for to `position`; whether it rose.
+fn raise_wanted(wanted: &watch::Sender<u64>, position: u64) -> bool {
+    wanted.send_if_modified(|w| {
+        let raise = position > *w;
+        if raise {
+            *w = position;
+        }
+        raise
+    })
+}
+
 /// How often readers waiting for `min_position` look at the checkpoint when
 /// the projector runs in another process.
 const WAIT_POLL: Duration = Duration::from_millis(20);
@@ -274,7 +285,8 @@ impl Projections {
         })?)
     }
 
-    /// Starts one projector task per read model. They stop when `shutdown`
+    /// Starts one projector task per read model, and the listener for reads
+    /// on other replicas that wait for them. They stop when `shutdown`
     /// turns true; await the handles to know they have.
     pub fn spawn(
         &self,
@@ -293,7 +305,34 @@ impl Projections {
                 };
                 tokio::spawn(runner.run(commits.clone(), shutdown.clone()))
             })
+            .chain([self.spawn_wanted_listener(shutdown.clone())])
             .collect()
+    }
+
+    /// Listens, until `shutdown`, for the positions reads on other replicas
+    /// wait for ([`Store::notify_wanted`]), and hands each to this process's
+    /// projector of that read model while it leads, as a read of its own
+    /// would: a lingering projector applies at once. Without it, such a read
+    /// would wait out the linger.
+    fn spawn_wanted_listener(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let projections = Arc::clone(&self.projections);
+        tokio::spawn(async move {
+            let wanted = move |name: &str, position: u64| {
+                if let Some((_, local)) = projections.get(name)
+                    && local.leading.load(Ordering::SeqCst)
+                {
+                    raise_wanted(&local.wanted, position);
+                }
+            };
+            tokio::select! {
+                _ = store.listen_wanted(&wanted) => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        })
     }
 
     fn get(&self, name: &str) -> Result<&(Arc<dyn Projection>, Arc<Local>), ProjectionError> {
@@ -363,14 +402,14 @@ impl Projections {
                 });
             }
             // Not there yet: a lingering projector of this process applies
-            // what it has at once.
-            local.wanted.send_if_modified(|wanted| {
-                let raise = min_position > *wanted;
-                if raise {
-                    *wanted = min_position;
-                }
-                raise
-            });
+            // what it has at once, and so does one of another replica once
+            // told (PostgreSQL).
+            if raise_wanted(&local.wanted, min_position)
+                && !local.leading.load(Ordering::SeqCst)
+                && let Err(error) = self.store.notify_wanted(name, min_position).await
+            {
+                tracing::debug!(%error, "cannot tell the other replicas what a read waits for");
+            }
             if Instant::now() >= deadline {
                 return Err(match active {
                     None => ProjectionError::NotBuilt { name },

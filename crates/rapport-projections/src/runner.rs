@@ -48,11 +48,12 @@ pub struct RunnerOptions {
     /// the ingest they followed, and on two cores ingest paid for it
     /// (docs/performance.md, "Projectors that let commits gather"). An
     /// idle projector still applies a commit at once, one that is behind
-    /// does not wait, and a read with `min_position` in this process that
-    /// the projector has not reached ends the linger: only reads without
-    /// `min_position` (and, on PostgreSQL, reads served by another
-    /// replica) see the read model up to this much later. Zero here (tests
-    /// see every commit applied at once); the server's default is 25 ms.
+    /// does not wait, and a read with `min_position` that the projector has
+    /// not reached ends the linger (a read in this process, or on PostgreSQL
+    /// one on another replica, through [`Store::notify_wanted`]): only reads
+    /// without `min_position` see the read model up to this much later.
+    /// Zero here (tests see every commit applied at once); the server's
+    /// default is 25 ms.
     pub linger: Duration,
     /// How often a standby tries to become the leader, and the leader checks
     /// its lock connection.

@@ -567,6 +567,33 @@ impl Store {
         }
     }
 
+    /// Tells the other replicas that a read here waits for read model
+    /// `name` to reach `position`: the one running its projector stops
+    /// lingering ([`Store::listen_wanted`]). On PostgreSQL a `NOTIFY`; on
+    /// SQLite nothing (one process serves a data directory).
+    pub async fn notify_wanted(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.notify_wanted(name, position).await,
+        }
+    }
+
+    /// Calls `wanted` with what every replica's [`Store::notify_wanted`]
+    /// says, until the pool closes. On SQLite it never returns and never
+    /// calls.
+    pub async fn listen_wanted(&self, wanted: &(dyn Fn(&str, u64) + Send + Sync)) {
+        match self {
+            Store::Sqlite(_) => std::future::pending().await,
+            Store::Postgres(s) => {
+                s.listen_wanted(wanted).await;
+                // The pool closed or LISTEN failed for good: a waiting read
+                // on another replica then waits out the linger.
+                tracing::warn!("stopped listening for waiting reads");
+                std::future::pending().await
+            }
+        }
+    }
+
     /// The last committed position (0 for an empty log).
     #[tracing::instrument(name = "db.head", level = "info", skip_all, fields(db.system = self.backend()))]
     pub async fn head(&self) -> Result<u64, StoreError> {

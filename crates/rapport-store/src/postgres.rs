@@ -27,6 +27,11 @@ use crate::{
 /// head as payload, so other replicas' subscribers hear of it at once.
 const LOG_CHANNEL: &str = "rapport_log";
 
+/// The `NOTIFY` channel of reads waiting for a read model on a replica that
+/// does not run its projector: payload "name position", so the replica that
+/// does stops lingering (see [`crate::Store::notify_wanted`]).
+const WANTED_CHANNEL: &str = "rapport_wanted";
+
 /// The advisory lock key of the log: the bytes of "rapport\0" as a BIGINT.
 const LOG_LOCK_KEY: i64 = 0x7261_7070_6f72_7400;
 
@@ -465,6 +470,53 @@ impl PgStore {
                 Err(sqlx::Error::PoolClosed) => return,
                 Err(error) => {
                     debug!(error = %error, "listening for commits failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn notify_wanted(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WANTED_CHANNEL)
+            .bind(format!("{name} {position}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Calls `wanted` with each (read model, position) notified on
+    /// [`WANTED_CHANNEL`] by any replica. Returns when the pool closes or
+    /// listening fails for good. A notification lost meanwhile costs its
+    /// reader the projector's linger, no more.
+    pub(crate) async fn listen_wanted(&self, wanted: &(dyn Fn(&str, u64) + Send + Sync)) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                warn!(error = %error, "cannot listen for waiting reads");
+                return;
+            }
+        };
+        if let Err(error) = listener.listen(WANTED_CHANNEL).await {
+            warn!(error = %error, "cannot listen for waiting reads");
+            return;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let parsed = notification
+                        .payload()
+                        .split_once(' ')
+                        .and_then(|(name, position)| Some((name, position.parse().ok()?)));
+                    match parsed {
+                        Some((name, position)) => wanted(name, position),
+                        None => debug!(payload = notification.payload(), "unexpected notification"),
+                    }
+                }
+                Ok(None) => {}
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(error) => {
+                    debug!(error = %error, "listening for waiting reads failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }

@@ -116,10 +116,10 @@ pub struct Config {
     /// Once a projector has caught up with the log, how long it lets new
     /// commits gather before it applies the next batch, in milliseconds.
     /// Higher: less CPU per event under many small writes; reads without
-    /// `min_position` (and, on PostgreSQL, reads served by a replica that
-    /// does not lead the projector) may see a write up to about this much
-    /// later. A read with `min_position` on the leading process ends the
-    /// linger. 0: every commit as it comes.
+    /// `min_position` may see a write up to about this much later. A read
+    /// with `min_position` ends the linger (on PostgreSQL also one served by
+    /// a replica that does not lead the projector: it tells the leader by
+    /// `NOTIFY`). 0: every commit as it comes.
     #[arg(long, env = "RAPPORT_PROJECTOR_LINGER_MS", default_value_t = 25)]
     pub projector_linger_ms: u64,
 
