@@ -37,12 +37,12 @@ mod timeline_merge;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rapport_domain::Event;
-use rapport_store::{DbPool, Store, StoreError};
+use rapport_store::{DbPool, ProjectorSignal, Store, StoreError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -175,6 +175,13 @@ struct Local {
     /// the linger saves CPU when nobody is waiting, and costs a waiting
     /// reader nothing.
     wanted: watch::Sender<u64>,
+    /// While this process leads: the highest position a read on another
+    /// replica has said it waits for (PostgreSQL). The projector says when
+    /// it applies past it.
+    remote_wanted: AtomicU64,
+    /// While another replica leads: the highest position it said it
+    /// applied, waking this process's waiting reads before their poll.
+    remote_applied: watch::Sender<u64>,
 }
 
 /// The read models of one server process.
@@ -218,9 +225,9 @@ pub struct Active {
     pub position: u64,
 }
 
-/// Raises what a projector's readers wait for to `position`; whether it rose.
-fn raise_wanted(wanted: &watch::Sender<u64>, position: u64) -> bool {
-    wanted.send_if_modified(|w| {
+/// Raises a position that only grows to `position`; whether it rose.
+fn raise(watched: &watch::Sender<u64>, position: u64) -> bool {
+    watched.send_if_modified(|w| {
         let raise = position > *w;
         if raise {
             *w = position;
@@ -250,6 +257,8 @@ impl Projections {
                     leading: AtomicBool::new(false),
                     applied: watch::channel(None).0,
                     wanted: watch::channel(0).0,
+                    remote_wanted: AtomicU64::new(0),
+                    remote_applied: watch::channel(0).0,
                 });
                 (p.name(), (p, local))
             })
@@ -305,31 +314,41 @@ impl Projections {
                 };
                 tokio::spawn(runner.run(commits.clone(), shutdown.clone()))
             })
-            .chain([self.spawn_wanted_listener(shutdown.clone())])
+            .chain([self.spawn_signal_listener(shutdown.clone())])
             .collect()
     }
 
-    /// Listens, until `shutdown`, for the positions reads on other replicas
-    /// wait for ([`Store::notify_wanted`]), and hands each to this process's
-    /// projector of that read model while it leads, as a read of its own
-    /// would: a lingering projector applies at once. Without it, such a read
-    /// would wait out the linger.
-    fn spawn_wanted_listener(
+    /// Listens, until `shutdown`, for what other replicas say of the read
+    /// models ([`Store::notify_projector`]). While this process leads a
+    /// projector, a position a read elsewhere waits for is handed to it as
+    /// a read of its own would be (a lingering projector applies at once),
+    /// and remembered so the projector says when it has applied it. While
+    /// another process leads, what it applied wakes the reads waiting here.
+    fn spawn_signal_listener(
         &self,
         mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let projections = Arc::clone(&self.projections);
         tokio::spawn(async move {
-            let wanted = move |name: &str, position: u64| {
-                if let Some((_, local)) = projections.get(name)
-                    && local.leading.load(Ordering::SeqCst)
-                {
-                    raise_wanted(&local.wanted, position);
+            let heard = move |signal: ProjectorSignal, name: &str, position: u64| {
+                let Some((_, local)) = projections.get(name) else {
+                    return;
+                };
+                let leading = local.leading.load(Ordering::SeqCst);
+                match signal {
+                    ProjectorSignal::Wanted if leading => {
+                        local.remote_wanted.fetch_max(position, Ordering::SeqCst);
+                        raise(&local.wanted, position);
+                    }
+                    ProjectorSignal::Applied if !leading => {
+                        raise(&local.remote_applied, position);
+                    }
+                    _ => {}
                 }
             };
             tokio::select! {
-                _ = store.listen_wanted(&wanted) => {}
+                _ = store.listen_projectors(&heard) => {}
                 _ = shutdown.wait_for(|s| *s) => {}
             }
         })
@@ -386,6 +405,7 @@ impl Projections {
     ) -> Result<Active, ProjectionError> {
         let (_, local) = self.get(name)?;
         let mut applied = local.applied.subscribe();
+        let mut remote_applied = local.remote_applied.subscribe();
         let pool = self.pool(name).await?;
         loop {
             let known = *applied.borrow_and_update();
@@ -404,9 +424,12 @@ impl Projections {
             // Not there yet: a lingering projector of this process applies
             // what it has at once, and so does one of another replica once
             // told (PostgreSQL).
-            if raise_wanted(&local.wanted, min_position)
+            if raise(&local.wanted, min_position)
                 && !local.leading.load(Ordering::SeqCst)
-                && let Err(error) = self.store.notify_wanted(name, min_position).await
+                && let Err(error) = self
+                    .store
+                    .notify_projector(ProjectorSignal::Wanted, name, min_position)
+                    .await
             {
                 tracing::debug!(%error, "cannot tell the other replicas what a read waits for");
             }
@@ -423,6 +446,7 @@ impl Projections {
             let poll = (Instant::now() + WAIT_POLL).min(deadline);
             tokio::select! {
                 _ = applied.changed() => {}
+                _ = remote_applied.changed() => {}
                 _ = tokio::time::sleep_until(poll) => {}
             }
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use rapport_store::{DbPool, EventQuery, Store, StoreError};
+use rapport_store::{DbPool, EventQuery, ProjectorSignal, Store, StoreError};
 use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use tokio::sync::watch;
@@ -50,7 +50,7 @@ pub struct RunnerOptions {
     /// idle projector still applies a commit at once, one that is behind
     /// does not wait, and a read with `min_position` that the projector has
     /// not reached ends the linger (a read in this process, or on PostgreSQL
-    /// one on another replica, through [`Store::notify_wanted`]): only reads
+    /// one on another replica, through [`Store::notify_projector`]): only reads
     /// without `min_position` see the read model up to this much later.
     /// Zero here (tests see every commit applied at once); the server's
     /// default is 25 ms.
@@ -163,17 +163,39 @@ impl Runner {
     }
 
     /// Tells this process's readers the active generation and checkpoint the
-    /// projector has committed (waking those that wait for a position).
+    /// projector has committed (waking those that wait for a position), and
+    /// the other replicas too once it passes a position a read there waits
+    /// for (see [`Store::notify_projector`]).
     fn publish(&self, active: Option<(u64, u64)>) {
         let active = active.map(|(generation, position)| Active {
             generation,
             position,
         });
+        let mut before = 0;
         self.local.applied.send_if_modified(|known| {
+            before = known.map_or(0, |k| k.position);
             let changed = *known != active;
             *known = active;
             changed
         });
+        let remote = self.local.remote_wanted.load(Ordering::SeqCst);
+        if let Some(a) = active
+            && remote > before
+            && remote <= a.position
+        {
+            // Off the projector's path: a lost signal costs the reader a
+            // poll (20 ms), no more.
+            let store = self.store.clone();
+            let name = self.projection.name();
+            tokio::spawn(async move {
+                if let Err(error) = store
+                    .notify_projector(ProjectorSignal::Applied, name, a.position)
+                    .await
+                {
+                    debug!(%error, "cannot tell the other replicas what was applied");
+                }
+            });
+        }
     }
 
     /// Waits until this process leads the projection; `None` on shutdown.

@@ -485,6 +485,16 @@ pub enum Store {
     Postgres(postgres::PgStore),
 }
 
+/// What a read model's projector and the reads on other replicas tell each
+/// other ([`Store::notify_projector`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectorSignal {
+    /// A read waits for the read model to reach a position.
+    Wanted,
+    /// The projector applied the log up to a position.
+    Applied,
+}
+
 impl Store {
     /// Opens the database at `options.url`, creating a SQLite file (and its
     /// directory) if missing. Does not migrate.
@@ -567,28 +577,38 @@ impl Store {
         }
     }
 
-    /// Tells the other replicas that a read here waits for read model
-    /// `name` to reach `position`: the one running its projector stops
-    /// lingering ([`Store::listen_wanted`]). On PostgreSQL a `NOTIFY`; on
-    /// SQLite nothing (one process serves a data directory).
-    pub async fn notify_wanted(&self, name: &str, position: u64) -> Result<(), StoreError> {
+    /// Tells the other replicas about read model `name`: a read here waits
+    /// for `position` (the replica that runs its projector stops
+    /// lingering), or this replica's projector applied up to `position`
+    /// (reads waiting on the others look at once instead of at their next
+    /// poll). See [`Store::listen_projectors`]. On PostgreSQL a `NOTIFY`;
+    /// on SQLite nothing (one process serves a data directory).
+    pub async fn notify_projector(
+        &self,
+        signal: ProjectorSignal,
+        name: &str,
+        position: u64,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(_) => Ok(()),
-            Store::Postgres(s) => s.notify_wanted(name, position).await,
+            Store::Postgres(s) => s.notify_projector(signal, name, position).await,
         }
     }
 
-    /// Calls `wanted` with what every replica's [`Store::notify_wanted`]
+    /// Calls `heard` with what every replica's [`Store::notify_projector`]
     /// says, until the pool closes. On SQLite it never returns and never
     /// calls.
-    pub async fn listen_wanted(&self, wanted: &(dyn Fn(&str, u64) + Send + Sync)) {
+    pub async fn listen_projectors(
+        &self,
+        heard: &(dyn Fn(ProjectorSignal, &str, u64) + Send + Sync),
+    ) {
         match self {
             Store::Sqlite(_) => std::future::pending().await,
             Store::Postgres(s) => {
-                s.listen_wanted(wanted).await;
-                // The pool closed or LISTEN failed for good: a waiting read
-                // on another replica then waits out the linger.
-                tracing::warn!("stopped listening for waiting reads");
+                s.listen_projectors(heard).await;
+                // The pool closed or LISTEN failed for good: reads on other
+                // replicas then wait out the linger and poll.
+                tracing::warn!("stopped listening for projector signals");
                 std::future::pending().await
             }
         }

@@ -27,10 +27,11 @@ use crate::{
 /// head as payload, so other replicas' subscribers hear of it at once.
 const LOG_CHANNEL: &str = "rapport_log";
 
-/// The `NOTIFY` channel of reads waiting for a read model on a replica that
-/// does not run its projector: payload "name position", so the replica that
-/// does stops lingering (see [`crate::Store::notify_wanted`]).
+/// The `NOTIFY` channels between a read model's projector and reads on the
+/// other replicas (see [`crate::Store::notify_projector`]), payload
+/// "name position": what a read waits for, and what the projector applied.
 const WANTED_CHANNEL: &str = "rapport_wanted";
+const APPLIED_CHANNEL: &str = "rapport_applied";
 
 /// The advisory lock key of the log: the bytes of "rapport\0" as a BIGINT.
 const LOG_LOCK_KEY: i64 = 0x7261_7070_6f72_7400;
@@ -476,47 +477,64 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn notify_wanted(&self, name: &str, position: u64) -> Result<(), StoreError> {
+    pub(crate) async fn notify_projector(
+        &self,
+        signal: crate::ProjectorSignal,
+        name: &str,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        let channel = match signal {
+            crate::ProjectorSignal::Wanted => WANTED_CHANNEL,
+            crate::ProjectorSignal::Applied => APPLIED_CHANNEL,
+        };
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(WANTED_CHANNEL)
+            .bind(channel)
             .bind(format!("{name} {position}"))
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Calls `wanted` with each (read model, position) notified on
-    /// [`WANTED_CHANNEL`] by any replica. Returns when the pool closes or
-    /// listening fails for good. A notification lost meanwhile costs its
-    /// reader the projector's linger, no more.
-    pub(crate) async fn listen_wanted(&self, wanted: &(dyn Fn(&str, u64) + Send + Sync)) {
+    /// Calls `heard` with each signal any replica's
+    /// [`crate::Store::notify_projector`] sends. Returns when the pool
+    /// closes or listening fails for good. A signal lost meanwhile costs
+    /// its reader the projector's linger or a poll, no more.
+    pub(crate) async fn listen_projectors(
+        &self,
+        heard: &(dyn Fn(crate::ProjectorSignal, &str, u64) + Send + Sync),
+    ) {
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(listener) => listener,
             Err(error) => {
-                warn!(error = %error, "cannot listen for waiting reads");
+                warn!(error = %error, "cannot listen for projector signals");
                 return;
             }
         };
-        if let Err(error) = listener.listen(WANTED_CHANNEL).await {
-            warn!(error = %error, "cannot listen for waiting reads");
+        if let Err(error) = listener.listen_all([WANTED_CHANNEL, APPLIED_CHANNEL]).await {
+            warn!(error = %error, "cannot listen for projector signals");
             return;
         }
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
+                    let signal = if notification.channel() == WANTED_CHANNEL {
+                        crate::ProjectorSignal::Wanted
+                    } else {
+                        crate::ProjectorSignal::Applied
+                    };
                     let parsed = notification
                         .payload()
                         .split_once(' ')
                         .and_then(|(name, position)| Some((name, position.parse().ok()?)));
                     match parsed {
-                        Some((name, position)) => wanted(name, position),
+                        Some((name, position)) => heard(signal, name, position),
                         None => debug!(payload = notification.payload(), "unexpected notification"),
                     }
                 }
                 Ok(None) => {}
                 Err(sqlx::Error::PoolClosed) => return,
                 Err(error) => {
-                    debug!(error = %error, "listening for waiting reads failed; retrying");
+                    debug!(error = %error, "listening for projector signals failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use rapport_domain::{Event, Interaction};
 use rapport_store::{
-    EventQuery, Feed, Followed, FollowedEvent, Follower, Store, StoreOptions, Writer, WriterConfig,
+    EventQuery, Feed, Followed, FollowedEvent, Follower, ProjectorSignal, Store, StoreOptions,
+    Writer, WriterConfig,
 };
 
 mod common;
@@ -391,4 +392,62 @@ async fn checkpoints_come_even_when_every_event_is_filtered_out(backend: Backend
 
     drop(writer);
     task.await.unwrap();
+}
+
+/// What a replica's projector and the reads on the others tell each other
+/// (`notify_projector`) reaches every replica listening, with its signal,
+/// read model and position. PostgreSQL only: on SQLite one process serves
+/// a data directory, and there is nobody to tell.
+#[tokio::test]
+async fn projector_signals_reach_the_other_replicas() {
+    let Some((db, store)) = fresh(Backend::Postgres, "projector_signals").await else {
+        return;
+    };
+    let elsewhere = Store::connect(&StoreOptions::new(&db.url).with_master_key(
+        rapport_store::MasterKey::from_base64(rapport_testkit::TEST_MASTER_KEY).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let listening = tokio::spawn(async move {
+        let heard = move |signal: ProjectorSignal, name: &str, position: u64| {
+            heard_tx.send((signal, name.to_owned(), position)).unwrap();
+        };
+        elsewhere.listen_projectors(&heard).await;
+    });
+    let sent = [
+        (ProjectorSignal::Wanted, "timeline", 7),
+        (ProjectorSignal::Applied, "scores", 12),
+    ];
+    // LISTEN takes a moment to start: send until the first is heard.
+    let first = loop {
+        let (signal, name, position) = sent[0];
+        store
+            .notify_projector(signal, name, position)
+            .await
+            .unwrap();
+        if let Ok(Some(first)) =
+            tokio::time::timeout(Duration::from_millis(200), heard.recv()).await
+        {
+            break first;
+        }
+    };
+    assert_eq!(first, (ProjectorSignal::Wanted, "timeline".to_owned(), 7));
+    let (signal, name, position) = sent[1];
+    store
+        .notify_projector(signal, name, position)
+        .await
+        .unwrap();
+    let next = loop {
+        let heard = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("the second signal is heard")
+            .unwrap();
+        // Repeats of the first, sent while LISTEN was starting, come first.
+        if heard != first {
+            break heard;
+        }
+    };
+    assert_eq!(next, (ProjectorSignal::Applied, "scores".to_owned(), 12));
+    listening.abort();
 }

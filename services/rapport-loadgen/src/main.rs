@@ -130,6 +130,11 @@ struct Args {
     /// instead of failing the probe.
     #[arg(long, default_value_t = 5)]
     lag_deadline_secs: u64,
+    /// Lag mode: read through this server instead of `--addr` (another
+    /// replica on the same PostgreSQL database, say one that does not run
+    /// the projectors).
+    #[arg(long)]
+    read_addr: Option<String>,
     /// Communities the ingest modes write to (`bench`, or `bench-0` ...).
     #[arg(long, default_value_t = 1)]
     communities: u64,
@@ -193,8 +198,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Mode::Timeline => return probes::timeline(channels[0].clone(), duration, label).await,
         Mode::Lag => {
             let interval = Duration::from_millis(args.interval_ms);
+            let reader = match &args.read_addr {
+                Some(addr) => Endpoint::from_shared(addr.clone())?.connect().await?,
+                None => channels[0].clone(),
+            };
             return probes::lag(
                 channels[0].clone(),
+                reader,
                 duration,
                 interval,
                 args.lag_of == "timeline",

@@ -128,10 +128,12 @@ pub async fn timeline(channel: Channel, duration: Duration, label: &str) -> Resu
 /// whole page also holds tier changes, so it waits for the scores too).
 /// `poll`: read without `min_position` instead, every 2 ms until the
 /// written entry is on the page: the lag of a reader that does not ask
-/// to wait (and so does not hurry a lingering projector).
+/// to wait (and so does not hurry a lingering projector). Reads go to
+/// `read_channel`: the writer's server, or another replica.
 #[allow(clippy::too_many_arguments)]
 pub async fn lag(
     channel: Channel,
+    read_channel: Channel,
     duration: Duration,
     interval: Duration,
     timeline_only: bool,
@@ -140,8 +142,8 @@ pub async fn lag(
     run: &str,
     label: &str,
 ) -> Result<(), Error> {
-    let mut writer = InteractionServiceClient::new(channel.clone());
-    let mut reader = TimelineServiceClient::new(channel);
+    let mut writer = InteractionServiceClient::new(channel);
+    let mut reader = TimelineServiceClient::new(read_channel);
     let mut histogram = Histogram::<u64>::new(3)?;
     let started = Instant::now();
     let mut n = 0u64;
