@@ -905,9 +905,34 @@ async fn postgres_a_read_on_another_replica_ends_the_projectors_linger() {
         "the second replica leads nothing"
     );
 
+    // A read that asks for a position far past the log gives up, and must
+    // not keep the replica from telling the leader about the reads after it.
+    let (ana, _) = record(
+        &reader,
+        vec![exchange(
+            "w0",
+            "forum",
+            "ana",
+            pb::InteractionKind::Post,
+            None,
+            0,
+        )],
+    )
+    .await[0]
+        .clone();
+    let mut request = tonic::Request::new(timeline_request(&ana, 1_000_000_000));
+    request.set_timeout(Duration::from_secs(1));
+    let status = reader
+        .timelines()
+        .await
+        .get_timeline(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+
     // An idle projector applies a commit at once, then lingers: the second
     // write is the one that would wait out the linger.
-    for (minutes, id) in [(0, "w1"), (1, "w2")] {
+    for (minutes, id) in [(1, "w1"), (2, "w2")] {
         let (ana, position) = record(
             &reader,
             vec![exchange(

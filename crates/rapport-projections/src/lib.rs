@@ -175,9 +175,11 @@ struct Local {
     /// the linger saves CPU when nobody is waiting, and costs a waiting
     /// reader nothing.
     wanted: watch::Sender<u64>,
-    /// While this process leads: the highest position a read on another
-    /// replica has said it waits for (PostgreSQL). The projector says when
-    /// it applies past it.
+    /// While this process leads: the latest position a read on another
+    /// replica said it waits for (PostgreSQL), 0 once applied. While it is
+    /// set, each batch that moves past what was applied before says how far
+    /// it got. The latest, not the highest: a read that asks for a position
+    /// far past the log is replaced by the next one.
     remote_wanted: AtomicU64,
     /// While another replica leads: the highest position it said it
     /// applied, waking this process's waiting reads before their poll.
@@ -338,7 +340,7 @@ impl Projections {
                 let leading = local.leading.load(Ordering::SeqCst);
                 match signal {
                     ProjectorSignal::Wanted if leading => {
-                        local.remote_wanted.fetch_max(position, Ordering::SeqCst);
+                        local.remote_wanted.store(position, Ordering::SeqCst);
                         raise(&local.wanted, position);
                     }
                     ProjectorSignal::Applied if !leading => {
@@ -406,6 +408,7 @@ impl Projections {
         let (_, local) = self.get(name)?;
         let mut applied = local.applied.subscribe();
         let mut remote_applied = local.remote_applied.subscribe();
+        let mut told = false;
         let pool = self.pool(name).await?;
         loop {
             let known = *applied.borrow_and_update();
@@ -423,15 +426,19 @@ impl Projections {
             }
             // Not there yet: a lingering projector of this process applies
             // what it has at once, and so does one of another replica once
-            // told (PostgreSQL).
-            if raise(&local.wanted, min_position)
-                && !local.leading.load(Ordering::SeqCst)
-                && let Err(error) = self
+            // told (PostgreSQL). Each waiting read tells it once: a
+            // position remembered across reads would let one read that
+            // asks for a position far past the log silence the others.
+            raise(&local.wanted, min_position);
+            if !told && !local.leading.load(Ordering::SeqCst) {
+                told = true;
+                if let Err(error) = self
                     .store
                     .notify_projector(ProjectorSignal::Wanted, name, min_position)
                     .await
-            {
-                tracing::debug!(%error, "cannot tell the other replicas what a read waits for");
+                {
+                    tracing::debug!(%error, "cannot tell the other replicas what a read waits for");
+                }
             }
             if Instant::now() >= deadline {
                 return Err(match active {

@@ -164,8 +164,8 @@ impl Runner {
 
     /// Tells this process's readers the active generation and checkpoint the
     /// projector has committed (waking those that wait for a position), and
-    /// the other replicas too once it passes a position a read there waits
-    /// for (see [`Store::notify_projector`]).
+    /// the other replicas too, while a read there waits for a position past
+    /// what was applied before (see [`Store::notify_projector`]).
     fn publish(&self, active: Option<(u64, u64)>) {
         let active = active.map(|(generation, position)| Active {
             generation,
@@ -181,8 +181,17 @@ impl Runner {
         let remote = self.local.remote_wanted.load(Ordering::SeqCst);
         if let Some(a) = active
             && remote > before
-            && remote <= a.position
+            && a.position > before
         {
+            if remote <= a.position {
+                // Done; a newer wish since the load stays.
+                let _ = self.local.remote_wanted.compare_exchange(
+                    remote,
+                    0,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+            }
             // Off the projector's path: a lost signal costs the reader a
             // poll (20 ms), no more.
             let store = self.store.clone();
