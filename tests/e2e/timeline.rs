@@ -804,26 +804,7 @@ async fn postgres_projector_fails_over_to_the_other_replica() {
         .clone();
     timeline(&second, timeline_request(&ana, position)).await;
 
-    let leads = |app: &TestApp| {
-        let url = app.url();
-        async move {
-            let channel = tonic::transport::Channel::from_shared(url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            rapport_proto::v1::admin_service_client::AdminServiceClient::new(channel)
-                .list_projections(pb::ListProjectionsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .projections
-                .iter()
-                .find(|p| p.name == "timeline")
-                .expect("the timeline projection")
-                .leading_here
-        }
-    };
+    let leads = async |app: &TestApp| leading(app).await.iter().any(|p| p == "timeline");
     let (a, b) = (leads(&first).await, leads(&second).await);
     assert!(a != b, "exactly one replica runs the projector ({a}, {b})");
     let (leader, survivor) = if a { (first, second) } else { (second, first) };
@@ -831,28 +812,9 @@ async fn postgres_projector_fails_over_to_the_other_replica() {
     // The leader dies without a goodbye; its database session ends with it.
     let _db = leader.kill();
     let started = std::time::Instant::now();
-    let (_, position) = record(
-        &survivor,
-        vec![exchange(
-            "a2",
-            "forum",
-            "ana",
-            pb::InteractionKind::Post,
-            None,
-            1,
-        )],
-    )
-    .await[0]
-        .clone();
-    let mut request = tonic::Request::new(timeline_request(&ana, position));
-    request.set_timeout(Duration::from_secs(15));
-    let page = survivor
-        .timelines()
+    let page = post_and_read_back(&survivor, "a2", 1, Duration::from_secs(15))
         .await
-        .get_timeline(request)
-        .await
-        .expect("the survivor takes over the projector")
-        .into_inner();
+        .expect("the survivor takes over the projector");
     assert!(page.entries.iter().any(|e| e.interaction_id == "a2"));
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -875,6 +837,26 @@ async fn leading(app: &TestApp) -> Vec<String> {
         .filter(|p| p.leading_here)
         .map(|p| p.name)
         .collect()
+}
+
+/// Records a post by ana through `app` and reads her timeline back there
+/// with the post's position as `min_position`, within `timeout`.
+async fn post_and_read_back(
+    app: &TestApp,
+    id: &str,
+    minutes: i64,
+    timeout: Duration,
+) -> Result<pb::GetTimelineResponse, tonic::Status> {
+    let post = exchange(id, "forum", "ana", pb::InteractionKind::Post, None, minutes);
+    let (ana, position) = record(app, vec![post]).await[0].clone();
+    let mut request = tonic::Request::new(timeline_request(&ana, position));
+    request.set_timeout(timeout);
+    Ok(app
+        .timelines()
+        .await
+        .get_timeline(request)
+        .await?
+        .into_inner())
 }
 
 /// Two replicas on PostgreSQL whose projectors linger ten minutes after
@@ -933,28 +915,9 @@ async fn postgres_a_read_on_another_replica_ends_the_projectors_linger() {
     // An idle projector applies a commit at once, then lingers: the second
     // write is the one that would wait out the linger.
     for (minutes, id) in [(1, "w1"), (2, "w2")] {
-        let (ana, position) = record(
-            &reader,
-            vec![exchange(
-                id,
-                "forum",
-                "ana",
-                pb::InteractionKind::Post,
-                None,
-                minutes,
-            )],
-        )
-        .await[0]
-            .clone();
-        let mut request = tonic::Request::new(timeline_request(&ana, position));
-        request.set_timeout(Duration::from_secs(10));
-        let page = reader
-            .timelines()
+        let page = post_and_read_back(&reader, id, minutes, Duration::from_secs(10))
             .await
-            .get_timeline(request)
-            .await
-            .unwrap_or_else(|status| panic!("{id} is read on the other replica: {status:?}"))
-            .into_inner();
+            .unwrap_or_else(|status| panic!("{id} is read on the other replica: {status:?}"));
         assert!(page.entries.iter().any(|e| e.interaction_id == id));
     }
 }
