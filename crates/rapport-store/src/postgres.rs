@@ -10,7 +10,7 @@
 
 use rapport_domain::ingest::{self, Known, KnownMember, RecordedRef};
 use rapport_domain::{Command, Interaction, Timestamp};
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgNotification, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tracing::{debug, warn};
 
@@ -445,33 +445,20 @@ impl PgStore {
     /// by any replica. Returns when the pool closes or listening fails for
     /// good; the caller's poll covers notifications lost meanwhile.
     pub(crate) async fn listen(&self, feed: &crate::Feed) {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                warn!(error = %error, "cannot listen for commits");
-                return;
-            }
-        };
-        if let Err(error) = listener.listen(LOG_CHANNEL).await {
-            warn!(error = %error, "cannot listen for commits");
+        let Some(mut listener) = self.listener(&[LOG_CHANNEL], "commits").await else {
             return;
-        }
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => match notification.payload().parse::<u64>() {
+        };
+        while let Some(notification) = next_notification(&mut listener, "commits").await {
+            match notification {
+                Some(n) => match n.payload().parse::<u64>() {
                     Ok(head) => feed.observe(head),
-                    Err(_) => debug!(payload = notification.payload(), "unexpected notification"),
+                    Err(_) => debug!(payload = n.payload(), "unexpected notification"),
                 },
                 // Reconnected: whatever was notified meanwhile is lost, so look.
-                Ok(None) => {
+                None => {
                     if let Ok(head) = self.head().await {
                         feed.observe(head);
                     }
-                }
-                Err(sqlx::Error::PoolClosed) => return,
-                Err(error) => {
-                    debug!(error = %error, "listening for commits failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
         }
@@ -503,42 +490,44 @@ impl PgStore {
         &self,
         heard: &(dyn Fn(crate::ProjectorSignal, &str, u64) + Send + Sync),
     ) {
+        let what = "projector signals";
+        let channels = [WANTED_CHANNEL, APPLIED_CHANNEL];
+        let Some(mut listener) = self.listener(&channels, what).await else {
+            return;
+        };
+        while let Some(notification) = next_notification(&mut listener, what).await {
+            let Some(n) = notification else { continue };
+            let signal = if n.channel() == WANTED_CHANNEL {
+                crate::ProjectorSignal::Wanted
+            } else {
+                crate::ProjectorSignal::Applied
+            };
+            let parsed = n
+                .payload()
+                .split_once(' ')
+                .and_then(|(name, position)| Some((name, position.parse().ok()?)));
+            match parsed {
+                Some((name, position)) => heard(signal, name, position),
+                None => debug!(payload = n.payload(), "unexpected notification"),
+            }
+        }
+    }
+
+    /// A connection of its own that `LISTEN`s on `channels`; `None` (and a
+    /// warning) when it cannot start.
+    async fn listener(&self, channels: &[&str], what: &str) -> Option<PgListener> {
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(listener) => listener,
             Err(error) => {
-                warn!(error = %error, "cannot listen for projector signals");
-                return;
+                warn!(error = %error, "cannot listen for {what}");
+                return None;
             }
         };
-        if let Err(error) = listener.listen_all([WANTED_CHANNEL, APPLIED_CHANNEL]).await {
-            warn!(error = %error, "cannot listen for projector signals");
-            return;
+        if let Err(error) = listener.listen_all(channels.iter().copied()).await {
+            warn!(error = %error, "cannot listen for {what}");
+            return None;
         }
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    let signal = if notification.channel() == WANTED_CHANNEL {
-                        crate::ProjectorSignal::Wanted
-                    } else {
-                        crate::ProjectorSignal::Applied
-                    };
-                    let parsed = notification
-                        .payload()
-                        .split_once(' ')
-                        .and_then(|(name, position)| Some((name, position.parse().ok()?)));
-                    match parsed {
-                        Some((name, position)) => heard(signal, name, position),
-                        None => debug!(payload = notification.payload(), "unexpected notification"),
-                    }
-                }
-                Ok(None) => {}
-                Err(sqlx::Error::PoolClosed) => return,
-                Err(error) => {
-                    debug!(error = %error, "listening for projector signals failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            }
-        }
+        Some(listener)
     }
 
     pub(crate) fn keyring(&self) -> &Keyring {
@@ -551,6 +540,25 @@ impl PgStore {
 
     pub(crate) async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The next notification `listener` hears: `Some(None)` after it
+/// reconnected (what was notified meanwhile is lost), `None` once the pool
+/// closed. Other failures are retried every second.
+async fn next_notification(
+    listener: &mut PgListener,
+    what: &str,
+) -> Option<Option<PgNotification>> {
+    loop {
+        match listener.try_recv().await {
+            Ok(notification) => return Some(notification),
+            Err(sqlx::Error::PoolClosed) => return None,
+            Err(error) => {
+                debug!(error = %error, "listening for {what} failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
