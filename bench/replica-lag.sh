@@ -39,7 +39,7 @@ probe() { # label read-addr
   local ingest=""
   if [ "$RATE" -gt 0 ]; then
     "$LOADGEN" --addr "$ADDR" --mode batch --batch-size 100 --concurrency 2 --rate "$RATE" \
-      --duration "$((DURATION + 2))" --warmup 0 --label "$1-ingest" >/dev/null &
+      --duration "$((2 * DURATION + 2))" --warmup 0 --label "$1-ingest" >/dev/null &
     ingest=$!
   fi
   lg --mode lag --lag-of timeline --duration "$DURATION" --interval-ms 20 \
