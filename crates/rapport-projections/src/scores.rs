@@ -336,29 +336,84 @@ impl Projection for Scores {
     }
 }
 
-/// Deletes the snapshots momentum can no longer ask for (see
-/// `rapport_domain::score::momentum_snapshots_to_keep`).
-async fn prune_snapshots(
+/// One group of an upkeep chunk's writes, in one hop: the snapshots
+/// momentum can no longer ask for (see
+/// `rapport_domain::score::momentum_snapshots_to_keep`) of each (member,
+/// day of its latest interaction) in `prune`, and the lowered bounds of
+/// `community`'s `channel`. A statement per member cost a round trip each,
+/// most of an upkeep round (docs/performance.md, "Upkeep's writes in one
+/// hop per group").
+async fn write_upkeep_group(
     tx: &mut Tx<'_>,
     g: u64,
-    community: &str,
-    member: &str,
-    latest_day: i64,
+    (community, channel): (&str, &str),
+    prune: &[(&str, i64)],
+    lowered: &[(&str, f64)],
 ) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "DELETE FROM score_snapshots_g{g} WHERE community_id = $1 AND member_id = $2 AND day < \
-         (SELECT MAX(day) FROM score_snapshots_g{g} \
-          WHERE community_id = $1 AND member_id = $2 AND day <= $3)"
-    );
-    on_tx!(tx, c => {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(community)
-            .bind(member)
-            .bind(latest_day - rapport_domain::score::MOMENTUM_DAYS)
-            .execute(&mut **c)
-            .await?;
-    });
-    Ok(())
+    let cutoff = |latest_day: i64| latest_day - rapport_domain::score::MOMENTUM_DAYS;
+    match tx {
+        Tx::Sqlite(c) => {
+            let prune_sql = format!(
+                "DELETE FROM score_snapshots_g{g} WHERE community_id = ?1 AND member_id = ?2 \
+                 AND day < (SELECT MAX(day) FROM score_snapshots_g{g} \
+                 WHERE community_id = ?1 AND member_id = ?2 AND day <= ?3)"
+            );
+            let lower_sql = format!(
+                "UPDATE score_states_g{g} SET bound = ?4 \
+                 WHERE community_id = ?1 AND channel = ?2 AND member_id = ?3"
+            );
+            on_sqlx_connection(c, |conn| {
+                if !prune.is_empty() {
+                    let mut statement = conn.prepare_cached(&prune_sql).map_err(driver)?;
+                    for (member, latest_day) in prune {
+                        statement
+                            .execute(rusqlite::params![community, member, cutoff(*latest_day)])
+                            .map_err(driver)?;
+                    }
+                }
+                if !lowered.is_empty() {
+                    let mut statement = conn.prepare_cached(&lower_sql).map_err(driver)?;
+                    for (member, bound) in lowered {
+                        statement
+                            .execute(rusqlite::params![community, channel, member, bound])
+                            .map_err(driver)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+        }
+        Tx::Postgres(c) => {
+            if !prune.is_empty() {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM score_snapshots_g{g} s \
+                     USING UNNEST($2::text[], $3::int8[]) AS k (m, cutoff) \
+                     WHERE s.community_id = $1 AND s.member_id = k.m \
+                     AND s.day < (SELECT MAX(day) FROM score_snapshots_g{g} \
+                     WHERE community_id = $1 AND member_id = k.m AND day <= k.cutoff)"
+                )))
+                .bind(community)
+                .bind(column(prune, |(m, _)| *m))
+                .bind(prune.iter().map(|(_, d)| cutoff(*d)).collect::<Vec<_>>())
+                .execute(&mut **c)
+                .await?;
+            }
+            if !lowered.is_empty() {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE score_states_g{g} s SET bound = k.bound \
+                     FROM UNNEST($3::text[], $4::float8[]) AS k (m, bound) \
+                     WHERE s.community_id = $1 AND s.channel = $2 AND s.member_id = k.m"
+                )))
+                .bind(community)
+                .bind(channel)
+                .bind(column(lowered, |(m, _)| *m))
+                .bind(column(lowered, |(_, b)| *b))
+                .execute(&mut **c)
+                .await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// How far before "now" maintenance evaluates the bounds: rankings are only
@@ -366,9 +421,12 @@ async fn prune_snapshots(
 /// refused as expired).
 pub const BOUND_SLACK_SECONDS: i64 = 86_400;
 
-/// States read per maintenance transaction. Small in tests, so that a
-/// test community spans several chunks.
-const MAINTAIN_CHUNK: i64 = if cfg!(test) { 3 } else { 1_000 };
+/// States read per maintenance transaction: with the writes of a group in
+/// one hop, 1,000 states fit in the budget and made larger commits (chunk
+/// p99 69–103 ms against 43–63 ms at 2 M; docs/performance.md, "Upkeep's
+/// writes in one hop per group"). Small in tests, so that a test
+/// community spans several chunks.
+const MAINTAIN_CHUNK: i64 = if cfg!(test) { 3 } else { 500 };
 
 /// How long a maintenance transaction may work before it commits and
 /// hands the read model back to the live batches, which wait for it: a
@@ -376,6 +434,10 @@ const MAINTAIN_CHUNK: i64 = if cfg!(test) { 3 } else { 1_000 };
 /// 0.1–2.7 s at 2 M on SQLite (docs/performance.md, "Upkeep in chunks of
 /// at most 25 ms").
 const MAINTAIN_BUDGET: Duration = Duration::from_millis(25);
+
+/// States whose writes one upkeep hop makes: small enough that a chunk
+/// still stops near its budget, large enough that the hops cost little.
+const UPKEEP_GROUP: usize = if cfg!(test) { 2 } else { 64 };
 
 /// A bound is lowered only when it drops by more than this: fewer writes
 /// for changes that make no difference to a ranking's reads.
@@ -429,43 +491,28 @@ async fn tighten_bounds(
     });
     let policy = load_policy(tx, g, &community).await?;
     let at = now.plus_seconds(-BOUND_SLACK_SECONDS);
-    let mut lowered: Vec<(&str, &str, &str, f64)> = Vec::new();
     let mut seen = 0;
-    for (member, bytes, bound) in &rows {
-        let state = decode_state(bytes)?;
-        if channel == ALL_CHANNELS
-            && let Some(latest) = state.at
-        {
-            prune_snapshots(tx, g, &community, member, day_of(latest)).await?;
+    // The budget is checked after each group, whose writes take one hop.
+    for group in rows.chunks(UPKEEP_GROUP) {
+        let mut prune = Vec::new();
+        let mut lowered = Vec::new();
+        for (member, bytes, bound) in group {
+            let state = decode_state(bytes)?;
+            if channel == ALL_CHANNELS
+                && let Some(latest) = state.at
+            {
+                prune.push((member.as_str(), day_of(latest)));
+            }
+            let score = state.evaluate(&policy, at).value;
+            if score < bound - BOUND_EPSILON {
+                lowered.push((member.as_str(), score));
+            }
         }
-        let score = state.evaluate(&policy, at).value;
-        if score < bound - BOUND_EPSILON {
-            lowered.push((&community, &channel, member, score));
-        }
-        seen += 1;
+        write_upkeep_group(tx, g, (&community, &channel), &prune, &lowered).await?;
+        seen += group.len();
         if started.elapsed() >= budget {
             break;
         }
-    }
-    for chunk in lowered.chunks(CHUNK) {
-        on_tx!(tx, c => {
-            // A CTE names the VALUES' columns on both backends (SQLite has
-            // no column list for a subquery's alias).
-            let mut qb = QueryBuilder::new("WITH v (community_id, channel, member_id, bound) AS (");
-            qb.push_values(chunk, |mut b, (community, channel, member, bound)| {
-                b.push_bind(community.to_string())
-                    .push_bind(channel.to_string())
-                    .push_bind(member.to_string())
-                    .push_bind(*bound);
-            });
-            qb.push(format!(
-                ") UPDATE score_states_g{g} SET bound = v.bound FROM v \
-                 WHERE score_states_g{g}.community_id = v.community_id \
-                 AND score_states_g{g}.channel = v.channel \
-                 AND score_states_g{g}.member_id = v.member_id"
-            ));
-            qb.build().execute(&mut **c).await?;
-        });
     }
     // Out of time, or a whole chunk read: the group goes on after the last
     // state seen.
@@ -2659,25 +2706,49 @@ mod tests {
         assert!(err.to_string().contains("weeks"), "{err}");
     }
 
+    /// Snapshot days written for each member, relative to the day of its
+    /// latest interaction: the first member has none as old as
+    /// [`MOMENTUM_DAYS`](rapport_domain::score::MOMENTUM_DAYS), the others
+    /// three.
+    fn snapshot_days(first: bool) -> &'static [i64] {
+        if first {
+            &[-29, 0]
+        } else {
+            &[-40, -35, -31, -29, 0]
+        }
+    }
+
     /// Writes the states of two small communities (all channels and one
-    /// channel: four groups, each longer than an upkeep chunk), lets a year
-    /// pass, runs the bound upkeep to its end with chunks of `budget` and
-    /// returns (bound before, bound after, the score a year later) per
-    /// state, and how many chunks it took.
+    /// channel: four groups, each longer than an upkeep chunk) and momentum
+    /// snapshots for each member, lets a year pass, runs the bound upkeep
+    /// to its end with chunks of `budget` and returns (bound before, bound
+    /// after, the score a year later) per state, how many chunks it took,
+    /// and the snapshots left as (community, member, days before the
+    /// member's latest interaction).
     async fn upkeep_a_year_later(
         mut tx: Tx<'_>,
         budget: Duration,
-    ) -> (Vec<(f64, f64, f64)>, usize) {
+    ) -> (Vec<(f64, f64, f64)>, usize, Vec<(String, String, i64)>) {
         let ddl = Scores.create_tables(1, tx.is_postgres());
         execute_all(tx.reborrow(), ddl).await.expect("create");
         let policy = Policy::default();
         let mut states = Vec::new();
+        let mut snapshots = Vec::new();
+        let mut latest_days = HashMap::new();
         let mut latest = Timestamp::from_micros(0);
         for id in ["acme", "beta"] {
             for channel in [ALL_CHANNELS, "forum"] {
-                for (member, activities) in community(5) {
+                for (i, (member, activities)) in community(5).into_iter().enumerate() {
                     let state = fold_all(&activities, &policy).state;
-                    latest = latest.max(state.at.map(Timestamp::from_micros).expect("folded"));
+                    let at = state.at.expect("folded");
+                    latest = latest.max(Timestamp::from_micros(at));
+                    if channel == ALL_CHANNELS {
+                        latest_days.insert((id.to_owned(), member.clone()), day_of(at));
+                        for day in snapshot_days(i == 0) {
+                            let row = (id.into(), member.clone(), day_of(at) + day);
+                            snapshots.push((row.0, row.1, row.2, encode_state(&state)));
+                        }
+                    }
                     states.push(StateRow::new(
                         (id.into(), channel.into(), member),
                         &state,
@@ -2688,6 +2759,7 @@ mod tests {
         }
         let mut rows = FoldRows {
             states,
+            snapshots,
             ..FoldRows::default()
         };
         rows.write(&mut tx, 1).await.expect("states");
@@ -2723,7 +2795,45 @@ mod tests {
                 (row.bound, bound, state.evaluate(&policy, at).value)
             })
             .collect();
-        (bounds, rounds)
+        let left: Vec<(String, String, i64)> = on_tx!(&mut tx, c => sqlx::query_as(
+            "SELECT community_id, member_id, day FROM score_snapshots_g1 \
+             ORDER BY community_id, member_id, day",
+        )
+        .fetch_all(&mut **c)
+        .await)
+        .expect("snapshots");
+        let left = left
+            .into_iter()
+            .map(|(community, member, day)| {
+                let latest = latest_days[&(community.clone(), member.clone())];
+                (community, member, day - latest)
+            })
+            .collect();
+        (bounds, rounds, left)
+    }
+
+    /// What momentum can still ask for: per member, the newest snapshot
+    /// at least [`MOMENTUM_DAYS`](rapport_domain::score::MOMENTUM_DAYS)
+    /// old and every later one.
+    fn assert_pruned(left: &[(String, String, i64)]) {
+        let mut per_member: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
+        for (community, member, day) in left {
+            per_member
+                .entry((community, member))
+                .or_default()
+                .push(*day);
+        }
+        assert_eq!(per_member.len(), 10, "{left:?}");
+        let untouched = per_member
+            .values()
+            .filter(|days| days.as_slice() == snapshot_days(true))
+            .count();
+        assert_eq!(untouched, 2, "{per_member:?}");
+        let pruned = per_member
+            .values()
+            .filter(|days| days.as_slice() == [-31, -29, 0])
+            .count();
+        assert_eq!(pruned, 8, "{per_member:?}");
     }
 
     /// Every bound decays to the score a day before "now" (and never below
@@ -2737,11 +2847,14 @@ mod tests {
     }
 
     /// With time to spare, two chunks of at most three states per group of
-    /// five; out of time at once, one state per chunk (never none), and
-    /// the same bounds in the end.
+    /// five; out of time at once, one group of pruned states per chunk
+    /// (never none; groups of two in tests: three chunks per group of
+    /// five), and the same bounds and snapshots in the end.
     async fn upkeep_lowers_bounds(mut tx: Tx<'_>) {
-        let (bounds, rounds) = upkeep_a_year_later(tx.reborrow(), Duration::from_secs(60)).await;
+        let (bounds, rounds, left) =
+            upkeep_a_year_later(tx.reborrow(), Duration::from_secs(60)).await;
         assert_lowered(&bounds);
+        assert_pruned(&left);
         assert_eq!(rounds, 8);
         let drops = Scores
             .tables(1)
@@ -2749,9 +2862,10 @@ mod tests {
             .map(|table| format!("DROP TABLE {table}"))
             .collect();
         execute_all(tx.reborrow(), drops).await.expect("drop");
-        let (bounds, rounds) = upkeep_a_year_later(tx, Duration::ZERO).await;
+        let (bounds, rounds, left) = upkeep_a_year_later(tx, Duration::ZERO).await;
         assert_lowered(&bounds);
-        assert_eq!(rounds, 20);
+        assert_pruned(&left);
+        assert_eq!(rounds, 12);
     }
 
     #[tokio::test]
