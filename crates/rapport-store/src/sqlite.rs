@@ -671,6 +671,9 @@ fn spawn_checkpointer(
     conn.busy_timeout(WAL_RESET_PATIENCE)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let wal = format!("{path}-wal");
+    // The database file itself, to write back what a round copied into it
+    // (below). Opened read-only: `fdatasync` needs no write access.
+    let db_file = std::fs::File::open(path).map_err(|e| StoreError::Unavailable(Arc::new(e)))?;
     // A WAL frame: the page and its 24-byte header.
     let frame_bytes: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))? + 24;
     // The WAL's size in bytes of frames, once the checkpoint has finished.
@@ -711,6 +714,16 @@ fn spawn_checkpointer(
                     // what counts is the frames it holds.
                     WalReset::Restart => {
                         let held = checkpoint("PASSIVE");
+                        // A round's copies sit in the page cache until a
+                        // sync. Left there, the checkpoint inside a
+                        // projector's commit (at 256 MiB of WAL) synced
+                        // them all and held the projector ~200 ms
+                        // (docs/performance.md, "The checkpointer writes
+                        // back what it copied"): written back here, off
+                        // the projector's path.
+                        if let Err(error) = db_file.sync_data() {
+                            tracing::warn!(%error, "database file sync failed");
+                        }
                         if held.is_some_and(|bytes| bytes > reset_bytes) && held != restarted {
                             restarted = checkpoint("RESTART").and(held);
                         }
