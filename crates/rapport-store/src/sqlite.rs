@@ -676,14 +676,37 @@ fn spawn_checkpointer(
     let db_file = std::fs::File::open(path).map_err(|e| StoreError::Unavailable(Arc::new(e)))?;
     // A WAL frame: the page and its 24-byte header.
     let frame_bytes: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))? + 24;
+    // The WAL's frames copied back so far, as the last checkpoint reported.
+    let mut copied = 0;
     // The WAL's size in bytes of frames, once the checkpoint has finished.
-    let checkpoint = move |mode: &str| {
+    let mut checkpoint = move |mode: &str| {
         let sql = format!("PRAGMA wal_checkpoint({mode})");
         // (busy, frames in the WAL, frames copied back)
-        match conn.query_row(&sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))) {
-            // Busy: readers outlasted the busy timeout; next round.
-            Ok((1, _)) => tracing::debug!(mode, "wal checkpoint could not finish"),
-            Ok((_, frames)) => return Some(frames.max(0) as u64 * frame_bytes as u64),
+        let row = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?));
+        match conn.query_row(&sql, [], row) {
+            Ok((busy, frames, done)) => {
+                // The copies sit in the page cache until a sync. Left there,
+                // the checkpoint inside a commit synced them all on the
+                // writer's path: ~200 ms for a projector at 256 MiB of WAL,
+                // and the tail of the log's commits (docs/performance.md,
+                // "The checkpointer writes back what it copied"). Written
+                // back here instead, after a checkpoint that copied
+                // anything: a sync with nothing to write still flushes the
+                // disk's cache, which the log's commits wait for.
+                if done > 0
+                    && done != copied
+                    && let Err(error) = db_file.sync_data()
+                {
+                    tracing::warn!(%error, "database file sync failed");
+                }
+                copied = done;
+                // Busy: readers outlasted the busy timeout; next round.
+                if busy == 1 {
+                    tracing::debug!(mode, "wal checkpoint could not finish");
+                } else {
+                    return Some(frames.max(0) as u64 * frame_bytes as u64);
+                }
+            }
             Err(error) => tracing::warn!(%error, mode, "wal checkpoint failed"),
         }
         None
@@ -718,15 +741,6 @@ fn spawn_checkpointer(
                             restarted = checkpoint("RESTART").and(held);
                         }
                     }
-                }
-                // A round's copies sit in the page cache until a sync. Left
-                // there, the checkpoint inside a commit synced them all on
-                // the writer's path: ~200 ms for a projector at 256 MiB of
-                // WAL, and the tail of the log's commits (docs/performance.md,
-                // "The checkpointer writes back what it copied"). Written
-                // back here instead.
-                if let Err(error) = db_file.sync_data() {
-                    tracing::warn!(%error, "database file sync failed");
                 }
             }
         })
